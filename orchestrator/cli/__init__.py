@@ -1,0 +1,59 @@
+"""The ``edis-fleet`` command: argument parsing, wiring, printing and exit codes.
+
+The cli package is the only code that prints or reads ``os.environ``. Each subcommand lives in
+a module of its own with a ``register(subparsers)`` function that adds its parser and sets
+``handler`` to a function ``(args) -> int``.
+
+Exit codes:
+  0 all done · 1 some VPSes failed · 2 usage, manifest or pre-flight error ·
+  3 aborted (a failure budget tripped, or authentication failed) ·
+  4 finished with VPSes in doubt · 130 interrupted, resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from orchestrator import __version__
+from orchestrator.cli import exitcodes, simulator_cmd
+
+EPILOG = """exit codes:
+  0    all done
+  1    some VPSes failed
+  2    usage, manifest or pre-flight error
+  3    aborted (a failure budget tripped, or authentication failed)
+  4    finished with VPSes in doubt
+  130  interrupted, resumable
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every subcommand registered."""
+    parser = argparse.ArgumentParser(
+        prog="edis-fleet",
+        description="Reinstall whole fleets of EDIS Global KVM VPSes. Reinstall WIPES DISKS.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"edis-fleet {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for module in (simulator_cmd,):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 on --help
+        return int(exc.code or 0)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return exitcodes.USAGE
+    code: int = handler(args)
+    return code

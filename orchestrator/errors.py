@@ -1,0 +1,133 @@
+"""The exception tree of edis-fleet. No logic lives here.
+
+::
+
+    EdisFleetError                     every error this package raises on purpose
+    ├── UsageError                     bad command line or options (exit 2)
+    ├── ManifestError                  a fleet manifest with problems; carries all of them (exit 2)
+    ├── PreflightError                 the account does not match the manifest (exit 2)
+    ├── HostNotAllowedError            an API host outside the allowlist, or http:// off loopback
+    └── ApiError                       one API call failed; carries endpoint, kvm_id, status,
+        │                              the server's message and the outcome class
+        ├── NotSentError               the request never reached the server (safe to resend)
+        ├── ThrottledError             429 / 503; ``retry_after`` seconds when the server said
+        ├── SessionExpiredError        401 or an error body about session/signature/expiry
+        ├── RejectedError              final for that VPS: 400, 403, unknown image, suspended...
+        │   └── AuthenticationError    wrong account email/password: never retried
+        ├── InDoubtError               the server may have acted; never resent blindly
+        └── SessionUnavailableError    no usable credentials for a VPS (missing from the
+                                       account, or expired on arrival); never a refresh loop
+
+No exception text ever contains a signature, a password or user data: constructors take only
+the fields listed above, and callers pass the server's message, never the request.
+"""
+
+from __future__ import annotations
+
+from orchestrator.model import Outcome
+
+
+class EdisFleetError(Exception):
+    """Base of every error edis-fleet raises on purpose."""
+
+
+class UsageError(EdisFleetError):
+    """The command line or an option is wrong."""
+
+
+class ManifestError(EdisFleetError):
+    """A fleet manifest has one or more problems.
+
+    ``problems`` holds every problem found, each already formatted as
+    ``file:line:col: field.path: message``.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems) or "invalid manifest")
+
+
+class PreflightError(EdisFleetError):
+    """The account does not match the manifest (missing VPS, suspended, image not offered)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems) or "pre-flight failed")
+
+
+class HostNotAllowedError(EdisFleetError):
+    """A URL or ``api_host`` is outside what the user allowed; nothing was sent to it."""
+
+
+class ApiError(EdisFleetError):
+    """One call to the EDIS API failed.
+
+    Attributes: ``endpoint`` (e.g. ``set/reinstall``), ``kvm_id`` (or None for the account-wide
+    auth call), ``status`` (HTTP status, None when no response arrived), ``message`` (the
+    server's text or a description of the transport failure) and ``outcome`` (the class from
+    DESIGN.md that decides what happens next). ``retry_after`` is set on throttling when the
+    server said how long to wait.
+    """
+
+    outcome: Outcome = Outcome.REJECTED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        endpoint: str,
+        kvm_id: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+        outcome: Outcome | None = None,
+    ) -> None:
+        self.message = message
+        self.endpoint = endpoint
+        self.kvm_id = kvm_id
+        self.status = status
+        self.retry_after = retry_after
+        if outcome is not None:
+            self.outcome = outcome
+        where = endpoint if kvm_id is None else f"{endpoint} for {kvm_id}"
+        code = "" if status is None else f" (HTTP {status})"
+        super().__init__(f"{where}{code}: {message}")
+
+
+class NotSentError(ApiError):
+    """The request never reached the server: DNS, refused, connect timeout, TLS handshake."""
+
+    outcome = Outcome.NOT_SENT
+
+
+class ThrottledError(ApiError):
+    """The server asked us to slow down (429, 503)."""
+
+    outcome = Outcome.THROTTLED
+
+
+class SessionExpiredError(ApiError):
+    """The session signature was refused (401 or an error body about session/signature/expiry)."""
+
+    outcome = Outcome.SESSION
+
+
+class RejectedError(ApiError):
+    """The server refused the call for good (400, 403, unknown image, suspended VPS, redirect)."""
+
+    outcome = Outcome.REJECTED
+
+
+class AuthenticationError(RejectedError):
+    """The account email or password was refused. Never retried: retries risk a lockout."""
+
+
+class InDoubtError(ApiError):
+    """The request may have been processed (read timeout, reset mid-response, 500/502/504)."""
+
+    outcome = Outcome.IN_DOUBT
+
+
+class SessionUnavailableError(ApiError):
+    """No usable credentials for a VPS: missing from the account, or expired on arrival."""
+
+    outcome = Outcome.REJECTED
