@@ -1,0 +1,44 @@
+"""The bundled EDIS Global API simulator: a real aiohttp server on loopback with fault injection.
+
+It imports nothing from the rest of ``orchestrator``: it is an independent model of the
+provider, so a client bug cannot hide in it. Usage::
+
+    from orchestrator.simulator import Simulator, SimConfig
+
+    async with Simulator(SimConfig(vps_count=5, time_scale=0.001)) as sim:
+        sim.session_url                 # POST {session_url}/kvm/v2/get/auth
+        sim.set_faults({"http503": 0.1}, endpoint="set/reinstall")
+        ...
+        assert sim.counters.reinstall_accepted == {...}
+
+Modules: ``config`` (SimConfig), ``account``/``vps`` (the account and each VPS's install state
+machine), ``sessions`` (signatures), ``faults`` (kinds, rules, scripts), ``profiles``, ``handlers``
+(the provider endpoints), ``middleware`` (throttling, fault injection, logging), ``control``
+(``/_sim`` HTTP API), ``runtime`` (state and operations), ``server`` (the ``Simulator``).
+"""
+
+from orchestrator.simulator.account import DEFAULT_IMAGE, DEFAULT_IMAGES
+from orchestrator.simulator.config import DEFAULT_EMAIL, DEFAULT_PASSWORD, SimConfig
+from orchestrator.simulator.faults import ENDPOINTS, FAULT_KINDS, Fault, FaultRules, parse_fault
+from orchestrator.simulator.profiles import PROFILES
+from orchestrator.simulator.server import Simulator
+from orchestrator.simulator.stats import Counters, LogEntry
+from orchestrator.simulator.vps import Vps
+
+__all__ = [
+    "DEFAULT_EMAIL",
+    "DEFAULT_IMAGE",
+    "DEFAULT_IMAGES",
+    "DEFAULT_PASSWORD",
+    "ENDPOINTS",
+    "FAULT_KINDS",
+    "PROFILES",
+    "Counters",
+    "Fault",
+    "FaultRules",
+    "LogEntry",
+    "SimConfig",
+    "Simulator",
+    "Vps",
+    "parse_fault",
+]
