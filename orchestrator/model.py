@@ -7,6 +7,7 @@ outcome classes (DESIGN.md, "Outcome classes") and the clock seam.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -41,3 +42,18 @@ class Clock(Protocol):
     def monotonic(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One API call as seen by the client: what it was, what came of it, how long it took.
+
+    Carries no secrets: the message is the server's text, already redacted.
+    """
+
+    endpoint: str
+    kvm_id: str | None
+    outcome: Outcome
+    status: int | None
+    message: str
+    seconds: float

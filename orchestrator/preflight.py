@@ -1,0 +1,114 @@
+"""Pre-flight: check a selection against the live account before anything is wiped.
+
+One auth call (through the session book) tells which VPSes exist and which are suspended;
+then each selected VPS's own image list is fetched (read-only calls, a few at a time) and the
+requested image is looked up in it, with a "did you mean" when it is missing. Nothing here
+sends a destructive request.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+
+from orchestrator.edis.client import EdisClient
+from orchestrator.edis.session import SessionBook
+from orchestrator.errors import ApiError
+
+
+@dataclass(frozen=True)
+class Check:
+    """One VPS to check: its id, the image it should get, and where the manifest names it."""
+
+    kvm_id: str
+    image: str
+    where: str = ""
+
+
+@dataclass
+class PreflightReport:
+    """What pre-flight learned. ``problems`` block a run; ``images`` maps kvm id to its list."""
+
+    problems: list[str] = field(default_factory=list)
+    images: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    api_hosts: dict[str, str] = field(default_factory=dict)
+    account_size: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """True when nothing blocks the run."""
+        return not self.problems
+
+
+async def preflight(
+    checks: Sequence[Check],
+    *,
+    client: EdisClient,
+    book: SessionBook,
+    concurrency: int = 8,
+) -> PreflightReport:
+    """Check every selected VPS against the account; return all problems at once.
+
+    Raises the client's ``ApiError`` subclasses only for the auth call itself (a wrong
+    password is ``AuthenticationError``); per-VPS failures become problems in the report.
+    """
+    report = PreflightReport()
+    accounts = await book.accounts()
+    unusable = book.unusable
+    report.account_size = len(accounts) + len(unusable)
+    reachable: list[Check] = []
+    for check in checks:
+        prefix = f"{check.where}: " if check.where else ""
+        cred = accounts.get(check.kvm_id)
+        if cred is None:
+            why = unusable.get(check.kvm_id)
+            if why is None:
+                report.problems.append(
+                    f"{prefix}{check.kvm_id} is not in the account{_near(check.kvm_id, accounts)}"
+                )
+            else:
+                report.problems.append(f"{prefix}{check.kvm_id} cannot be used: {why}")
+            continue
+        if cred.suspended:
+            report.problems.append(
+                f"{prefix}{check.kvm_id} is suspended; a suspended VPS is never touched"
+            )
+            continue
+        report.api_hosts[check.kvm_id] = cred.api_host
+        reachable.append(check)
+
+    limiter = anyio.CapacityLimiter(max(1, concurrency))
+    fetched: dict[str, tuple[str, ...] | str] = {}
+
+    async def fetch(kvm_id: str) -> None:
+        async with limiter:
+            try:
+                fetched[kvm_id] = tuple(await book.call(kvm_id, client.images))
+            except ApiError as exc:
+                fetched[kvm_id] = f"could not list its images: {exc.message}"
+
+    async with anyio.create_task_group() as tg:
+        for kvm_id in dict.fromkeys(c.kvm_id for c in reachable):
+            tg.start_soon(fetch, kvm_id)
+
+    for check in reachable:
+        prefix = f"{check.where}: " if check.where else ""
+        images = fetched[check.kvm_id]
+        if isinstance(images, str):
+            report.problems.append(f"{prefix}{check.kvm_id}: {images}")
+            continue
+        report.images[check.kvm_id] = images
+        if check.image not in images:
+            report.problems.append(
+                f"{prefix}{check.kvm_id}: image {check.image!r} is not offered for this VPS"
+                f"{_near(check.image, images)}"
+            )
+    return report
+
+
+def _near(word: str, choices: Iterable[str]) -> str:
+    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {matches[0]!r}?)" if matches else ""
