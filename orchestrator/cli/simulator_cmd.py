@@ -52,6 +52,18 @@ def register(sub: Any) -> None:
     p.add_argument("--error-style", default="status", choices=("status", "http200"))
     p.add_argument("--email", default=DEFAULT_EMAIL, help=f"account email ({DEFAULT_EMAIL})")
     p.add_argument("--password-file", metavar="FILE", help="file holding the account password")
+    p.add_argument(
+        "--tcp-listeners",
+        action="store_true",
+        help="listen on every VPS's IP (an SSH-like banner; down while it installs); one file "
+        "descriptor per VPS",
+    )
+    p.add_argument(
+        "--ssh-port",
+        type=int,
+        default=0,
+        help="port of the --tcp-listeners on every VPS IP (0 = one free port for all)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -90,8 +102,14 @@ def _announce(sim: Simulator, source: str, shell_password: str) -> None:
         f"password: {source}",
         f"try: {curl}",
         f"state: {url}/_sim/state",
-        "stop with Ctrl-C (SIGINT) or SIGTERM",
     ]
+    if sim.listeners is not None:
+        first = sim.vpses[0].ip
+        lines.append(
+            f"ssh port: {sim.ssh_port} on every VPS IP (e.g. nc {first} {sim.ssh_port}); "
+            "closed while a VPS installs"
+        )
+    lines.append("stop with Ctrl-C (SIGINT) or SIGTERM")
     print("\n".join(lines), flush=True)
 
 
@@ -132,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
             profile=args.profile,
             port=args.port,
             account_file=args.account,
+            tcp_listeners=args.tcp_listeners,
+            ssh_port=args.ssh_port,
         )
         return asyncio.run(_serve(cfg, source, shell_password))
     except (OSError, ValueError) as exc:

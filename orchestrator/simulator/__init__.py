@@ -14,7 +14,9 @@ provider, so a client bug cannot hide in it. Usage::
 Modules: ``config`` (SimConfig), ``account``/``vps`` (the account and each VPS's install state
 machine), ``sessions`` (signatures), ``faults`` (kinds, rules, scripts), ``profiles``, ``handlers``
 (the provider endpoints), ``middleware`` (throttling, fault injection, logging), ``control``
-(``/_sim`` HTTP API), ``runtime`` (state and operations), ``server`` (the ``Simulator``).
+(``/_sim`` HTTP API), ``runtime`` (state and operations), ``listeners`` (each VPS's TCP "SSH"
+port, down while it installs; ``SimConfig(tcp_listeners=True)``), ``server`` (the
+``Simulator``).
 """
 
 from orchestrator.simulator.account import DEFAULT_IMAGE, DEFAULT_IMAGES

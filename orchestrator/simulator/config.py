@@ -30,6 +30,8 @@ DEFAULT_INSTALL_SECONDS: Mapping[str, float] = MappingProxyType({"linux": 300.0,
 MAX_DEFAULT_API_NODES = 16
 # 127.0.1.N with N in 1..254.
 MAX_API_NODES = 254
+# The machine's own sshd listens here (often on every address): never bind it.
+RESERVED_SSH_PORT = 22
 
 
 def _default_install_seconds() -> Mapping[str, float]:
@@ -66,6 +68,12 @@ class SimConfig:
     ``ssl``: serve https on every host with this context (its certificate must name the
     loopback addresses used).
     ``request_log_size``: how many request-log entries are kept (oldest dropped first).
+    ``tcp_listeners``: bind a TCP listener on every VPS's IP (``listeners.py``) that answers
+    with an SSH-like banner while the VPS runs and refuses connections while it installs or
+    after a failed install. Off by default: it costs one file descriptor per VPS (50,000 VPSes
+    need ``ulimit -n`` raised to about 51,000).
+    ``ssh_port``: the port of those listeners on every VPS address; 0 picks one free port and
+    uses it for all. Never 22, which belongs to the machine's own sshd.
     """
 
     vps_count: int = 5
@@ -88,6 +96,8 @@ class SimConfig:
     account_file: str | os.PathLike[str] | None = None
     ssl: ssl_module.SSLContext | None = None
     request_log_size: int = 10_000
+    tcp_listeners: bool = False
+    ssh_port: int = 0
 
     def __post_init__(self) -> None:
         """Check every field; raises ``ValueError`` naming the first bad one."""
@@ -119,6 +129,8 @@ class SimConfig:
             _check(1 <= self.api_nodes <= MAX_API_NODES, f"api_nodes must be in 1..{MAX_API_NODES}")
         _check(0 <= self.port <= 65535, "port must be in 0..65535")
         _check(self.request_log_size >= 0, "request_log_size must be >= 0")
+        _check(0 <= self.ssh_port <= 65535, "ssh_port must be in 0..65535")
+        _check(self.ssh_port != RESERVED_SSH_PORT, "ssh_port must not be 22 (use 0 or e.g. 2222)")
 
     def nodes_for(self, vps_count: int) -> int:
         """Return how many api nodes to start for an account of ``vps_count`` VPSes."""

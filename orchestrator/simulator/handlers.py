@@ -248,4 +248,6 @@ async def reinstall(request: web.Request) -> web.Response:
     install = Install(image, rt.install_duration(image), outcome, hostname)
     vps.start_install(install, restart=mode == "restart")
     vps.reinstalls_accepted += 1
+    # Before the answer leaves: once a client holds "success", the VPS's port is down.
+    rt.install_started(vps)
     return success()

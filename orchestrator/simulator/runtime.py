@@ -23,6 +23,7 @@ from orchestrator.simulator.config import (
     SimConfig,
 )
 from orchestrator.simulator.faults import Fault, FaultPlan, FaultRules
+from orchestrator.simulator.listeners import SshListeners
 from orchestrator.simulator.profiles import Profile, get_profile
 from orchestrator.simulator.sessions import SignatureBook
 from orchestrator.simulator.stats import Counters, LogEntry, RequestLog
@@ -97,6 +98,10 @@ class Runtime:
         if cfg.rate_limit is not None:
             burst = cfg.rate_burst if cfg.rate_burst is not None else max(1.0, cfg.rate_limit)
             self.bucket = TokenBucket(cfg.rate_limit, burst)
+        # Per-VPS "SSH" listeners, bound by Simulator.start (listeners.py).
+        self.listeners: SshListeners | None = (
+            SshListeners(self._order, cfg.ssh_port, self.clock.now) if cfg.tcp_listeners else None
+        )
 
     # -- the account ----------------------------------------------------------------------------
 
@@ -150,9 +155,29 @@ class Runtime:
         self.vps(kvm_id).install_outcome = outcome
 
     def advance_clock(self, seconds: float) -> None:
-        """Move the simulator's clock forward (ages signatures and installs); raises
-        ``ValueError`` if negative."""
+        """Move the simulator's clock forward (ages signatures and installs, and reopens the
+        TCP listeners of installs that end by then); raises ``ValueError`` if negative."""
         self.clock.advance(seconds)
+        if self.listeners is not None:
+            self.listeners.check()
+
+    def install_started(self, vps: Vps) -> None:
+        """Called when a reinstall of ``vps`` is accepted: its TCP listener (if any) closes
+        until the install ends ``ok``."""
+        if self.listeners is not None:
+            self.listeners.install_started(vps)
+
+    @property
+    def ssh_port(self) -> int:
+        """The port of every VPS's TCP listener; 0 when ``tcp_listeners`` is off or before
+        ``start``."""
+        return self.listeners.port if self.listeners is not None else 0
+
+    def ssh_open(self, kvm_id: str) -> bool:
+        """Return whether ``kvm_id``'s TCP listener accepts connections now; raises
+        ``KeyError`` for an unknown VPS."""
+        vps = self.vps(kvm_id)
+        return self.listeners is not None and self.listeners.is_open(vps.kvm_id)
 
     # -- sessions and hosts ---------------------------------------------------------------------
 
@@ -278,6 +303,7 @@ class Runtime:
             "reinstalls_accepted": vps.reinstalls_accepted,
             "bad_signature": vps.bad_signature,
             "live_signatures": self.book.live_count(vps.kvm_id),
+            "ssh_open": self.listeners is not None and self.listeners.is_open(vps.kvm_id),
         }
 
     def snapshot(self) -> dict[str, Any]:
@@ -291,6 +317,7 @@ class Runtime:
             "signature_lifetime": self.book.lifetime,
             "rate_limit": self.config.rate_limit,
             "api_nodes": list(self.node_hosts),
+            "ssh_port": self.ssh_port,
             "counters": self.counters.as_dict(),
             "faults": self.faults.describe(),
             "vps": [self.vps_snapshot(v) for v in self._order],

@@ -1,7 +1,9 @@
 """``Simulator``: the runtime state served over real loopback HTTP.
 
 One session host on ``127.0.0.1:<port>`` (``get/auth`` and ``/_sim``), and one api node per
-``127.0.1.N`` (N = node index + 1) serving the per-VPS endpoints. Each host is its own aiohttp
+``127.0.1.N`` (N = node index + 1) serving the per-VPS endpoints. With
+``SimConfig.tcp_listeners`` each VPS also gets an "SSH" listener on ``<its ip>:<ssh_port>``
+(``listeners.py``). Each host is its own aiohttp
 application and runner, so a node knows which VPSes it serves without looking at addresses.
 Nothing ever binds outside 127.0.0.0/8.
 """
@@ -29,8 +31,9 @@ def node_address(node: int) -> str:
 class Simulator(Runtime):
     """A running EDIS API simulator; use ``async with Simulator(cfg) as sim``.
 
-    Besides the ``Runtime`` API (account, sessions, faults, counters, log): ``session_url``,
-    ``scheme``, ``api_url(kvm_id)``, ``start()`` and ``stop()``.
+    Besides the ``Runtime`` API (account, sessions, faults, counters, log, ``ssh_port``,
+    ``ssh_open(kvm_id)``): ``session_url``, ``scheme``, ``api_url(kvm_id)``, ``start()`` and
+    ``stop()``.
     """
 
     def __init__(self, config: SimConfig | None = None) -> None:
@@ -113,6 +116,8 @@ class Simulator(Runtime):
                 app.router.add_post("/kvm/v2/get/details", handlers.details)
                 nodes.append(self._serve(app, node_address(node), self.config.port))
             ports = await asyncio.gather(*nodes)
+            if self.listeners is not None:
+                self.listeners.open()
         except BaseException:
             await self.stop()
             raise
@@ -121,7 +126,9 @@ class Simulator(Runtime):
             vps.api_host = self.node_hosts[vps.node]
 
     async def stop(self) -> None:
-        """Close every host and its connections; safe to call twice."""
+        """Close every host, its connections and every TCP listener; safe to call twice."""
+        if self.listeners is not None:
+            self.listeners.close()
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()

@@ -176,6 +176,13 @@ class Vps:
         self.settle()
         return len(self._queue)
 
+    @property
+    def install_ends(self) -> float | None:
+        """When the running install ends (simulator time), as of now; ``None`` when no install
+        runs or the running one hangs."""
+        self.settle()
+        return self._ends if self._state == "installing" else None
+
     def settle(self) -> None:
         """Apply every install that has ended by now (and start queued ones)."""
         if self._state != "installing":
