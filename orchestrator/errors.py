@@ -4,9 +4,14 @@
 
     EdisFleetError                     every error this package raises on purpose
     ├── UsageError                     bad command line or options (exit 2)
+    │   └── SelectionError             --only/--limit/--exclude that select wrongly; carries all
     ├── ManifestError                  a fleet manifest with problems; carries all of them (exit 2)
     ├── PreflightError                 the account does not match the manifest (exit 2)
     ├── HostNotAllowedError            an API host outside the allowlist, or http:// off loopback
+    ├── JournalError                   the journal cannot be used (newer schema, not a journal,
+    │   │                              SQLite failure) or refused a write that could resend
+    │   └── LockedError                another live run holds some of the VPSes; carries its
+    │                                  run id and which VPSes
     └── ApiError                       one API call failed; carries endpoint, kvm_id, status,
         │                              the server's message and the outcome class
         ├── NotSentError               the request never reached the server (safe to resend)
@@ -35,6 +40,17 @@ class UsageError(EdisFleetError):
     """The command line or an option is wrong."""
 
 
+class SelectionError(UsageError):
+    """``--only``/``--limit``/``--exclude`` name unknown VPSes, tags or groups, or select nothing.
+
+    ``problems`` holds every problem found, one sentence each.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems) or "invalid selection")
+
+
 class ManifestError(EdisFleetError):
     """A fleet manifest has one or more problems.
 
@@ -57,6 +73,33 @@ class PreflightError(EdisFleetError):
 
 class HostNotAllowedError(EdisFleetError):
     """A URL or ``api_host`` is outside what the user allowed; nothing was sent to it."""
+
+
+class JournalError(EdisFleetError):
+    """The journal cannot be opened or written, or refused a write that could cause a resend.
+
+    Raised for a journal file with a newer schema than this version knows, a file that is not
+    a journal, an SQLite failure, or an intent for a VPS whose reinstall was already accepted.
+    """
+
+
+class LockedError(JournalError):
+    """Another live run holds locks on some of the VPSes this run wants.
+
+    ``run_id`` is the holding run (the first one, when several hold some), ``holders`` maps
+    every holding run id to the VPSes it holds, ``kvm_ids`` lists all of those VPSes.
+    """
+
+    def __init__(self, holders: dict[str, list[str]], *, detail: str = "") -> None:
+        self.holders = {run: sorted(ids) for run, ids in sorted(holders.items())}
+        self.run_id = next(iter(self.holders), "")
+        self.kvm_ids = sorted(k for ids in self.holders.values() for k in ids)
+        parts = []
+        for run, ids in self.holders.items():
+            shown = ", ".join(ids[:5]) + (f" (+{len(ids) - 5} more)" if len(ids) > 5 else "")
+            parts.append(f"run {run} holds {len(ids)} VPS(es): {shown}")
+        text = "; ".join(parts) or "VPSes are locked by another run"
+        super().__init__(f"{text}{detail}")
 
 
 class ApiError(EdisFleetError):

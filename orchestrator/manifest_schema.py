@@ -1,0 +1,460 @@
+"""The manifest's shape as pydantic models, and pydantic errors turned into plain sentences.
+
+These models check one section (or one ``vps`` entry) at a time, so that a mistake in one
+place does not hide the others. They only check shape and single values; checks across the
+file (duplicates, groups, waves against the fleet size, files and variables that must exist)
+are in ``orchestrator.manifest``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
+
+from orchestrator import fleet
+from orchestrator.fleet import CountOrFraction
+
+T = TypeVar("T")
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_PLAIN_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+
+
+def _custom(parse: Callable[[Any], T]) -> Callable[[Any], T]:
+    """Wrap a parser so its ``ValueError`` becomes a pydantic error with just our message."""
+
+    def run(value: Any) -> T:
+        try:
+            return parse(value)
+        except ValueError as exc:
+            raise PydanticCustomError("invalid", str(exc)) from None
+
+    return run
+
+
+def _kvm_id(value: str) -> str:
+    if not fleet.KVM_ID_RE.match(value):
+        raise ValueError(
+            f"malformed id {value!r}; expected kvm_<digits>_<digits>, like kvm_100001_200001"
+        )
+    return value
+
+
+def _hostname(value: str) -> str:
+    if not fleet.HOSTNAME_RE.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid host name; expected letters, digits and inner "
+            "hyphens, in dot-separated labels of at most 63 characters"
+        )
+    return value
+
+
+def _name(what: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not _NAME_RE.match(value):
+            raise ValueError(
+                f"{what} {value!r} may only hold letters, digits, '_', '.' and '-', "
+                "and must start with a letter or digit"
+            )
+        return value
+
+    return check
+
+
+def _env_name(value: str) -> str:
+    if not fleet.ENV_NAME_RE.match(value):
+        raise ValueError(f"{value!r} is not an environment variable name")
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _wave(value: Any) -> CountOrFraction:
+    return fleet.parse_count_or_percent(value, minimum=1)
+
+
+def _budget(value: Any) -> CountOrFraction:
+    return fleet.parse_count_or_percent(value, minimum=0)
+
+
+def _host_pattern(value: str) -> str:
+    if "/" in value:
+        try:
+            network = ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid network (CIDR like 127.0.0.0/8)") from None
+        if network.prefixlen == 0:
+            raise ValueError(f"{value!r} would allow every address; name a narrower network")
+        return value
+    if any(c in value for c in "*?[") and not (
+        value.startswith("*.") and _PLAIN_DOMAIN.match(value[2:])
+    ):
+        raise ValueError(
+            f"host pattern {value!r} is too broad or malformed; use '*.example.com', an exact "
+            "host, or a network like 127.0.0.0/8"
+        )
+    if not any(c in value for c in "*?[") and not fleet.HOSTNAME_RE.match(value):
+        raise ValueError(f"{value!r} is not a host name, '*.domain' pattern or network")
+    return value
+
+
+def _tags_section(value: Any) -> tuple[str, ...]:
+    """Read the top-level ``tags``: a list of names, or a mapping of name to description."""
+    if isinstance(value, Mapping):
+        names = list(value)
+        bad = [v for v in value.values() if v is not None and not isinstance(v, str)]
+        if bad:
+            raise ValueError("a tag's description must be text")
+    elif isinstance(value, list):
+        names = value
+    else:
+        raise ValueError(f"got {fleet.kind_of(value)}, expected a list of tag names")
+    check = _name("tag")
+    for name in names:
+        if not isinstance(name, str):
+            raise ValueError(f"tag names must be text, got {fleet.kind_of(name)}")
+        check(name)
+    return tuple(names)
+
+
+KvmId = Annotated[str, AfterValidator(_custom(_kvm_id))]
+Hostname = Annotated[str, AfterValidator(_custom(_hostname))]
+TagName = Annotated[str, AfterValidator(_custom(_name("tag")))]
+GroupName = Annotated[str, AfterValidator(_custom(_name("group")))]
+EnvName = Annotated[str, AfterValidator(_custom(_env_name))]
+NonEmpty = Annotated[str, AfterValidator(_custom(_non_empty))]
+Duration = Annotated[float, PlainValidator(_custom(fleet.parse_duration))]
+Rate = Annotated[float, PlainValidator(_custom(fleet.parse_rate))]
+Size = Annotated[int, PlainValidator(_custom(fleet.parse_size))]
+Wave = Annotated[CountOrFraction, PlainValidator(_custom(_wave))]
+Budget = Annotated[CountOrFraction, PlainValidator(_custom(_budget))]
+HostPattern = Annotated[str, AfterValidator(_custom(_host_pattern))]
+TagsSection = Annotated[tuple[str, ...], PlainValidator(_custom(_tags_section))]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+def _exactly_one(model: BaseModel, keys: Sequence[str], hint: str) -> None:
+    given = [k for k in keys if getattr(model, k) is not None]
+    if len(given) != 1:
+        raise PydanticCustomError("one_of", hint)
+
+
+_PLAINTEXT = (
+    "a password written in the manifest is refused (manifests end up in git and CI logs); "
+    "read it from the environment with {{env: VARIABLE}} or from a file with {{file: PATH}}"
+    "{extra}"
+)
+
+
+class EmailSource(_Model):
+    """The account e-mail: written as is, or read from ``env`` or ``file``."""
+
+    value: NonEmpty | None = None
+    env: EnvName | None = None
+    file: NonEmpty | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _literal(cls, data: Any) -> Any:
+        return {"value": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one(self) -> EmailSource:
+        _exactly_one(self, ("value", "env", "file"), "give the e-mail, {env: VAR} or {file: PATH}")
+        return self
+
+
+class AccountPasswordSource(_Model):
+    """The account password: from ``env`` or ``file``, never written in the manifest."""
+
+    env: EnvName | None = None
+    file: NonEmpty | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plaintext(cls, data: Any) -> Any:
+        if isinstance(data, str | int | float) and not isinstance(data, bool):
+            raise PydanticCustomError("plaintext_password", _PLAINTEXT.format(extra=""))
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> AccountPasswordSource:
+        _exactly_one(self, ("env", "file"), "give exactly one of {env: VAR} or {file: PATH}")
+        return self
+
+
+class RootPasswordSource(_Model):
+    """A root password: ``env``, ``file``, or ``generate`` (path of the 0600 output file)."""
+
+    env: EnvName | None = None
+    file: NonEmpty | None = None
+    generate: NonEmpty | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_plaintext(cls, data: Any) -> Any:
+        if data == "generate":
+            raise PydanticCustomError(
+                "generate_needs_file",
+                "say where the generated passwords are written: "
+                "root_password: {generate: FILE} (created with mode 0600, never printed)",
+            )
+        if isinstance(data, str | int | float) and not isinstance(data, bool):
+            raise PydanticCustomError(
+                "plaintext_password",
+                _PLAINTEXT.format(extra=", or let edis-fleet make one per VPS: {generate: FILE}"),
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> RootPasswordSource:
+        _exactly_one(
+            self,
+            ("env", "file", "generate"),
+            "give exactly one of {env: VAR}, {file: PATH} or {generate: FILE}",
+        )
+        return self
+
+
+class CloudInitSource(_Model):
+    """A cloud-init template: ``file`` (relative to the manifest) or ``inline`` text.
+
+    A plain string is a file path, unless it starts with ``#`` or spans several lines, in
+    which case it is the template text itself.
+    """
+
+    file: NonEmpty | None = None
+    inline: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"inline": data} if data.startswith("#") or "\n" in data else {"file": data}
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> CloudInitSource:
+        _exactly_one(self, ("file", "inline"), "give exactly one of {file: PATH} or {inline: TEXT}")
+        return self
+
+
+class ReadinessModel(_Model):
+    """How to tell a reinstalled VPS is back; every field falls through when not set."""
+
+    mode: Literal["api", "tcp", "none"] | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    deadline: Duration | None = None
+
+
+class SettingsModel(_Model):
+    """What defaults, a group and a VPS entry may each set."""
+
+    image: NonEmpty | None = None
+    cloud_init: CloudInitSource | None = None
+    root_password: RootPasswordSource | None = None
+    vars: dict[str, Any] | None = None
+    tags: list[TagName] | None = None
+    readiness: ReadinessModel | None = None
+    protected: bool | None = None
+
+
+class DefaultsModel(SettingsModel):
+    """The ``defaults`` section: settings plus the user-data size limit."""
+
+    user_data_limit: Size | None = None
+
+
+class GroupModel(SettingsModel):
+    """One named set of settings."""
+
+    description: str | None = None
+
+
+class VpsModel(SettingsModel):
+    """One entry of the ``vps`` list."""
+
+    id: KvmId
+    hostname: Hostname
+    group: GroupName | None = None
+
+
+class BudgetModel(_Model):
+    """Failures tolerated: per wave (of the wave's size) and for the run (of the fleet)."""
+
+    wave: Budget = CountOrFraction(count=0)
+    run: Budget = CountOrFraction(count=0)
+
+
+class WavesModel(_Model):
+    """Just the waves, to check them against the fleet when the rest of rollout is wrong."""
+
+    waves: list[Wave]
+
+
+class RolloutModel(_Model):
+    """The ``rollout`` section."""
+
+    concurrency: Annotated[int, Field(ge=1, le=10_000)] = 10
+    rate: Rate = 5.0
+    waves: list[Wave] = Field(
+        default_factory=lambda: [CountOrFraction(count=1), CountOrFraction(fraction=1.0)]
+    )
+    soak: Duration = 0.0
+    failure_budget: BudgetModel = BudgetModel()
+    vps_deadline: Duration | None = None
+    in_doubt: Literal["report", "resend-after-window"] = "report"
+    in_doubt_window: Duration | None = None
+
+
+class AccountModel(_Model):
+    """The ``account`` section: where credentials come from and where the API is."""
+
+    email: EmailSource
+    password: AccountPasswordSource
+    session_url: NonEmpty = fleet.DEFAULT_SESSION_URL
+    allowed_api_hosts: list[HostPattern] = Field(default_factory=list)
+    ca_file: NonEmpty | None = None
+
+
+class GroupsModel(_Model):
+    """Wrapper so that group names and bodies are checked in one go."""
+
+    groups: dict[GroupName, GroupModel]
+
+
+class TagsModel(_Model):
+    """Wrapper for the top-level ``tags`` section."""
+
+    tags: TagsSection
+
+
+TOP_LEVEL_KEYS = ("version", "account", "defaults", "groups", "tags", "vps", "rollout")
+
+
+# --------------------------------------------------------------------------- error text
+
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "tuple_type": "a list",
+    "dict_type": "a mapping (key: value)",
+    "model_type": "a mapping (key: value)",
+    "model_attributes_type": "a mapping (key: value)",
+}
+_SECRET_FIELDS = frozenset({"password", "root_password"})
+
+
+def describe_error(model: type[BaseModel], err: ErrorDetails) -> str:
+    """Turn one pydantic error into ``what was wrong, what was expected``.
+
+    The offending value is shown only for short non-secret scalars; for anything under a
+    password field it is never shown.
+    """
+    kind = err["type"]
+    loc = err["loc"]
+    value = err.get("input")
+    secret = any(part in _SECRET_FIELDS for part in loc)
+    got = "" if secret else f", got {fleet.kind_of(value)}"
+    if kind == "missing":
+        return f"required field '{loc[-1]}' is missing"
+    if kind == "extra_forbidden":
+        allowed = allowed_keys(model, loc[:-1])
+        return unknown_key_message(str(loc[-1]), allowed)
+    if kind in _TYPE_WORDS:
+        hint = ""
+        if kind == "string_type" and isinstance(value, bool):
+            hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the value)"
+        return f"expected {_TYPE_WORDS[kind]}{got}{hint}"
+    if kind == "literal_error":
+        expected = err.get("ctx", {}).get("expected", "")
+        return f"expected {expected}{got}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        ctx = err.get("ctx", {})
+        bound = next(iter(ctx.values()), "")
+        words = {
+            "greater_than_equal": "at least",
+            "less_than_equal": "at most",
+            "greater_than": "above",
+            "less_than": "below",
+        }[kind]
+        return f"must be {words} {bound}{got}"
+    message = err["msg"]
+    return message.removeprefix("Value error, ")
+
+
+def unknown_key_message(key: str, allowed: Sequence[str]) -> str:
+    """Say that ``key`` is unknown, with a "did you mean" or the list of allowed keys."""
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r}; did you mean {close[0]!r}?"
+    if allowed:
+        return f"unknown key {key!r}; expected one of: {', '.join(allowed)}"
+    return f"unknown key {key!r}"
+
+
+def allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """Return the keys the model at ``loc`` inside ``model`` accepts (empty if not a model)."""
+    current: Any = model
+    for part in loc:
+        current = _unwrap(current)
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return []
+            current = field.annotation
+        else:
+            origin = typing.get_origin(current)
+            args = typing.get_args(current)
+            if origin in (list, tuple) and args:
+                current = args[0]
+            elif origin is dict and len(args) == 2:
+                current = args[1]
+            else:
+                return []
+    current = _unwrap(current)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [k for k in current.model_fields if k != "value" or current is not EmailSource]
+    return []
+
+
+def _unwrap(tp: Any) -> Any:
+    """Strip ``Annotated`` and ``X | None`` from a type."""
+    while True:
+        origin = typing.get_origin(tp)
+        if origin is Annotated:
+            tp = typing.get_args(tp)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(tp) if a is not type(None)]
+            if len(args) != 1:
+                return tp
+            tp = args[0]
+        else:
+            return tp
