@@ -12,13 +12,15 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from orchestrator.cli import exitcodes
 from orchestrator.errors import SelectionError
-from orchestrator.manifest import check_manifest
+from orchestrator.manifest import ManifestReport, check_manifest
 from orchestrator.secrets import Redactor
-from orchestrator.selection import Selection, select
+from orchestrator.selection import SelectedFleet, Selection, select
 from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema
 
 
@@ -84,10 +86,23 @@ def add_selection_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """Validate the manifest; print a summary (exit 0) or every problem (exit 2)."""
-    started = time.monotonic()
-    env = dict(os.environ)
+@dataclass
+class Loaded:
+    """A manifest checked and a selection applied; ``problems`` is empty when both worked."""
+
+    report: ManifestReport
+    selection: Selection | None
+    selected: SelectedFleet | None
+    problems: list[str]
+
+
+def load_and_select(
+    args: argparse.Namespace, env: Mapping[str, str], schema: CloudInitSchema | None
+) -> Loaded:
+    """Check the manifest named by ``args.fleet`` and apply the selection options.
+
+    Collects every problem (manifest and selection) instead of raising.
+    """
     problems: list[str] = []
     selection: Selection | None = None
     try:
@@ -99,9 +114,7 @@ def run(args: argparse.Namespace) -> int:
         )
     except SelectionError as exc:
         problems += exc.problems
-    schema = None if args.no_schema else CloudInitSchema.find(max_documents=args.schema_limit)
     report = check_manifest(args.fleet, env, strict=args.strict, schema=schema)
-    redact = report.redactor
     problems += report.problems
     selected = None
     if report.fleet is not None and selection is not None:
@@ -109,8 +122,19 @@ def run(args: argparse.Namespace) -> int:
             selected = select(report.fleet, selection)
         except SelectionError as exc:
             problems += exc.problems
+    return Loaded(report, selection, selected, problems)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the manifest; print a summary (exit 0) or every problem (exit 2)."""
+    started = time.monotonic()
+    env = dict(os.environ)
+    schema = None if args.no_schema else CloudInitSchema.find(max_documents=args.schema_limit)
+    loaded = load_and_select(args, env, schema)
+    report, selected, problems = loaded.report, loaded.selected, loaded.problems
+    redact = report.redactor
     if problems or report.fleet is None or selected is None:
-        return _fail(args.fleet, problems, report.warnings, redact, sys.stderr)
+        return fail(args.fleet, problems, report.warnings, redact, sys.stderr)
 
     fleet = report.fleet
     rollout = fleet.rollout
@@ -142,9 +166,10 @@ def run(args: argparse.Namespace) -> int:
     return exitcodes.OK
 
 
-def _fail(
+def fail(
     fleet: str, problems: list[str], warnings: list[str], redact: Redactor, err: TextIO
 ) -> int:
+    """Write every problem (and warning) to ``err``, redacted; return exit code 2."""
     count = len(problems)
     err.write(f"{fleet}: {count} problem{'s' if count != 1 else ''}\n")
     for problem in problems:
