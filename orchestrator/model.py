@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    # Only a type: secrets.py imports nothing from orchestrator, so there is no cycle.
+    from orchestrator.secrets import Secret
 
 
 class Outcome(enum.Enum):
@@ -57,3 +61,72 @@ class Attempt:
     status: int | None
     message: str
     seconds: float
+
+
+class TargetState(enum.Enum):
+    """Where one VPS of a run stands.
+
+    ``pending`` → ``intent`` (a reinstall is about to be sent; durable before it leaves) →
+    ``accepted`` → ``ready``; or a final ``failed``, ``in_doubt`` (the server may have acted,
+    we do not know) or ``skipped`` (never sent: budget tripped, run drained).
+    """
+
+    PENDING = "pending"
+    INTENT = "intent"
+    ACCEPTED = "accepted"
+    READY = "ready"
+    FAILED = "failed"
+    IN_DOUBT = "in_doubt"
+    SKIPPED = "skipped"
+
+    @property
+    def final(self) -> bool:
+        """True for the states a VPS ends a run in."""
+        return self in _FINAL_STATES
+
+
+_FINAL_STATES = frozenset(
+    {TargetState.READY, TargetState.FAILED, TargetState.IN_DOUBT, TargetState.SKIPPED}
+)
+
+
+@dataclass(frozen=True)
+class TargetEvent:
+    """One state change of one VPS, as the scheduler reports it to its sinks.
+
+    ``at`` is wall-clock Unix time; ``reason`` says why (the server's message for a failure,
+    the readiness probe's finding for ``ready``). Carries no secrets.
+    """
+
+    kvm_id: str
+    state: TargetState
+    wave: int
+    at: float
+    reason: str = ""
+
+
+class ReinstallAPI(Protocol):
+    """What the scheduler needs from the provider, per VPS (sessions handled behind it).
+
+    Each method raises ``orchestrator.errors.ApiError`` subclasses, classified by outcome.
+    """
+
+    async def reinstall(
+        self, kvm_id: str, *, image: str, password: Secret, user_data: Secret | None
+    ) -> None: ...
+
+    async def power(self, kvm_id: str) -> str: ...
+
+    async def address(self, kvm_id: str) -> str | None: ...
+
+
+class EventSink(Protocol):
+    """Where the scheduler's events go (journal, progress, reports).
+
+    ``before_send`` returns only once the intent for ``kvm_id`` is durable; ``emit`` records a
+    state change and must not block.
+    """
+
+    async def before_send(self, kvm_id: str, wave: int) -> None: ...
+
+    def emit(self, event: TargetEvent) -> None: ...

@@ -1,0 +1,337 @@
+"""Run a plan: waves of per-VPS flows under a concurrency cap, failure budgets and drain.
+
+Per VPS: ``pending`` → (concurrency slot, rate token, durable intent) reinstall POST with
+retries → ``accepted`` → readiness wait → ``ready``; or ``failed`` / ``in_doubt`` /
+``skipped``. The concurrency cap holds only the sending phase: a VPS that waits minutes for
+its install does not keep another from being sent.
+
+Retry safety lives in ``retry.decide``: not-sent and throttled attempts are retried, a refused
+signature was already refreshed and replayed once by the session book, rejected is final, and
+an in-doubt reinstall is never resent blindly: under the ``report`` policy it ends in doubt,
+under ``resend-after-window`` it is resent once, after the image's install window has passed
+(so a running install is never interrupted), with a new durable intent.
+
+Budgets: a failure (``failed`` or ``in_doubt``) that goes one past the wave's or the run's
+budget trips it. Nothing new is sent after that; reinstalls already in flight finish and are
+recorded; the VPSes never sent end ``skipped`` and the run ends aborted, naming the budget.
+
+Drain (first SIGINT/SIGTERM, ``drain()``): nothing new is sent, in-flight sends finish and are
+recorded; readiness waits stop (those VPSes stay ``accepted``: resume checks them again without
+resending). A second signal cancels the run's task group (``cancel()``): VPSes whose send was
+in flight end ``in_doubt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import anyio
+
+from orchestrator.errors import ApiError, InDoubtError
+from orchestrator.limits import Limits
+from orchestrator.model import Clock, EventSink, ReinstallAPI, TargetEvent, TargetState
+from orchestrator.readiness import ReadinessMode, ReadyResult, wait_ready
+from orchestrator.retry import RetryBudget, RetryPolicy, call_with_retries
+from orchestrator.secrets import Secret
+
+T = TypeVar("T")
+
+REPORT = "report"
+RESEND_AFTER_WINDOW = "resend-after-window"
+
+
+@dataclass(frozen=True)
+class Job:
+    """One VPS to reinstall, with everything its flow needs (secrets stay ``Secret``)."""
+
+    kvm_id: str
+    wave: int
+    image: str
+    password: Secret
+    user_data: Secret | None
+    readiness: ReadinessMode
+    port: int
+    deadline_s: float
+    min_install_s: float
+    install_window_s: float
+
+
+@dataclass(frozen=True)
+class WaveSpec:
+    """One wave's jobs and its failure budget."""
+
+    index: int
+    jobs: tuple[Job, ...]
+    budget: int
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How the run behaves beyond the per-VPS facts."""
+
+    run_budget: int
+    soak_s: float = 0.0
+    in_doubt: str = REPORT
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    poll_interval: float = 15.0
+
+
+@dataclass
+class RunResult:
+    """How a run ended: the final state of every VPS, and why the run stopped early if it did."""
+
+    states: dict[str, TargetState] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    aborted: str | None = None
+    interrupted: bool = False
+
+    def count(self, state: TargetState) -> int:
+        """How many VPSes ended in ``state``."""
+        return sum(1 for s in self.states.values() if s is state)
+
+
+class Scheduler:
+    """Runs waves of jobs against a ``ReinstallAPI``, reporting every change to a sink."""
+
+    def __init__(
+        self,
+        api: ReinstallAPI,
+        sink: EventSink,
+        *,
+        clock: Clock,
+        limits: Limits,
+        settings: RunSettings,
+        budget: RetryBudget | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._api = api
+        self._sink = sink
+        self._clock = clock
+        self._limits = limits
+        self._settings = settings
+        self._budget = budget or RetryBudget()
+        self._rng = rng or random.Random()
+        self._result = RunResult()
+        self._wave_failures = 0
+        self._run_failures = 0
+        self._draining = False
+        self._wait_scopes: set[anyio.CancelScope] = set()
+        self._everything: anyio.CancelScope | None = None
+        self._in_flight: set[str] = set()
+
+    @property
+    def result(self) -> RunResult:
+        """The run's result so far."""
+        return self._result
+
+    def drain(self) -> None:
+        """Stop sending: in-flight sends finish, readiness waits end, the rest is skipped."""
+        self._draining = True
+        self._result.interrupted = True
+        for scope in self._wait_scopes:
+            scope.cancel()
+
+    def cancel(self) -> None:
+        """Stop at once: in-flight sends are cancelled and recorded as in doubt."""
+        self.drain()
+        if self._everything is not None:
+            self._everything.cancel()
+
+    @property
+    def stopping(self) -> bool:
+        """True once nothing new may be sent (drain or a tripped budget)."""
+        return self._draining or self._result.aborted is not None
+
+    async def run(self, waves: Sequence[WaveSpec]) -> RunResult:
+        """Run the waves in order and return the result. Never raises for per-VPS failures."""
+        with anyio.CancelScope() as everything:
+            self._everything = everything
+            for position, wave in enumerate(waves):
+                if self.stopping:
+                    self._skip_all(wave.jobs, self._stop_reason())
+                    continue
+                self._wave_failures = 0
+                async with anyio.create_task_group() as tg:
+                    for job in wave.jobs:
+                        tg.start_soon(self._flow, job, wave.budget)
+                last = position == len(waves) - 1
+                if not last and not self.stopping and self._settings.soak_s > 0:
+                    with self._until_drained():
+                        await self._clock.sleep(self._settings.soak_s)
+        if everything.cancelled_caught:
+            for kvm_id in self._in_flight:
+                self._set(
+                    kvm_id, 0, TargetState.IN_DOUBT, "interrupted while the send was in flight"
+                )
+            for wave in waves:
+                self._skip_all(wave.jobs, "interrupted before it was sent")
+        return self._result
+
+    # -- one VPS ---------------------------------------------------------------------
+
+    async def _flow(self, job: Job, wave_budget: int) -> None:
+        self._set(job.kvm_id, job.wave, TargetState.PENDING)
+        accepted = await self._send_phase(job, wave_budget)
+        if not accepted:
+            return
+        with self._until_drained() as scope:
+            result = await self._readiness(job)
+        if scope.cancelled_caught:
+            return  # drained: stays accepted, resume checks it again
+        if result.ready:
+            self._set(job.kvm_id, job.wave, TargetState.READY, result.reason)
+        else:
+            self._fail(job, TargetState.FAILED, f"not ready: {result.reason}", wave_budget)
+
+    async def _send_phase(self, job: Job, wave_budget: int) -> bool:
+        """Send the reinstall (and at most one resend after the window); True when accepted."""
+        try:
+            await self._send(job)
+        except InDoubtError as exc:
+            if self._settings.in_doubt != RESEND_AFTER_WINDOW or self.stopping:
+                self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
+                return False
+            self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, "waiting out the install window")
+            with self._until_drained() as scope:
+                await self._clock.sleep(job.install_window_s)
+            if scope.cancelled_caught:
+                self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
+                return False
+            try:
+                await self._send(job, resend=True)
+            except InDoubtError as again:
+                self._fail(job, TargetState.IN_DOUBT, again.message, wave_budget)
+                return False
+            except ApiError as again:
+                self._fail(job, TargetState.FAILED, again.message, wave_budget)
+                return False
+        except ApiError as exc:
+            self._fail(job, TargetState.FAILED, exc.message, wave_budget)
+            return False
+        except _Skipped as why:
+            self._set(job.kvm_id, job.wave, TargetState.SKIPPED, str(why))
+            return False
+        self._set(job.kvm_id, job.wave, TargetState.ACCEPTED)
+        return True
+
+    async def _send(self, job: Job, *, resend: bool = False) -> None:
+        async with self._limits.concurrency:
+            if self.stopping and not resend:
+                raise _Skipped(self._stop_reason())
+            self._budget.record_first_attempt()
+
+            async def attempt() -> None:
+                await self._limits.requests.acquire("call")
+                if self.stopping and not resend:
+                    # Stopped while waiting for a rate token (or between retries of a
+                    # request that never left): nothing new is sent.
+                    raise _Skipped(self._stop_reason())
+                await self._sink.before_send(job.kvm_id, job.wave)
+                self._set(job.kvm_id, job.wave, TargetState.INTENT)
+                self._in_flight.add(job.kvm_id)
+                try:
+                    await self._api.reinstall(
+                        job.kvm_id, image=job.image, password=job.password, user_data=job.user_data
+                    )
+                except ApiError:
+                    self._in_flight.discard(job.kvm_id)
+                    raise
+                # Not in a finally: a send cancelled mid-flight must stay in _in_flight so
+                # the run records it in doubt.
+                self._in_flight.discard(job.kvm_id)
+
+            async def cool(exc: ApiError) -> None:
+                self._limits.requests.throttled(exc.retry_after)
+
+            await call_with_retries(
+                attempt,
+                destructive=True,
+                policy=self._settings.retry,
+                budget=self._budget,
+                clock=self._clock,
+                rng=self._rng,
+                on_throttled=cool,
+            )
+
+    async def _readiness(self, job: Job) -> ReadyResult:
+        host: str | None = None
+        if job.readiness == "tcp":
+            host = await self._polled(lambda: self._api.address(job.kvm_id))
+            if host is None:
+                return ReadyResult(False, "no IP address known for the tcp probe", 0.0, 0)
+
+        async def power() -> str:
+            return await self._polled(lambda: self._api.power(job.kvm_id))
+
+        return await wait_ready(
+            job.readiness,
+            clock=self._clock,
+            deadline_seconds=job.deadline_s,
+            min_install_seconds=job.min_install_s,
+            poll_interval=self._settings.poll_interval,
+            accepted_at=self._clock.monotonic(),
+            power=power,
+            host=host,
+            port=job.port,
+            rng=random.Random(job.kvm_id),
+        )
+
+    async def _polled(self, fn: Callable[[], Awaitable[T]]) -> T:
+        await self._limits.requests.acquire("poll")
+        return await fn()
+
+    # -- bookkeeping -----------------------------------------------------------------
+
+    def _fail(self, job: Job, state: TargetState, reason: str, wave_budget: int) -> None:
+        self._set(job.kvm_id, job.wave, state, reason)
+        self._wave_failures += 1
+        self._run_failures += 1
+        if self._result.aborted is not None:
+            return
+        if self._wave_failures > wave_budget:
+            self._result.aborted = (
+                f"wave {job.wave} failure budget ({wave_budget}) exceeded: "
+                f"{self._wave_failures} failed"
+            )
+        elif self._run_failures > self._settings.run_budget:
+            self._result.aborted = (
+                f"run failure budget ({self._settings.run_budget}) exceeded: "
+                f"{self._run_failures} failed"
+            )
+
+    def _set(self, kvm_id: str, wave: int, state: TargetState, reason: str = "") -> None:
+        self._result.states[kvm_id] = state
+        if reason:
+            self._result.reasons[kvm_id] = reason
+        self._sink.emit(TargetEvent(kvm_id, state, wave, self._clock.time(), reason))
+
+    def _skip_all(self, jobs: Sequence[Job], reason: str) -> None:
+        for job in jobs:
+            if self._result.states.get(job.kvm_id) in (None, TargetState.PENDING):
+                self._set(job.kvm_id, job.wave, TargetState.SKIPPED, reason)
+
+    @contextlib.contextmanager
+    def _until_drained(self) -> Iterator[anyio.CancelScope]:
+        """A cancel scope that ``drain()`` cancels: for waits, never for sends."""
+        scope = anyio.CancelScope()
+        if self._draining:
+            scope.cancel()
+        self._wait_scopes.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._wait_scopes.discard(scope)
+
+    def _stop_reason(self) -> str:
+        if self._result.aborted is not None:
+            return f"not sent: {self._result.aborted}"
+        return "not sent: the run was interrupted"
+
+
+class _Skipped(Exception):
+    """Internal: a job reached its send slot after the run stopped sending."""

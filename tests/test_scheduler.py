@@ -1,0 +1,198 @@
+"""The scheduler against the simulator over loopback: waves, in-doubt policy, budgets, drain.
+
+Every test checks the simulator's per-VPS counters: each VPS reinstalled exactly once, or
+reported in doubt/failed/skipped, never twice unless the policy says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import anyio
+
+from orchestrator.clock import SystemClock
+from orchestrator.edis.api import EdisFleetAPI, LimitedAuth
+from orchestrator.edis.session import SessionBook
+from orchestrator.limits import Limits
+from orchestrator.model import TargetEvent, TargetState
+from orchestrator.retry import RetryPolicy
+from orchestrator.scheduler import (
+    RESEND_AFTER_WINDOW,
+    Job,
+    RunResult,
+    RunSettings,
+    Scheduler,
+    WaveSpec,
+)
+from orchestrator.secrets import Secret
+from orchestrator.simulator import Simulator
+from tests.conftest import SimFactory
+from tests.test_client import client_for
+
+FAST_RETRY = RetryPolicy(attempts=6, base=0.01, cap=0.05, deadline=30.0)
+
+
+@dataclass
+class RecordingSink:
+    """An in-memory EventSink: remembers intents and events."""
+
+    intents: list[str] = field(default_factory=list)
+    events: list[TargetEvent] = field(default_factory=list)
+    first_accept: anyio.Event = field(default_factory=anyio.Event)
+
+    async def before_send(self, kvm_id: str, wave: int) -> None:
+        self.intents.append(kvm_id)
+
+    def emit(self, event: TargetEvent) -> None:
+        self.events.append(event)
+        if event.state is TargetState.ACCEPTED:
+            self.first_accept.set()
+
+
+def jobs_for(
+    ids: Sequence[str], *, image: str = "debian-bullseye", wave: int = 1, window: float = 0.05
+) -> tuple[Job, ...]:
+    return tuple(
+        Job(
+            kvm_id=kvm_id,
+            wave=wave,
+            image=image,
+            password=Secret("root-pass-1234"),
+            user_data=None,
+            readiness="api",
+            port=22,
+            deadline_s=20.0,
+            min_install_s=0.0,
+            install_window_s=window,
+        )
+        for kvm_id in ids
+    )
+
+
+@asynccontextmanager
+async def scheduler_for(
+    sim: Simulator, settings: RunSettings, *, concurrency: int = 8
+) -> AsyncIterator[tuple[Scheduler, RecordingSink]]:
+    clock = SystemClock()
+    limits = Limits.create(concurrency=concurrency, rate=2000.0, clock=clock, burst=50)
+    async with client_for(sim) as client:
+        book = SessionBook(LimitedAuth(client, limits.requests), clock=clock)
+        sink = RecordingSink()
+        yield (
+            Scheduler(
+                EdisFleetAPI(client, book), sink, clock=clock, limits=limits, settings=settings
+            ),
+            sink,
+        )
+
+
+def settings(**kwargs: object) -> RunSettings:
+    base: dict[str, object] = {"run_budget": 0, "retry": FAST_RETRY, "poll_interval": 0.02}
+    base.update(kwargs)
+    return RunSettings(**base)  # type: ignore[arg-type]
+
+
+def assert_exactly_once(sim: Simulator, result: RunResult) -> None:
+    for kvm_id, state in result.states.items():
+        accepted = sim.counters.reinstall_accepted.get(kvm_id, 0)
+        if state in (TargetState.READY, TargetState.ACCEPTED):
+            assert accepted == 1, kvm_id
+        elif state is TargetState.SKIPPED:
+            assert sim.counters.reinstall_received.get(kvm_id, 0) == 0, kvm_id
+
+
+async def test_healthy_fleet_in_two_waves(make_sim: SimFactory) -> None:
+    async with make_sim(vps_count=12) as sim, scheduler_for(sim, settings()) as (sched, sink):
+        ids = sim.vps_ids
+        waves = [
+            WaveSpec(1, jobs_for(ids[:1]), budget=0),
+            WaveSpec(2, jobs_for(ids[1:], wave=2), budget=0),
+        ]
+        result = await sched.run(waves)
+    assert result.aborted is None
+    assert result.count(TargetState.READY) == 12
+    assert_exactly_once(sim, result)
+    assert sorted(sink.intents) == sorted(ids)
+    # The canary was ready before the second wave sent anything.
+    canary_ready = next(e.at for e in sink.events if e.state is TargetState.READY)
+    first_wave2_intent = min(
+        e.at for e in sink.events if e.state is TargetState.INTENT and e.wave == 2
+    )
+    assert canary_ready <= first_wave2_intent
+
+
+async def test_throttled_answers_are_retried_after_a_fleet_wide_cooldown(sim: Simulator) -> None:
+    sim.set_faults(script={"set/reinstall": ["429:0", "503", "429", "503"]})
+    async with scheduler_for(sim, settings()) as (sched, _):
+        result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids), budget=0)])
+    assert result.aborted is None
+    assert result.count(TargetState.READY) == len(sim.vps_ids)
+    assert_exactly_once(sim, result)
+
+
+async def test_lost_response_under_report_policy_is_in_doubt_and_not_resent(
+    sim: Simulator,
+) -> None:
+    victim = sim.vps_ids[0]
+    sim.set_faults(script={"set/reinstall": ["lost"]})
+    async with scheduler_for(sim, settings(run_budget=5), concurrency=1) as (sched, _):
+        result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids), budget=5)])
+    assert result.states[victim] is TargetState.IN_DOUBT
+    assert sim.counters.reinstall_received[victim] == 1
+    assert sim.counters.reinstall_accepted[victim] == 1
+    assert all(result.states[k] is TargetState.READY for k in sim.vps_ids[1:])
+    assert_exactly_once(sim, result)
+
+
+async def test_lost_response_under_resend_after_window_is_resent_once(sim: Simulator) -> None:
+    victim = sim.vps_ids[0]
+    sim.set_faults(script={"set/reinstall": ["lost"]})
+    cfg = settings(run_budget=5, in_doubt=RESEND_AFTER_WINDOW)
+    async with scheduler_for(sim, cfg, concurrency=1) as (sched, _):
+        result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids, window=0.4), budget=5)])
+    assert result.states[victim] is TargetState.READY
+    assert sim.counters.reinstall_received[victim] == 2  # the policy allows exactly one resend
+
+
+async def test_budget_trips_in_the_canary_and_nothing_else_is_sent(sim: Simulator) -> None:
+    canary, rest = sim.vps_ids[0], sim.vps_ids[1:]
+    async with scheduler_for(sim, settings()) as (sched, _):
+        result = await sched.run(
+            [
+                WaveSpec(1, jobs_for([canary], image="no-such-image"), budget=0),
+                WaveSpec(2, jobs_for(rest, wave=2), budget=0),
+            ]
+        )
+    assert result.aborted is not None
+    assert "wave 1" in result.aborted
+    assert result.states[canary] is TargetState.FAILED
+    assert all(result.states[k] is TargetState.SKIPPED for k in rest)
+    assert sum(sim.counters.reinstall_received.values()) == 1
+
+
+async def test_drain_sends_nothing_new_and_leaves_accepted_vpses_for_resume(
+    make_sim: SimFactory,
+) -> None:
+    async with (
+        make_sim(vps_count=20, time_scale=1.0) as sim,
+        scheduler_for(sim, settings(), concurrency=2) as (sched, sink),
+    ):
+
+        async def drain_after_first_accept() -> None:
+            await sink.first_accept.wait()
+            sched.drain()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(drain_after_first_accept)
+            result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids), budget=0)])
+    assert result.interrupted
+    sent = {k for k, n in sim.counters.reinstall_received.items() if n}
+    assert 1 <= len(sent) < 20
+    for kvm_id in sim.vps_ids:
+        if kvm_id in sent:
+            assert result.states[kvm_id] is TargetState.ACCEPTED
+        else:
+            assert result.states[kvm_id] is TargetState.SKIPPED
+    assert_exactly_once(sim, result)
