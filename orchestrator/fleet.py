@@ -40,6 +40,9 @@ DEFAULT_USER_DATA_LIMIT = 16 * 1024
 LINUX_READY_DEADLINE_S = 20 * 60.0
 WINDOWS_READY_DEADLINE_S = 40 * 60.0
 DEFAULT_READY_PORT = 22
+# A VPS that answers right after an accepted reinstall has not started installing yet.
+DEFAULT_MIN_INSTALL_S = 60.0
+DEFAULT_POLL_INTERVAL_S = 15.0
 ReadinessMode = Literal["api", "tcp", "none"]
 DEFAULT_READY_MODE: ReadinessMode = "tcp"
 
@@ -383,12 +386,15 @@ class Readiness:
     """How to tell that a reinstalled VPS is back.
 
     ``mode``: ``api`` (power state through the API), ``tcp`` (a TCP port on the VPS's IP) or
-    ``none`` (accepted is enough). ``deadline_s`` counts from the accepted reinstall.
+    ``none`` (accepted is enough). ``deadline_s`` counts from the accepted reinstall; the VPS
+    is not declared back before ``min_install_s``; probes run every ``poll_interval_s``.
     """
 
     mode: ReadinessMode
     port: int
     deadline_s: float
+    min_install_s: float = DEFAULT_MIN_INSTALL_S
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
 
 
 class InDoubtPolicy(enum.Enum):

@@ -267,6 +267,8 @@ class ReadinessModel(_Model):
     mode: Literal["api", "tcp", "none"] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     deadline: Duration | None = None
+    min_install: Duration | None = None
+    poll_interval: Duration | None = None
 
 
 class SettingsModel(_Model):

@@ -240,6 +240,8 @@ class VpsResolver:
         mode: f.ReadinessMode | None = None
         port: int | None = None
         deadline: float | None = None
+        min_install: float | None = None
+        poll_interval: float | None = None
         for level in levels:
             r = level.model.readiness
             if r is None:
@@ -247,6 +249,8 @@ class VpsResolver:
             mode = r.mode if r.mode is not None else mode
             port = r.port if r.port is not None else port
             deadline = r.deadline if r.deadline is not None else deadline
+            min_install = r.min_install if r.min_install is not None else min_install
+            poll_interval = r.poll_interval if r.poll_interval is not None else poll_interval
         windows = f.is_windows_image(image)
         if mode in (None, "tcp") and port is None and windows:
             self.reporter.warn(
@@ -256,10 +260,20 @@ class VpsResolver:
             )
         if deadline is None:
             deadline = f.WINDOWS_READY_DEADLINE_S if windows else f.LINUX_READY_DEADLINE_S
+        if min_install is not None and min_install >= deadline:
+            self.reporter.problem(
+                (*path, "readiness", "min_install"),
+                f"min_install ({min_install:g}s) must be shorter than the deadline ({deadline:g}s)",
+            )
         return f.Readiness(
             mode=mode or f.DEFAULT_READY_MODE,
             port=port or f.DEFAULT_READY_PORT,
             deadline_s=deadline,
+            # The default never exceeds a short deadline set on purpose.
+            min_install_s=min(f.DEFAULT_MIN_INSTALL_S, deadline)
+            if min_install is None
+            else min_install,
+            poll_interval_s=f.DEFAULT_POLL_INTERVAL_S if poll_interval is None else poll_interval,
         )
 
 

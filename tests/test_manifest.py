@@ -107,7 +107,7 @@ def test_readiness_fields_resolve_one_by_one(fleet: f.Fleet) -> None:
     assert db1.readiness == f.Readiness("tcp", 22, 1800.0)
     assert db2.readiness == f.Readiness("api", 22, 1800.0)
     # deadline 0 is an explicit value; port from the group.
-    assert win1.readiness == f.Readiness("tcp", 3389, 0.0)
+    assert win1.readiness == f.Readiness("tcp", 3389, 0.0, min_install_s=0.0)
     assert win2.readiness.mode == "none"
 
 
@@ -320,3 +320,32 @@ def test_freeze_and_thaw() -> None:
     with pytest.raises(TypeError):
         frozen["a"] = 1
     assert f.thaw(frozen) == {"a": [1, {"b": 2}]}
+
+
+def test_readiness_timing_fields(tmp_path: Path) -> None:
+    manifest = BASE.replace(
+        "  cloud_init: templates/ok.yaml.j2\n",
+        "  cloud_init: templates/ok.yaml.j2\n"
+        "  readiness: {mode: api, min_install: 5s, poll_interval: 2s, deadline: 1m}\n",
+    )
+    fleet = load_fleet(write_fleet(tmp_path, manifest), ENV)
+    r = fleet.vps[0].readiness
+    assert (r.mode, r.min_install_s, r.poll_interval_s, r.deadline_s) == ("api", 5.0, 2.0, 60.0)
+
+
+def test_min_install_must_be_shorter_than_the_deadline(tmp_path: Path) -> None:
+    manifest = BASE.replace(
+        "  cloud_init: templates/ok.yaml.j2\n",
+        "  cloud_init: templates/ok.yaml.j2\n  readiness: {min_install: 5m, deadline: 2m}\n",
+    )
+    with pytest.raises(ManifestError, match=r"min_install \(300s\) must be shorter"):
+        load_fleet(write_fleet(tmp_path, manifest), ENV)
+
+
+def test_default_min_install_never_exceeds_a_short_deadline(tmp_path: Path) -> None:
+    manifest = BASE.replace(
+        "  cloud_init: templates/ok.yaml.j2\n",
+        "  cloud_init: templates/ok.yaml.j2\n  readiness: {deadline: 30s}\n",
+    )
+    fleet = load_fleet(write_fleet(tmp_path, manifest), ENV)
+    assert fleet.vps[0].readiness.min_install_s == 30.0
