@@ -1,0 +1,506 @@
+"""The journal's blocking half: one SQLite connection, one transaction per call.
+
+``journal.Journal`` is the async API (group commit, worker thread, validation); it calls this
+``Store`` from a worker thread, one call at a time. Nothing here awaits, and nothing outside
+``Store`` touches ``sqlite3``. The schema is in ``journal_schema``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from orchestrator.errors import JournalError, LockedError
+from orchestrator.journal_schema import (
+    INTENT_FROM,
+    OUTCOME_FROM,
+    AttemptRecord,
+    LockRecord,
+    LockTakeover,
+    RunRecord,
+    RunStatus,
+    TargetRecord,
+    migrate,
+    run_from_row,
+    sql_list,
+    target_from_row,
+)
+from orchestrator.model import TargetState
+
+_log = logging.getLogger("orchestrator.journal")
+T = TypeVar("T")
+
+# Stay below SQLite's smallest default limit on bound parameters (999 before 3.32).
+_CHUNK = 500
+
+_PHASE_COLUMNS: dict[TargetState, tuple[str, ...]] = {
+    TargetState.PENDING: (),
+    TargetState.ACCEPTED: ("accepted_at",),
+    TargetState.READY: ("ready_at", "ended_at"),
+    TargetState.FAILED: ("ended_at",),
+    TargetState.IN_DOUBT: ("ended_at",),
+    TargetState.SKIPPED: ("ended_at",),
+}
+# One UPDATE per outcome state, guarded by the states it may follow (``OUTCOME_FROM``). Built
+# from our own enums only, never from input.
+_OUTCOME_SQL: dict[TargetState, str] = {
+    state: (
+        f"UPDATE targets SET state = '{state.value}', reason = :reason"  # noqa: S608
+        + "".join(f", {col} = :at" for col in _PHASE_COLUMNS[state])
+        + " WHERE run_id = :run AND kvm_id = :kvm AND state IN ("
+        + sql_list(OUTCOME_FROM[state])
+        + ")"
+    )
+    for state in OUTCOME_FROM
+}
+# Attempts for an unknown run are dropped rather than failing the whole batch: a foreign-key
+# error would fail every later batch too, since the rows of a failed batch are retried.
+_INSERT_ATTEMPT = """
+    INSERT INTO attempts (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
+    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
+"""
+_UPSERT_LOCK = """
+    INSERT INTO locks (kvm_id, run_id, pid, hostname, acquired_at, heartbeat_at)
+    VALUES (?, ?, ?, ?, ?, ?)
+    ON CONFLICT (kvm_id) DO UPDATE SET
+        acquired_at = CASE WHEN locks.run_id = excluded.run_id AND locks.pid = excluded.pid
+                            AND locks.hostname = excluded.hostname
+                           THEN locks.acquired_at ELSE excluded.acquired_at END,
+        run_id = excluded.run_id, pid = excluded.pid, hostname = excluded.hostname,
+        heartbeat_at = excluded.heartbeat_at
+"""
+_INSERT_TAKEOVER = """
+    INSERT INTO lock_takeovers (at, kvm_id, run_id, previous_run_id, previous_pid,
+                                previous_hostname, previous_heartbeat_at, why)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_PROGRESS_COLUMNS = frozenset({"wave_position", "failures", "retries", "counters_json"})
+
+
+@dataclass(eq=False)
+class IntentRequest:
+    """One ``write_intents`` call waiting in a batch (compared and hashed by identity)."""
+
+    run_id: str
+    kvm_ids: tuple[str, ...]
+    at: float
+
+
+@dataclass
+class Batch:
+    """Writes not yet committed, in the order they were asked for."""
+
+    intents: list[IntentRequest] = field(default_factory=list)
+    # (run_id, kvm_id, state, reason, at)
+    outcomes: list[tuple[str, str, TargetState, str, float]] = field(default_factory=list)
+    # (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
+    attempts: list[tuple[str, str | None, float, str, str, int | None, str, float]] = field(
+        default_factory=list
+    )
+    # run_id -> {column: value}; the latest value of a column wins.
+    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.intents) + len(self.outcomes) + len(self.attempts) + len(self.progress)
+
+    def take_back(self, failed: Batch) -> None:
+        """Put the rows of a ``failed`` batch (all but its intents) before this one's."""
+        self.outcomes[:0] = failed.outcomes
+        self.attempts[:0] = failed.attempts
+        for run_id, fields in failed.progress.items():
+            self.progress[run_id] = {**fields, **self.progress.get(run_id, {})}
+
+
+def pid_alive(pid: int) -> bool:
+    """Return whether a process ``pid`` exists on this host."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, it is just not ours
+    return True
+
+
+def new_run_id(now: float) -> str:
+    """Return a run id like ``20261127-2315-ab12cd``: UTC minute, then 6 random hex digits."""
+    return time.strftime("%Y%m%d-%H%M", time.gmtime(now)) + "-" + secrets.token_hex(3)
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for i in range(0, len(items), _CHUNK):
+        yield items[i : i + _CHUNK]
+
+
+def prepare_file(path: Path) -> bool:
+    """Create the journal's directory (0700) and file (0600) if missing; return if created.
+
+    SQLite's unix VFS gives the ``-wal`` and ``-shm`` files the mode of the database file, so
+    creating the database file 0600 first covers them without changing the process-wide umask
+    (which every other thread would see meanwhile). Raises ``OSError``.
+    """
+    parent = path.parent
+    if not parent.exists():
+        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
+    try:
+        # O_EXCL also refuses a symlink planted where the journal should be.
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return True
+
+
+def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode with WAL, full sync, foreign keys and a busy timeout.
+
+    Raises ``JournalError`` (or ``sqlite3.Error``/``OSError``) when that is not possible.
+    """
+    created = prepare_file(path)
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.row_factory = sqlite3.Row
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise JournalError(f"journal {path}: cannot use WAL mode (got {mode!r})")
+        # FULL: a commit is on disk when COMMIT returns. Durability is the point.
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        if created:
+            for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+                with contextlib.suppress(FileNotFoundError):
+                    os.chmod(side, 0o600)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+class Store:
+    """The journal file and its one connection; each public method is one transaction.
+
+    Not thread-safe: the caller runs one method at a time (from any thread). Raises
+    ``JournalError`` from the constructor when the file cannot be opened, is not a journal or
+    is newer than this code, and from every method on SQLite failures (after a rollback).
+    """
+
+    def __init__(
+        self, path: Path, *, pid: int, hostname: str, busy_timeout: float, stale_after: float
+    ) -> None:
+        self.path = path
+        self.pid = pid
+        self.hostname = hostname
+        self.stale_after = stale_after
+        #: Write transactions committed through this store.
+        self.commits = 0
+        #: Outcomes that did not fit the target's state and were not applied:
+        #: (run_id, kvm_id, wanted state, state found or None).
+        self.ignored_outcomes: list[tuple[str, str, TargetState, str | None]] = []
+        try:
+            self._conn = connect(path, busy_timeout)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalError(f"cannot open journal {path}: {exc}") from exc
+        try:
+            self.schema_version = migrate(self._conn)
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise JournalError(f"cannot migrate journal {path}: {exc}") from exc
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
+        """Run ``fn`` in one transaction; roll back and raise ``JournalError`` on failure."""
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            result = fn(conn)
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise JournalError(f"journal {self.path.name}: {exc}") from exc
+            raise
+        if write:
+            self.commits += 1
+        return result
+
+    def close(self) -> None:
+        """Close the connection (SQLite checkpoints the WAL when the last one closes)."""
+        self._conn.close()
+
+    # ----------------------------------------------------------------- the batch
+
+    def write_batch(self, batch: Batch) -> dict[IntentRequest, str]:
+        """Commit ``batch`` in one transaction: outcomes, attempts, progress, then intents.
+
+        Returns the refused intent requests with the reason; a refused request writes nothing.
+        """
+        return self._tx(lambda conn: self._write_batch(conn, batch), write=True)
+
+    def _write_batch(self, conn: sqlite3.Connection, batch: Batch) -> dict[IntentRequest, str]:
+        for run_id, kvm_id, state, reason, at in batch.outcomes:
+            args = {"run": run_id, "kvm": kvm_id, "reason": reason, "at": at}
+            if conn.execute(_OUTCOME_SQL[state], args).rowcount == 0:
+                row = conn.execute(
+                    "SELECT state FROM targets WHERE run_id = ? AND kvm_id = ?", (run_id, kvm_id)
+                ).fetchone()
+                found = None if row is None else str(row[0])
+                self.ignored_outcomes.append((run_id, kvm_id, state, found))
+                _log.warning(
+                    "journal: outcome %s for %s not applied (state %s)", state, kvm_id, found
+                )
+        conn.executemany(_INSERT_ATTEMPT, batch.attempts)
+        for run_id, fields in batch.progress.items():
+            cols = [c for c in fields if c in _PROGRESS_COLUMNS]
+            sets = "".join(f"{c} = :{c}, " for c in cols)
+            conn.execute(
+                f"UPDATE runs SET {sets}updated_at = :updated_at WHERE id = :run",  # noqa: S608
+                {**fields, "run": run_id},
+            )
+        refused: dict[IntentRequest, str] = {}
+        for req in batch.intents:
+            problem = self._intent_problem(conn, req)
+            if problem:
+                refused[req] = problem
+                continue
+            conn.executemany(
+                "UPDATE targets SET state = 'intent', sent_at = ?, sends = sends + 1, reason = ''"
+                " WHERE run_id = ? AND kvm_id = ?",
+                [(req.at, req.run_id, k) for k in req.kvm_ids],
+            )
+        return refused
+
+    def _intent_problem(self, conn: sqlite3.Connection, req: IntentRequest) -> str:
+        """Return why ``req`` may not be written (all of it or none), or ``""``."""
+        problems: list[str] = []
+        for kvm_id in req.kvm_ids:
+            row = conn.execute(
+                "SELECT t.state, l.run_id, l.pid, l.hostname FROM targets t"
+                " LEFT JOIN locks l ON l.kvm_id = t.kvm_id WHERE t.run_id = ? AND t.kvm_id = ?",
+                (req.run_id, kvm_id),
+            ).fetchone()
+            if row is None:
+                problems.append(f"{kvm_id}: not a target of run {req.run_id}")
+            elif TargetState(row[0]) not in INTENT_FROM:
+                problems.append(f"{kvm_id}: state is {row[0]}; another send could repeat it")
+            elif (row[1], row[2], row[3]) != (req.run_id, self.pid, self.hostname):
+                holder = "nobody" if row[1] is None else f"run {row[1]} (pid {row[2]})"
+                problems.append(f"{kvm_id}: locked by {holder}, not by this process")
+        return "; ".join(problems)
+
+    # ----------------------------------------------------------------- runs and targets
+
+    def create_run(
+        self, manifest_path: str, manifest_sha256: str, plan_sha256: str, options: str, now: float
+    ) -> str:
+        """Insert a ``running`` run with a fresh id; return the id."""
+
+        rest = (manifest_path, manifest_sha256, plan_sha256, options, self.pid, self.hostname, now)
+
+        def tx(conn: sqlite3.Connection) -> str:
+            for _ in range(20):
+                run_id = new_run_id(now)
+                with contextlib.suppress(sqlite3.IntegrityError):  # id taken: draw another
+                    conn.execute(
+                        "INSERT INTO runs (id, manifest_path, manifest_sha256, plan_sha256,"
+                        " options_json, pid, hostname, started_at, updated_at, status)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
+                        (run_id, *rest, now),
+                    )
+                    return run_id
+            raise JournalError("could not draw a free run id")
+
+        return self._tx(tx, write=True)
+
+    def add_targets(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert ``(run_id, kvm_id, wave, position, image, hostname, user_data_sha256,
+        queued_at)`` rows; raise ``JournalError`` for an unknown run or a repeated VPS."""
+
+        def tx(conn: sqlite3.Connection) -> None:
+            try:
+                conn.executemany(
+                    "INSERT INTO targets (run_id, kvm_id, wave, position, image, hostname,"
+                    " user_data_sha256, queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            except sqlite3.IntegrityError as exc:
+                raise JournalError(f"cannot add targets: {exc}") from exc
+
+        self._tx(tx, write=True)
+
+    def set_run_status(self, run_id: str, status: RunStatus, now: float) -> RunRecord:
+        """Set a run's status (``running`` also takes it over for this process); return it."""
+
+        def tx(conn: sqlite3.Connection) -> RunRecord:
+            if status is RunStatus.RUNNING:
+                conn.execute(
+                    "UPDATE runs SET status = 'running', ended_at = NULL, pid = ?, hostname = ?,"
+                    " updated_at = ? WHERE id = ?",
+                    (self.pid, self.hostname, now, run_id),
+                )
+            else:
+                conn.execute(
+                    "UPDATE runs SET status = ?, ended_at = ?, updated_at = ? WHERE id = ?",
+                    (status.value, now, now, run_id),
+                )
+            return self._run(conn, run_id)
+
+        return self._tx(tx, write=True)
+
+    # ----------------------------------------------------------------- reading
+
+    @staticmethod
+    def _run(conn: sqlite3.Connection, run_id: str) -> RunRecord:
+        row = conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise JournalError(f"no run {run_id} in the journal")
+        return run_from_row(row)
+
+    def runs(self) -> list[RunRecord]:
+        """Every run, oldest first (ids sort by start time)."""
+        sql = "SELECT * FROM runs ORDER BY id"
+        return self._tx(lambda c: [run_from_row(r) for r in c.execute(sql)], write=False)
+
+    def run(self, run_id: str) -> RunRecord:
+        """One run; ``JournalError`` when there is none."""
+        return self._tx(lambda c: self._run(c, run_id), write=False)
+
+    def targets(self, run_id: str) -> list[TargetRecord]:
+        """The run's targets in wave and position order."""
+        sql = "SELECT * FROM targets WHERE run_id = ? ORDER BY wave, position, kvm_id"
+        return self._tx(
+            lambda c: [target_from_row(r) for r in c.execute(sql, (run_id,))], write=False
+        )
+
+    def attempts(self, run_id: str, kvm_id: str | None) -> list[AttemptRecord]:
+        """The run's attempts (only ``kvm_id``'s when given), oldest first."""
+        cols = "run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds"
+        args: tuple[str, ...] = (run_id,) if kvm_id is None else (run_id, kvm_id)
+        where = "" if kvm_id is None else " AND kvm_id = ?"
+        sql = f"SELECT {cols} FROM attempts WHERE run_id = ?{where} ORDER BY id"  # noqa: S608
+        return self._tx(lambda c: [AttemptRecord(*r) for r in c.execute(sql, args)], write=False)
+
+    def locks(self) -> list[LockRecord]:
+        """Every lock row, by kvm id."""
+        cols = "kvm_id, run_id, pid, hostname, acquired_at, heartbeat_at"
+        sql = f"SELECT {cols} FROM locks ORDER BY kvm_id"  # noqa: S608
+        return self._tx(lambda c: [LockRecord(*r) for r in c.execute(sql)], write=False)
+
+    def lock_takeovers(self, run_id: str) -> list[LockTakeover]:
+        """The stale locks run ``run_id`` took over, oldest first."""
+        sql = (
+            "SELECT kvm_id, previous_run_id, previous_pid, previous_hostname,"
+            " previous_heartbeat_at, why FROM lock_takeovers WHERE run_id = ? ORDER BY id"
+        )
+        return self._tx(
+            lambda c: [LockTakeover(*r) for r in c.execute(sql, (run_id,))], write=False
+        )
+
+    # ----------------------------------------------------------------- locks
+
+    def _stale(self, row: sqlite3.Row, now: float) -> str:
+        """Return why another process's lock ``row`` is stale, or ``""`` if it is live."""
+        if row["hostname"] == self.hostname and not pid_alive(row["pid"]):
+            return f"pid {row['pid']} no longer runs on {row['hostname']}"
+        age = now - row["heartbeat_at"]
+        if age > self.stale_after:
+            return f"no heartbeat for {age:.0f} s"
+        return ""
+
+    def acquire_locks(self, run_id: str, kvm_ids: Sequence[str], now: float) -> list[LockTakeover]:
+        """Take all of ``kvm_ids`` for this run and process, or none (``LockedError``)."""
+
+        def tx(conn: sqlite3.Connection) -> list[LockTakeover]:
+            self._run(conn, run_id)
+            found: list[sqlite3.Row] = []
+            for chunk in _chunks(kvm_ids):
+                marks = ", ".join("?" * len(chunk))
+                found += conn.execute(f"SELECT * FROM locks WHERE kvm_id IN ({marks})", chunk)  # noqa: S608
+            conflicts: dict[str, list[str]] = {}
+            where: dict[str, str] = {}
+            takeovers: list[LockTakeover] = []
+            for row in found:
+                if (row["run_id"], row["pid"], row["hostname"]) == (
+                    run_id,
+                    self.pid,
+                    self.hostname,
+                ):
+                    continue
+                why = self._stale(row, now)
+                if why:
+                    takeovers.append(
+                        LockTakeover(
+                            row["kvm_id"], row["run_id"], row["pid"], row["hostname"],
+                            row["heartbeat_at"], why,
+                        )
+                    )  # fmt: skip
+                    continue
+                conflicts.setdefault(row["run_id"], []).append(row["kvm_id"])
+                where[row["run_id"]] = (
+                    f"pid {row['pid']} on {row['hostname']}, "
+                    f"heartbeat {max(0.0, now - row['heartbeat_at']):.0f} s ago"
+                )
+            if conflicts:
+                raise LockedError(conflicts, detail=" (" + "; ".join(where.values()) + ")")
+            rows = [(k, run_id, self.pid, self.hostname, now, now) for k in kvm_ids]
+            conn.executemany(_UPSERT_LOCK, rows)
+            conn.executemany(
+                _INSERT_TAKEOVER,
+                [
+                    (now, t.kvm_id, run_id, t.previous_run_id, t.previous_pid,
+                     t.previous_hostname, t.previous_heartbeat_at, t.why)
+                    for t in takeovers
+                ],
+            )  # fmt: skip
+            return takeovers
+
+        return self._tx(tx, write=True)
+
+    def heartbeat(self, run_id: str, expected: set[str], now: float) -> dict[str, list[str]]:
+        """Refresh this process's locks of ``run_id``; return which of ``expected`` are no
+        longer ours, grouped by their holder now (``(nobody)`` when released)."""
+        me = (run_id, self.pid, self.hostname)
+
+        def tx(conn: sqlite3.Connection) -> dict[str, list[str]]:
+            conn.execute(
+                "UPDATE locks SET heartbeat_at = ? WHERE run_id = ? AND pid = ? AND hostname = ?",
+                (now, *me),
+            )
+            conn.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, run_id))
+            mine = "SELECT kvm_id FROM locks WHERE run_id = ? AND pid = ? AND hostname = ?"
+            held = {r[0] for r in conn.execute(mine, me)}
+            lost: dict[str, list[str]] = {}
+            for kvm_id in sorted(expected - held):
+                row = conn.execute(
+                    "SELECT run_id FROM locks WHERE kvm_id = ?", (kvm_id,)
+                ).fetchone()
+                lost.setdefault("(nobody)" if row is None else row[0], []).append(kvm_id)
+            return lost
+
+        return self._tx(tx, write=True)
+
+    def release_locks(self, run_id: str) -> int:
+        """Delete this process's locks of ``run_id``; return how many there were."""
+        sql = "DELETE FROM locks WHERE run_id = ? AND pid = ? AND hostname = ?"
+        me = (run_id, self.pid, self.hostname)
+        return self._tx(lambda c: c.execute(sql, me).rowcount, write=True)
