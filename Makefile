@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format typecheck check clean
+.PHONY: install test lint format typecheck check clean demo
 
 install: $(STAMP)
 
@@ -32,3 +32,19 @@ check: lint typecheck test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# The main job against the bundled simulator: no credentials, no network beyond loopback.
+# The simulator runs time-scaled (a Linux install takes 3 s), so the run takes seconds.
+demo: install
+	@bash -c 'set -euo pipefail; \
+	  work=$$(mktemp -d); \
+	  $(BIN)/edis-fleet simulator --vps 5 --port 0 --time-scale 0.01 \
+	    --url-file "$$work/url" > "$$work/simulator.log" 2>&1 & sim=$$!; \
+	  trap "kill $$sim 2>/dev/null; wait $$sim 2>/dev/null; rm -rf \"$$work\"" EXIT; \
+	  for i in $$(seq 100); do [ -s "$$work/url" ] && break; sleep 0.1; done; \
+	  [ -s "$$work/url" ] || { cat "$$work/simulator.log"; exit 1; }; \
+	  echo "== simulator at $$(cat "$$work/url") (5 VPSes, installs time-scaled x0.01)"; \
+	  echo "== edis-fleet apply fleets/example.yaml"; \
+	  EDIS_EMAIL=operator@example.com EDIS_PASSWORD=sim-pass EDIS_ROOT_PASSWORD=demo-Root-pass-42 \
+	  $(BIN)/edis-fleet apply fleets/example.yaml --session-url "$$(cat "$$work/url")" \
+	    --allow-api-host 127.0.0.0/8 --journal "$$work/journal.sqlite"'

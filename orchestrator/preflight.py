@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from orchestrator.edis.api import ReadRetries
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import ApiError
+from orchestrator.limits import RateLimiter
 
 
 @dataclass(frozen=True)
@@ -49,12 +51,17 @@ async def preflight(
     client: EdisClient,
     book: SessionBook,
     concurrency: int = 8,
+    retries: ReadRetries | None = None,
+    limiter: RateLimiter | None = None,
 ) -> PreflightReport:
     """Check every selected VPS against the account; return all problems at once.
 
-    Raises the client's ``ApiError`` subclasses only for the auth call itself (a wrong
-    password is ``AuthenticationError``); per-VPS failures become problems in the report.
+    Image lists are read with ``retries`` (read-only calls: a passing 502 is retried), each
+    after a rate token from ``limiter`` when one is given. Raises the client's ``ApiError``
+    subclasses only for the auth call itself (a wrong password is ``AuthenticationError``);
+    per-VPS failures become problems in the report.
     """
+    retries = retries or ReadRetries(limiter=limiter)
     report = PreflightReport()
     accounts = await book.accounts()
     unusable = book.unusable
@@ -80,13 +87,19 @@ async def preflight(
         report.api_hosts[check.kvm_id] = cred.api_host
         reachable.append(check)
 
-    limiter = anyio.CapacityLimiter(max(1, concurrency))
+    slots = anyio.CapacityLimiter(max(1, concurrency))
     fetched: dict[str, tuple[str, ...] | str] = {}
 
     async def fetch(kvm_id: str) -> None:
-        async with limiter:
+        async with slots:
+
+            async def attempt() -> list[str]:
+                if limiter is not None:
+                    await limiter.acquire("call")
+                return await book.call(kvm_id, client.images)
+
             try:
-                fetched[kvm_id] = tuple(await book.call(kvm_id, client.images))
+                fetched[kvm_id] = tuple(await retries(attempt))
             except ApiError as exc:
                 fetched[kvm_id] = f"could not list its images: {exc.message}"
 

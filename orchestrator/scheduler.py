@@ -58,6 +58,8 @@ class Job:
     deadline_s: float
     min_install_s: float
     install_window_s: float
+    poll_interval_s: float = 15.0
+    vps_deadline_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,6 @@ class RunSettings:
     soak_s: float = 0.0
     in_doubt: str = REPORT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
-    poll_interval: float = 15.0
 
 
 @dataclass
@@ -174,12 +175,17 @@ class Scheduler:
     # -- one VPS ---------------------------------------------------------------------
 
     async def _flow(self, job: Job, wave_budget: int) -> None:
+        started = self._clock.monotonic()
         self._set(job.kvm_id, job.wave, TargetState.PENDING)
         accepted = await self._send_phase(job, wave_budget)
         if not accepted:
             return
+        deadline = job.deadline_s
+        if job.vps_deadline_s is not None:
+            # The per-VPS cap covers the whole flow: what sending took is not left for waiting.
+            deadline = min(deadline, job.vps_deadline_s - (self._clock.monotonic() - started))
         with self._until_drained() as scope:
-            result = await self._readiness(job)
+            result = await self._readiness(job, max(0.0, deadline))
         if scope.cancelled_caught:
             return  # drained: stays accepted, resume checks it again
         if result.ready:
@@ -222,7 +228,6 @@ class Scheduler:
         async with self._limits.concurrency:
             if self.stopping and not resend:
                 raise _Skipped(self._stop_reason())
-            self._budget.record_first_attempt()
 
             async def attempt() -> None:
                 await self._limits.requests.acquire("call")
@@ -257,7 +262,7 @@ class Scheduler:
                 on_throttled=cool,
             )
 
-    async def _readiness(self, job: Job) -> ReadyResult:
+    async def _readiness(self, job: Job, deadline: float) -> ReadyResult:
         host: str | None = None
         if job.readiness == "tcp":
             host = await self._polled(lambda: self._api.address(job.kvm_id))
@@ -270,9 +275,9 @@ class Scheduler:
         return await wait_ready(
             job.readiness,
             clock=self._clock,
-            deadline_seconds=job.deadline_s,
-            min_install_seconds=job.min_install_s,
-            poll_interval=self._settings.poll_interval,
+            deadline_seconds=deadline,
+            min_install_seconds=min(job.min_install_s, deadline),
+            poll_interval=job.poll_interval_s,
             accepted_at=self._clock.monotonic(),
             power=power,
             host=host,

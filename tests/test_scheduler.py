@@ -66,6 +66,7 @@ def jobs_for(
             deadline_s=20.0,
             min_install_s=0.0,
             install_window_s=window,
+            poll_interval_s=0.02,
         )
         for kvm_id in ids
     )
@@ -89,7 +90,7 @@ async def scheduler_for(
 
 
 def settings(**kwargs: object) -> RunSettings:
-    base: dict[str, object] = {"run_budget": 0, "retry": FAST_RETRY, "poll_interval": 0.02}
+    base: dict[str, object] = {"run_budget": 0, "retry": FAST_RETRY}
     base.update(kwargs)
     return RunSettings(**base)  # type: ignore[arg-type]
 

@@ -52,12 +52,29 @@ def register(sub: Any) -> None:
         "Sends only read-only requests.",
     )
     add_selection_arguments(p)
+    add_account_overrides(p)
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("-o", "--output", metavar="PLAN.json", help="write the plan to this file")
     p.add_argument(
         "--format", choices=("text", "json"), default="text", help="what to print (text)"
     )
     p.set_defaults(handler=run)
+
+
+def add_account_overrides(p: argparse.ArgumentParser) -> None:
+    """Options that point a manifest at another API endpoint (a rehearsal on the simulator)."""
+    p.add_argument(
+        "--session-url",
+        metavar="URL",
+        help="use this session URL instead of the manifest's (e.g. the bundled simulator)",
+    )
+    p.add_argument(
+        "--allow-api-host",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also allow these api hosts (a host, '*.domain' or a CIDR such as 127.0.0.0/8)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
         return fail(args.fleet, [f"account credentials: {exc}"], [], redact, sys.stderr)
     redact.add(password)
     try:
-        found = anyio.run(_preflight, fleet, selected, email, password)
+        found = anyio.run(_preflight, fleet, selected, email, password, args)
     except AuthenticationError as exc:
         sys.stderr.write(redact(f"{args.fleet}: {exc}\n"))
         return exitcodes.ABORTED
@@ -122,14 +139,14 @@ def user_data_hashes(fleet: Fleet, selected: SelectedFleet) -> dict[str, str | N
 
 
 async def _preflight(
-    fleet: Fleet, selected: SelectedFleet, email: str, password: Secret
+    fleet: Fleet, selected: SelectedFleet, email: str, password: Secret, args: argparse.Namespace
 ) -> PreflightReport:
     account = fleet.account
     async with EdisClient(
-        session_url=account.session_url,
+        session_url=args.session_url or account.session_url,
         email=email,
         password=password,
-        allowed_hosts=account.allowed_api_hosts,
+        allowed_hosts=(*account.allowed_api_hosts, *args.allow_api_host),
         ca_file=str(account.ca_file) if account.ca_file else None,
     ) as client:
         book = SessionBook(client, clock=SystemClock())

@@ -2,29 +2,84 @@
 
 Each call gets fresh credentials from the session book (which refreshes ahead of expiry and
 replays once after a refused signature). The book's own auth calls go through the run's rate
-limiter too (``LimitedAuth``), so every API call of a run shares one request rate.
+limiter too (``LimitedAuth``), so every API call of a run shares one request rate, and they are
+retried like every read-only call (``ReadRetries``): a passing 502 on the auth call must not
+end a run, while a refused password is final at once.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from orchestrator.clock import SystemClock
 from orchestrator.edis.client import AuthResult, EdisClient, VpsCredentials
 from orchestrator.edis.session import SessionBook
+from orchestrator.errors import ApiError
 from orchestrator.limits import RateLimiter
+from orchestrator.model import Clock
 from orchestrator.readiness import primary_ipv4
+from orchestrator.retry import RetryBudget, RetryPolicy, call_with_retries
 from orchestrator.secrets import Secret
+
+T = TypeVar("T")
+
+
+class ReadRetries:
+    """Retries for calls that change nothing (auth, images, details), per ``retry.decide``.
+
+    A throttled answer also starts the limiter's fleet-wide cooldown when a limiter is given.
+    """
+
+    def __init__(
+        self,
+        *,
+        clock: Clock | None = None,
+        policy: RetryPolicy | None = None,
+        budget: RetryBudget | None = None,
+        limiter: RateLimiter | None = None,
+    ) -> None:
+        self._clock: Clock = clock or SystemClock()
+        self._policy = policy or RetryPolicy()
+        self._budget = budget or RetryBudget()
+        self._limiter = limiter
+
+    async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
+        """Await ``fn()`` with retries; raises the last ``ApiError`` when they run out."""
+
+        async def cool(exc: ApiError) -> None:
+            if self._limiter is not None:
+                self._limiter.throttled(exc.retry_after)
+
+        return await call_with_retries(
+            fn,
+            destructive=False,
+            policy=self._policy,
+            budget=self._budget,
+            clock=self._clock,
+            on_throttled=cool,
+        )
 
 
 class LimitedAuth:
-    """An ``Authenticator`` that takes a rate token before each auth call."""
+    """An ``Authenticator`` that takes a rate token before each auth attempt, with retries."""
 
-    def __init__(self, client: EdisClient, limiter: RateLimiter) -> None:
+    def __init__(
+        self, client: EdisClient, limiter: RateLimiter, retries: ReadRetries | None = None
+    ) -> None:
         self._client = client
         self._limiter = limiter
+        self._retries = retries or ReadRetries(limiter=limiter)
 
     async def authenticate(self, kvm_id: str | None = None) -> AuthResult:
-        """Authenticate through the client once a rate token is granted. Raises ``ApiError``."""
-        await self._limiter.acquire("call")
-        return await self._client.authenticate(kvm_id)
+        """Authenticate through the client once a rate token is granted. Raises ``ApiError``
+        (``AuthenticationError`` at once, never retried)."""
+
+        async def attempt() -> AuthResult:
+            await self._limiter.acquire("call")
+            return await self._client.authenticate(kvm_id)
+
+        return await self._retries(attempt)
 
 
 class EdisFleetAPI:
@@ -34,9 +89,12 @@ class EdisFleetAPI:
     this class only adds credentials.
     """
 
-    def __init__(self, client: EdisClient, book: SessionBook) -> None:
+    def __init__(
+        self, client: EdisClient, book: SessionBook, retries: ReadRetries | None = None
+    ) -> None:
         self._client = client
         self._book = book
+        self._retries = retries or ReadRetries()
 
     async def reinstall(
         self, kvm_id: str, *, image: str, password: Secret, user_data: Secret | None
@@ -56,5 +114,5 @@ class EdisFleetAPI:
 
     async def address(self, kvm_id: str) -> str | None:
         """Return the primary IPv4 address of ``kvm_id`` (from ``get/details``), or None."""
-        details = await self._book.call(kvm_id, self._client.details)
+        details = await self._retries(lambda: self._book.call(kvm_id, self._client.details))
         return primary_ipv4(details)

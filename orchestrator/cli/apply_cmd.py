@@ -1,0 +1,324 @@
+"""``edis-fleet apply FLEET.yaml``: reinstall the selected fleet. WIPES DISKS.
+
+Everything ``plan`` checks, then the guard (more than 10 VPSes, or any protected one, needs
+``--yes`` or ``--confirm-count N``; a terminal is asked), then the run: waves, rate limits,
+safe retries, session refresh, readiness, a journal written before every send, and the
+reports. ``--plan plan.json`` refuses a plan whose manifest, selection or rendered user-data
+changed since it was written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TextIO
+
+import anyio
+
+from orchestrator.cli import exitcodes
+from orchestrator.cli.plan_cmd import add_account_overrides, user_data_hashes
+from orchestrator.cli.runner import Account, RunOutcome, RunSpec, execute
+from orchestrator.cli.validate_cmd import add_selection_arguments, fail, load_and_select
+from orchestrator.errors import (
+    AuthenticationError,
+    EdisFleetError,
+    JournalError,
+    LockedError,
+    ManifestError,
+    PreflightError,
+)
+from orchestrator.fleet import (
+    Fleet,
+    GeneratedPassword,
+    PasswordBook,
+    read_source,
+    takes_cloud_init,
+    write_generated_passwords,
+)
+from orchestrator.journal import TargetSpec
+from orchestrator.model import TargetState
+from orchestrator.plan import Plan, build_plan, manifest_sha256
+from orchestrator.retry import RetryPolicy
+from orchestrator.scheduler import Job, RunSettings, WaveSpec
+from orchestrator.secrets import Redactor, Secret
+from orchestrator.selection import SelectedFleet
+from orchestrator.templates import CloudInitSchema, Templates
+
+GUARD_LIMIT = 10
+DEFAULT_JOURNAL = Path(".edis-fleet") / "journal.sqlite"
+
+
+def register(sub: Any) -> None:
+    """Add the ``apply`` subcommand."""
+    p: argparse.ArgumentParser = sub.add_parser(
+        "apply",
+        help="reinstall the selected VPSes (WIPES DISKS)",
+        description="Reinstall the selected VPSes of a fleet manifest, in waves. WIPES DISKS.",
+    )
+    add_selection_arguments(p)
+    add_account_overrides(p)
+    p.add_argument("--strict", action="store_true", help="treat manifest warnings as errors")
+    p.add_argument(
+        "--plan", metavar="PLAN.json", help="apply exactly this plan (refused if anything changed)"
+    )
+    p.add_argument("--yes", action="store_true", help="do not ask before wiping")
+    p.add_argument(
+        "--confirm-count",
+        type=int,
+        metavar="N",
+        help="confirm the number of VPSes to wipe (must equal the blast radius)",
+    )
+    p.add_argument(
+        "--journal",
+        default=str(DEFAULT_JOURNAL),
+        metavar="PATH",
+        help=f"the run journal (default {DEFAULT_JOURNAL})",
+    )
+    p.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check, guard, reinstall; return the exit code (see ``edis-fleet --help``)."""
+    env = dict(os.environ)
+    if args.plan and (args.only or args.limit or args.exclude or args.include_protected):
+        sys.stderr.write("--plan carries its own selection: drop --only/--limit/--exclude\n")
+        return exitcodes.USAGE
+    plan_file: dict[str, Any] | None = None
+    if args.plan:
+        try:
+            plan_file = json.loads(Path(args.plan).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            sys.stderr.write(f"cannot read plan {args.plan}: {exc}\n")
+            return exitcodes.USAGE
+        _selection_args_from_plan(args, plan_file)
+    loaded = load_and_select(args, env, CloudInitSchema.find())
+    report, selected, selection = loaded.report, loaded.selected, loaded.selection
+    redact = report.redactor
+    if loaded.problems or report.fleet is None or selected is None or selection is None:
+        return fail(args.fleet, loaded.problems, report.warnings, redact, sys.stderr)
+    fleet = report.fleet
+    try:
+        plan = build_plan(
+            selected,
+            selection,
+            manifest_hash=manifest_sha256(fleet.path),
+            user_data_hashes=user_data_hashes(fleet, selected),
+        )
+    except ManifestError as exc:
+        return fail(args.fleet, exc.problems, [], redact, sys.stderr)
+    if plan_file is not None and plan_file.get("content_hash") != plan.content_hash:
+        sys.stderr.write(
+            f"{args.plan} is stale: the manifest, its templates or the selection changed since "
+            "it was written (its hash no longer matches). Run 'edis-fleet plan' again.\n"
+        )
+        return exitcodes.USAGE
+    code = guard(plan, selected, args, sys.stdin, sys.stderr)
+    if code is not None:
+        return code
+    try:
+        spec = build_spec(args, env, fleet=fleet, selected=selected, plan=plan, redact=redact)
+    except ManifestError as exc:
+        return fail(args.fleet, exc.problems, [], redact, sys.stderr)
+    except (KeyError, OSError, ValueError) as exc:
+        return fail(args.fleet, [f"credentials: {exc}"], [], redact, sys.stderr)
+    return finish(anyio_run(spec), spec, redact, sys.stdout, sys.stderr)
+
+
+def anyio_run(spec: RunSpec) -> RunOutcome | EdisFleetError:
+    """Run ``execute`` on a fresh event loop; return its outcome or the error that stopped it."""
+    try:
+        return anyio.run(execute, spec)
+    except EdisFleetError as exc:
+        return exc
+
+
+def finish(
+    outcome: RunOutcome | EdisFleetError,
+    spec: RunSpec,
+    redact: Redactor,
+    out: TextIO,
+    err: TextIO,
+) -> int:
+    """Print how the run ended and return its exit code."""
+    if isinstance(outcome, AuthenticationError):
+        err.write(redact(f"aborted: {outcome}\n"))
+        return exitcodes.ABORTED
+    if isinstance(outcome, PreflightError):
+        err.write(f"pre-flight failed, nothing was sent ({len(outcome.problems)} problems):\n")
+        err.writelines(redact(p) + "\n" for p in outcome.problems)
+        return exitcodes.USAGE
+    if isinstance(outcome, LockedError | JournalError):
+        err.write(redact(f"refused: {outcome}\n"))
+        return exitcodes.USAGE
+    if isinstance(outcome, EdisFleetError):
+        err.write(redact(f"error: {outcome}\n"))
+        return exitcodes.USAGE
+    result = outcome.result
+    totals = ", ".join(
+        f"{state.value} {result.count(state)}" for state in TargetState if result.count(state)
+    )
+    out.write(f"run {outcome.run_id}: {outcome.status.value} ({totals})\n")
+    for kvm_id, state in sorted(result.states.items()):
+        if state in (TargetState.FAILED, TargetState.IN_DOUBT):
+            out.write(redact(f"  {kvm_id} {state.value}: {result.reasons.get(kvm_id, '')}\n"))
+    if result.interrupted:
+        err.write(f"interrupted; resume with: edis-fleet resume {outcome.run_id}\n")
+        return exitcodes.INTERRUPTED
+    if result.aborted is not None:
+        err.write(f"aborted: {result.aborted}\n")
+        return exitcodes.ABORTED
+    if result.count(TargetState.FAILED):
+        return exitcodes.FAILED
+    if result.count(TargetState.IN_DOUBT):
+        return exitcodes.IN_DOUBT
+    return exitcodes.OK
+
+
+def guard(
+    plan: Plan, selected: SelectedFleet, args: argparse.Namespace, stdin: TextIO, err: TextIO
+) -> int | None:
+    """Return None when the run may go ahead, or the exit code that refuses it.
+
+    More than ``GUARD_LIMIT`` VPSes, or any protected one, needs ``--yes`` or
+    ``--confirm-count`` equal to the blast radius; on a terminal the operator is shown the
+    targets and asked to type the count.
+    """
+    radius = plan.blast_radius
+    if args.confirm_count is not None and args.confirm_count != radius:
+        err.write(
+            f"--confirm-count {args.confirm_count} does not match: this run would wipe "
+            f"{radius} VPS(es). Nothing was sent.\n"
+        )
+        return exitcodes.USAGE
+    if radius <= GUARD_LIMIT and not plan.protected:
+        return None
+    if args.yes or args.confirm_count == radius:
+        return None
+    why = f"this run would wipe {radius} VPS(es)" + (
+        f", {plan.protected} of them protected" if plan.protected else ""
+    )
+    if not stdin.isatty():
+        err.write(
+            f"{why}: pass --yes or --confirm-count {radius} to go ahead "
+            "(no terminal to ask). Nothing was sent.\n"
+        )
+        return exitcodes.USAGE
+    err.write(f"{why}:\n")
+    for entry in selected.vps:
+        mark = "  [protected]" if entry.protected else ""
+        err.write(f"  {entry.id}  {entry.hostname}  {entry.image}{mark}\n")
+    err.write(f"type {radius} to wipe them, anything else to stop: ")
+    err.flush()
+    answer = stdin.readline().strip()
+    if answer != str(radius):
+        err.write("not confirmed. Nothing was sent.\n")
+        return exitcodes.USAGE
+    return None
+
+
+def build_spec(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    *,
+    fleet: Fleet,
+    selected: SelectedFleet,
+    plan: Plan,
+    redact: Redactor,
+) -> RunSpec:
+    """Render the user data with the real passwords and describe the run.
+
+    Generated root passwords are written to their 0600 files here, before anything is sent.
+    Raises ``ManifestError`` for a template that fails, ``KeyError``/``OSError``/``ValueError``
+    for credentials that cannot be read.
+    """
+    account = fleet.account
+    email = read_source(account.email, env)
+    password = Secret(read_source(account.password, env))
+    redact.add(password)
+    passwords = PasswordBook(env)
+    templates = Templates.for_fleet(fleet)
+    rollout = fleet.rollout
+    by_id = {e.id: e for e in selected.vps}
+    waves: list[WaveSpec] = []
+    targets: list[TargetSpec] = []
+    hashes = {t.kvm_id: t.user_data_sha256 for t in plan.targets}
+    for wave in plan.waves:
+        jobs: list[Job] = []
+        for position, kvm_id in enumerate(wave.kvm_ids):
+            entry = by_id[kvm_id]
+            root = passwords.root_password(entry)
+            redact.add(root)
+            user_data = None
+            if entry.template is not None and takes_cloud_init(entry.image):
+                user_data = Secret(templates.render(entry, root).text)
+            r = entry.readiness
+            jobs.append(
+                Job(
+                    kvm_id=kvm_id,
+                    wave=wave.index,
+                    image=entry.image,
+                    password=root,
+                    user_data=user_data,
+                    readiness=r.mode,
+                    port=r.port,
+                    deadline_s=r.deadline_s,
+                    min_install_s=r.min_install_s,
+                    install_window_s=rollout.in_doubt_window_s or r.deadline_s,
+                    poll_interval_s=r.poll_interval_s,
+                    vps_deadline_s=rollout.vps_deadline_s,
+                )
+            )
+            targets.append(
+                TargetSpec(
+                    kvm_id, wave.index, position, entry.image, entry.hostname, hashes[kvm_id]
+                )
+            )
+        waves.append(WaveSpec(wave.index, tuple(jobs), wave.failure_budget))
+    _write_generated(selected, passwords)
+    return RunSpec(
+        account=Account(
+            session_url=args.session_url or account.session_url,
+            email=email,
+            password=password,
+            allowed_hosts=(*account.allowed_api_hosts, *args.allow_api_host),
+            ca_file=str(account.ca_file) if account.ca_file else None,
+        ),
+        waves=waves,
+        settings=RunSettings(
+            run_budget=plan.run_budget,
+            soak_s=rollout.soak_s,
+            in_doubt=rollout.in_doubt.value,
+            retry=RetryPolicy(),
+        ),
+        concurrency=rollout.concurrency,
+        rate=rollout.rate_per_s,
+        journal_path=Path(args.journal),
+        manifest_path=str(fleet.path),
+        manifest_sha256=plan.manifest_sha256,
+        plan_sha256=plan.content_hash,
+        options={"selection": dict(plan.selection), "rollout": dict(plan.rollout)},
+        targets=targets,
+        redact=redact,
+    )
+
+
+def _write_generated(selected: SelectedFleet, passwords: PasswordBook) -> None:
+    by_file: dict[Path, dict[str, Secret]] = {}
+    for entry in selected.vps:
+        source = entry.root_password
+        if isinstance(source, GeneratedPassword):
+            by_file.setdefault(source.output, {})[entry.id] = passwords.generated[entry.id]
+    for path, generated in by_file.items():
+        write_generated_passwords(path, generated)
+
+
+def _selection_args_from_plan(args: argparse.Namespace, plan_file: Mapping[str, Any]) -> None:
+    chosen = plan_file.get("selection") or {}
+    args.only = [f"{key}={','.join(values)}" for key, values in chosen.get("only", [])]
+    args.limit = [",".join(chosen["limit"])] if chosen.get("limit") else []
+    args.exclude = [",".join(chosen.get("exclude", []))] if chosen.get("exclude") else []
+    args.include_protected = bool(chosen.get("include_protected"))

@@ -1,0 +1,241 @@
+"""``edis-fleet apply`` end to end: the real CLI in a subprocess against the simulator.
+
+The simulator runs in this test's event loop, so the CLI is started with ``anyio`` process
+calls that keep the loop serving. Every test checks the simulator's counters.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.streams.text import TextReceiveStream
+
+from orchestrator.simulator import Simulator
+from tests.conftest import SimFactory
+from tests.test_plan import MARKER_ROOT, manifest
+
+FAST = """\
+  readiness: {mode: api, min_install: 0.2s, poll_interval: 0.1s, deadline: 1m}
+"""
+
+
+def fleet(
+    sim: Simulator,
+    tmp: Path,
+    count: int,
+    *,
+    rollout: str = "",
+    extra_vps: str = "",
+    first: int = 0,
+) -> Path:
+    lines = [
+        f"  - {{id: {kvm_id}, hostname: host-{i}}}"
+        for i, kvm_id in enumerate(sim.vps_ids[first : first + count])
+    ]
+    path = manifest(sim, tmp, "\n".join(lines) + extra_vps, extra=rollout)
+    text = path.read_text().replace("  readiness: {mode: api}\n", FAST)
+    path.write_text(text)
+    return path
+
+
+def env_for(sim: Simulator) -> dict[str, str]:
+    return {
+        "EDIS_EMAIL": sim.email,
+        "EDIS_PASSWORD": sim.password,
+        "EDIS_ROOT_PASSWORD": MARKER_ROOT,
+        "PATH": "/usr/bin:/bin",
+    }
+
+
+async def apply(sim: Simulator, path: Path, *args: str) -> tuple[int, str, str]:
+    done = await anyio.run_process(
+        [sys.executable, "-m", "orchestrator", "apply", str(path), *args],
+        env=env_for(sim),
+        cwd=path.parent,
+        check=False,
+    )
+    return done.returncode, done.stdout.decode(), done.stderr.decode()
+
+
+def received(sim: Simulator) -> int:
+    return sum(sim.counters.reinstall_received.values())
+
+
+async def test_healthy_run_reinstalls_each_vps_once(make_sim: SimFactory, tmp_path: Path) -> None:
+    async with make_sim(vps_count=6, time_scale=0.002) as sim:
+        path = fleet(sim, tmp_path, 6)
+        code, out, err = await apply(sim, path)
+        assert code == 0, err
+        assert "done" in out
+        for kvm_id in sim.vps_ids:
+            assert sim.counters.reinstall_accepted[kvm_id] == 1
+        journal = tmp_path / ".edis-fleet" / "journal.sqlite"
+        assert journal.exists()
+        assert journal.stat().st_mode & 0o777 == 0o600
+        for produced in (out, err, journal.read_bytes().decode("latin-1")):
+            assert MARKER_ROOT not in produced
+            assert sim.password not in produced
+
+
+async def test_guard_refuses_a_large_run_without_a_terminal_or_yes(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    async with make_sim(vps_count=12, time_scale=0.002) as sim:
+        path = fleet(sim, tmp_path, 12)
+        code, _, err = await apply(sim, path)
+        assert code == 2
+        assert "would wipe 12 VPS(es)" in err
+        assert "--confirm-count 12" in err
+        code, _, err = await apply(sim, path, "--confirm-count", "11")
+        assert code == 2
+        assert "does not match" in err
+        assert sum(sim.counters.requests.values()) == 0
+        code, _, err = await apply(sim, path, "--confirm-count", "12")
+        assert code == 0, err
+        assert received(sim) == 12
+
+
+async def test_a_protected_vps_needs_confirmation(sim: Simulator, tmp_path: Path) -> None:
+    path = fleet(
+        sim,
+        tmp_path,
+        1,
+        extra_vps=f"\n  - {{id: {sim.vps_ids[4]}, hostname: guarded, protected: true}}",
+    )
+    code, _, err = await apply(sim, path, "--include-protected")
+    assert code == 2
+    assert "1 of them protected" in err
+    assert sum(sim.counters.requests.values()) == 0
+
+
+async def test_a_stale_plan_is_refused(sim: Simulator, tmp_path: Path) -> None:
+    path = fleet(sim, tmp_path, 2)
+    done = await anyio.run_process(
+        [sys.executable, "-m", "orchestrator", "plan", str(path), "-o", "plan.json"],
+        env=env_for(sim),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    template = tmp_path / "templates" / "base.yaml.j2"
+    template.write_text(template.read_text() + "\n# edited after the plan\n")
+    code, _, err = await apply(sim, path, "--plan", "plan.json")
+    assert code == 2
+    assert "stale" in err
+    assert received(sim) == 0
+
+
+async def test_an_image_withdrawn_between_plan_and_apply_stops_before_any_wipe(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    path = fleet(sim, tmp_path, 3)
+    done = await anyio.run_process(
+        [sys.executable, "-m", "orchestrator", "plan", str(path), "-o", "plan.json"],
+        env=env_for(sim),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0
+    sim.set_images(sim.vps_ids[1], ["debian-bullseye"])
+    code, _, err = await apply(sim, path, "--plan", "plan.json")
+    assert code == 2
+    assert "not offered" in err
+    assert "nothing was sent" in err
+    assert received(sim) == 0
+
+
+async def test_a_suspended_vps_stops_the_run_before_any_wipe(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.set_suspended(sim.vps_ids[2], True)
+    code, _, err = await apply(sim, fleet(sim, tmp_path, 3))
+    assert code == 2
+    assert "suspended" in err
+    assert received(sim) == 0
+
+
+async def test_budget_tripping_in_the_canary_aborts_with_exit_3(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.set_install_outcome(sim.vps_ids[0], "fail")
+    path = fleet(sim, tmp_path, 4)
+    path.write_text(path.read_text().replace("deadline: 1m", "deadline: 2s"))
+    code, out, err = await apply(sim, path)
+    assert code == 3, out + err
+    assert "wave 1 failure budget (0) exceeded" in err
+    assert received(sim) == 1  # the canary only
+
+
+async def test_lost_response_is_reported_in_doubt_with_exit_4(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    sim.set_faults(script={"set/reinstall": ["lost"]})
+    code, out, _ = await apply(
+        sim, fleet(sim, tmp_path, 3, rollout="  failure_budget: {wave: 1, run: 1}\n")
+    )
+    assert code == 4, out
+    assert "in_doubt" in out
+    assert sim.counters.reinstall_received[sim.vps_ids[0]] == 1  # never resent
+
+
+async def test_flaky_profile_every_vps_once_or_reported(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    async with make_sim(vps_count=10, time_scale=0.002, profile="flaky", seed=7) as sim:
+        path = fleet(sim, tmp_path, 10, rollout="  failure_budget: {wave: 100%, run: 100%}\n")
+        code, out, err = await apply(sim, path)
+        assert code in (0, 1, 4), out + err
+        journal = tmp_path / ".edis-fleet" / "journal.sqlite"
+        assert journal.exists()
+        for kvm_id in sim.vps_ids:
+            accepted = sim.counters.reinstall_accepted[kvm_id]
+            if f"{kvm_id} in_doubt" in out:
+                assert sim.counters.reinstall_received[kvm_id] == 1
+            elif f"{kvm_id} failed" not in out:
+                assert accepted == 1, (kvm_id, out)
+
+
+async def test_sigint_drains_and_exits_130_with_the_resume_command(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    async with make_sim(vps_count=8, time_scale=0.05) as sim:
+        path = fleet(sim, tmp_path, 8, rollout="  concurrency: 1\n  rate: 2/s\n")
+        async with await anyio.open_process(
+            [sys.executable, "-m", "orchestrator", "apply", str(path)],
+            env=env_for(sim),
+            cwd=tmp_path,
+        ) as proc:
+            # Wait for the first accepted reinstall, then interrupt.
+            with anyio.fail_after(30):
+                while sum(sim.counters.reinstall_accepted.values()) == 0:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            assert proc.stderr is not None
+            err = ""
+            with anyio.fail_after(30):
+                async for chunk in TextReceiveStream(proc.stderr):
+                    err += chunk
+            await proc.wait()
+        assert proc.returncode == 130, err
+        assert "edis-fleet resume" in err
+        sent = received(sim)
+        assert 1 <= sent < 8
+        for n in sim.counters.reinstall_received.values():
+            assert n <= 1
+
+
+@pytest.mark.parametrize("flag", ["--only", "--limit"])
+async def test_plan_and_selection_flags_do_not_mix(
+    sim: Simulator, tmp_path: Path, flag: str
+) -> None:
+    path = fleet(sim, tmp_path, 1)
+    (tmp_path / "plan.json").write_text(json.dumps({"content_hash": "x"}))
+    value = "tag=web" if flag == "--only" else sim.vps_ids[0]
+    code, _, err = await apply(sim, path, "--plan", "plan.json", flag, value)
+    assert code == 2
+    assert "own selection" in err
