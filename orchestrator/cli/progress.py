@@ -1,0 +1,416 @@
+"""Live progress of a run, as an ``EventSink`` watcher: a rich view, plain lines, JSON or nothing.
+
+Modes (``choose_mode`` picks one from the stream and the options):
+
+- ``live`` (a terminal): a ``rich`` view redrawn on events and once a second — a progress bar,
+  per-wave counts (pending, sent, accepted, ready, failed, in doubt, skipped), the request
+  rate, 429s, retries, session refreshes and an ETA from the rate of completions so far.
+- ``plain`` (CI logs): one line per state change, ``12:03:04 kvm_100001 vps-001 accepted
+  (wave 1)`` (UTC). When more than ``max_lines_per_second`` changes arrive within one second
+  of the clock, the rest of that second — and every following second that is as busy — is
+  folded into one summary line per second: ``12:03:05 wave 2: 340 accepted, 12 ready,
+  1 failed of 1000 — 48.9 req/s, 3 throttled``.
+- ``json`` (``--log-format json``): one JSON object per state change for log shippers:
+  ``{"ts", "level", "event": "target_state", "kvm_id", "hostname", "state", "wave",
+  "reason"}``.
+- ``quiet``: nothing.
+
+Every VPS starts ``pending``; those events are counted, not printed. Progress only reads
+events: it never changes what is recorded, and it never raises into the scheduler — a display
+error is kept in ``error`` and the display goes silent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Literal, Self, TextIO, get_args
+
+from rich import box
+from rich.console import Console, Group, RenderableType
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from orchestrator.clock import SystemClock
+from orchestrator.model import Clock, TargetEvent, TargetState
+from orchestrator.report_summary import iso_time
+from orchestrator.report_text import LABELS, duration
+
+Mode = Literal["live", "plain", "quiet", "json"]
+MODES: tuple[str, ...] = get_args(Mode)
+
+# Column order of the per-wave counts (live view) and of the summary line (plain mode).
+COLUMNS: tuple[TargetState, ...] = (
+    TargetState.PENDING,
+    TargetState.INTENT,
+    TargetState.ACCEPTED,
+    TargetState.READY,
+    TargetState.FAILED,
+    TargetState.IN_DOUBT,
+    TargetState.SKIPPED,
+)
+_LEVELS = {
+    TargetState.FAILED: "error",
+    TargetState.IN_DOUBT: "warning",
+    TargetState.SKIPPED: "warning",
+}
+
+
+def choose_mode(
+    stream: TextIO, *, quiet: bool = False, log_format: str = "text", env: Mapping[str, str]
+) -> Mode:
+    """Return the mode for ``stream``: ``json`` for ``--log-format json``, ``quiet`` for
+    ``--quiet``, ``live`` on a terminal (not ``TERM=dumb``, not under ``CI``), else ``plain``.
+    """
+    if log_format == "json":
+        return "json"
+    if quiet:
+        return "quiet"
+    try:
+        tty = stream.isatty()
+    except (AttributeError, ValueError):  # a closed or odd stream is no terminal
+        tty = False
+    if tty and env.get("TERM") != "dumb" and not env.get("CI"):
+        return "live"
+    return "plain"
+
+
+def _zero() -> int:
+    return 0
+
+
+def _hms(at: float) -> str:
+    return datetime.fromtimestamp(at, tz=UTC).strftime("%H:%M:%S")
+
+
+@dataclass(frozen=True)
+class StatsSnapshot:
+    """The live numbers at one moment."""
+
+    rate: float = 0.0
+    throttles: int = 0
+    retries: int = 0
+    refreshes: int = 0
+
+
+@dataclass(frozen=True)
+class RunStats:
+    """Where the live numbers come from, as callables, so the wiring passes lambdas::
+
+    RunStats(rate=lambda: limits.requests.rate, throttles=lambda: limits.requests.throttles,
+             retries=lambda: budget.retries, refreshes=lambda: book.refreshes)
+    """
+
+    rate: Callable[[], float] = _zero
+    throttles: Callable[[], int] = _zero
+    retries: Callable[[], int] = _zero
+    refreshes: Callable[[], int] = _zero
+
+    def snapshot(self) -> StatsSnapshot:
+        """Read every number now; one that fails to read shows as 0 (never raises)."""
+
+        def read(fn: Callable[[], float]) -> float:
+            try:
+                return fn()
+            except Exception:  # a display must not take the run down
+                return 0
+
+        return StatsSnapshot(
+            rate=float(read(self.rate)),
+            throttles=int(read(self.throttles)),
+            retries=int(read(self.retries)),
+            refreshes=int(read(self.refreshes)),
+        )
+
+
+class Progress:
+    """Shows a run's progress on ``stream`` in ``mode`` (see the module docstring).
+
+    ``total`` is the number of VPSes of the run, ``waves`` maps each wave index to its size;
+    ``stats`` gives the live numbers (settable later through the ``stats`` attribute, once the
+    limiter, budget and session book exist); ``clock`` drives timestamps, the plain-mode
+    rate limit and the ETA; ``hostnames`` maps kvm ids to host names for the lines;
+    ``console`` overrides the rich console of the live view; ``redact`` filters reasons.
+    Use ``with progress:`` (or ``start()``/``stop()``) around the run, and run ``ticker()``
+    in the run's task group so the view and the plain summaries move on quiet seconds.
+    Raises ``ValueError`` for an unknown mode.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        waves: Mapping[int, int],
+        *,
+        stream: TextIO,
+        mode: Mode,
+        stats: RunStats | None = None,
+        clock: Clock | None = None,
+        hostnames: Mapping[str, str] | None = None,
+        console: Console | None = None,
+        max_lines_per_second: int = 20,
+        redact: Callable[[str], str] | None = None,
+        refresh_interval: float = 0.25,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown progress mode {mode!r}; one of {', '.join(MODES)}")
+        self.total = total
+        self.mode: Mode = mode
+        self.stats = stats or RunStats()
+        self.error: Exception | None = None
+        self._sizes = dict(waves)
+        self._stream = stream
+        self._clock: Clock = clock or SystemClock()
+        self._hostnames = dict(hostnames or {})
+        self._console = console
+        self._max_lines = max_lines_per_second
+        self._redact = redact or str
+        self._refresh_interval = refresh_interval
+        self._state: dict[str, TargetState] = {}
+        self._wave_of: dict[str, int] = {}
+        self._counts: dict[int, Counter[TargetState]] = {w: Counter() for w in self._sizes}
+        self._finals = 0
+        self._current: int | None = None
+        self._started: float | None = None
+        # Plain mode: the clock second being counted, its changes, and how many were hidden.
+        self._window: int | None = None
+        self._in_window = 0
+        self._hidden = 0
+        self._summarizing = False
+        self._live: Live | None = None
+        self._last_refresh = -math.inf
+
+    # ----------------------------------------------------------------- the sink
+
+    async def before_send(self, kvm_id: str, wave: int) -> None:
+        """Nothing to do: progress only watches."""
+
+    def emit(self, event: TargetEvent) -> None:
+        """Count ``event`` and show it as the mode says. Never raises (see ``error``)."""
+        try:
+            if self.mode == "plain" and self.error is None:
+                # Close the previous second first, so its summary does not count this event.
+                self._roll(self._clock.monotonic())
+            self._record(event)
+            if self.error is None:
+                self._show(event)
+        except Exception as exc:  # a broken display must not stop a reinstall
+            self.error = exc
+
+    # ----------------------------------------------------------------- reading
+
+    @property
+    def done(self) -> int:
+        """How many VPSes are in a final state."""
+        return self._finals
+
+    def counts(self, wave: int | None = None) -> dict[TargetState, int]:
+        """VPSes per state, of ``wave`` or of the whole run; ``pending`` includes VPSes not
+        heard of yet."""
+        waves = list(self._counts) if wave is None else [wave]
+        out = {s: sum(self._counts.get(w, Counter())[s] for w in waves) for s in COLUMNS}
+        size = self.total if wave is None else self._size(wave)
+        heard = sum(n for s, n in out.items() if s is not TargetState.PENDING)
+        out[TargetState.PENDING] = max(0, size - heard)
+        return out
+
+    def eta(self) -> float | None:
+        """Seconds until every VPS is final at the completion rate so far (None before the
+        first completion)."""
+        if self._started is None or not self._finals:
+            return None
+        remaining = self.total - self._finals
+        if remaining <= 0:
+            return 0.0
+        elapsed = self._clock.monotonic() - self._started
+        return remaining * elapsed / self._finals if elapsed > 0 else None
+
+    def _size(self, wave: int) -> int:
+        return self._sizes.get(wave, sum(self._counts.get(wave, Counter()).values()))
+
+    # ----------------------------------------------------------------- lifetime
+
+    def start(self) -> None:
+        """Start the clock of the ETA and, in live mode, the view. Never raises."""
+        try:
+            if self._started is None:
+                self._started = self._clock.monotonic()
+            if self.mode == "live" and self._live is None and self.error is None:
+                console = self._console or Console(file=self._stream)
+                self._live = Live(
+                    self.render(), console=console, auto_refresh=False,
+                    redirect_stdout=False, redirect_stderr=False,
+                )  # fmt: skip
+                self._live.start(refresh=True)
+        except Exception as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        """Show the last state (the pending plain summary, the final live view) and stop.
+        Idempotent; never raises."""
+        try:
+            if self.mode == "plain" and self.error is None:
+                self._roll(math.inf)
+            live, self._live = self._live, None
+            if live is not None:
+                try:
+                    live.update(self.render(), refresh=True)
+                finally:
+                    live.stop()
+        except Exception as exc:
+            self.error = exc
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def tick(self) -> None:
+        """Move the display on without an event: redraw the live view, or print the plain
+        summary of a second that has ended. Never raises."""
+        try:
+            if self.error is not None:
+                return
+            if self.mode == "plain":
+                self._roll(self._clock.monotonic())
+            elif self.mode == "live":
+                self._refresh(force=True)
+        except Exception as exc:
+            self.error = exc
+
+    async def ticker(self, interval: float = 1.0) -> None:
+        """Call ``tick`` every ``interval`` seconds of the clock; never returns (cancel it)."""
+        while True:
+            await self._clock.sleep(interval)
+            self.tick()
+
+    # ----------------------------------------------------------------- internals
+
+    def _record(self, event: TargetEvent) -> None:
+        if self._started is None:
+            self._started = self._clock.monotonic()
+        # The first event of a VPS has its real wave; a send cancelled mid-flight comes as 0.
+        wave = self._wave_of.setdefault(event.kvm_id, event.wave)
+        counts = self._counts.setdefault(wave, Counter())
+        previous = self._state.get(event.kvm_id)
+        if previous is not None:
+            counts[previous] -= 1
+            self._finals -= int(previous.final)
+        counts[event.state] += 1
+        self._finals += int(event.state.final)
+        self._state[event.kvm_id] = event.state
+        self._current = wave
+
+    def _show(self, event: TargetEvent) -> None:
+        if self.mode == "live":
+            self._refresh()
+            return
+        if self.mode == "quiet" or event.state is TargetState.PENDING:
+            return
+        if self.mode == "json":
+            self._write(self._json_line(event))
+            return
+        self._in_window += 1
+        if not self._summarizing and self._in_window <= self._max_lines:
+            self._write(self._plain_line(event))
+        else:
+            self._summarizing = True
+            self._hidden += 1
+
+    def _roll(self, now: float) -> None:
+        """Close the plain-mode second before ``now``: print its summary if changes were
+        hidden, and keep summarizing only while the seconds stay busy."""
+        window = math.floor(now) if math.isfinite(now) else None
+        if window is not None and (self._window is None or window == self._window):
+            self._window = window
+            return
+        if self._hidden:
+            self._write(self._summary_line())
+        busy = self._in_window > self._max_lines
+        next_second = window is not None and self._window is not None and window == self._window + 1
+        self._summarizing = busy and next_second
+        self._window, self._in_window, self._hidden = window, 0, 0
+
+    def _write(self, line: str) -> None:
+        try:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+        except (OSError, ValueError) as exc:  # a closed pipe: go quiet, keep running
+            self.error = exc
+
+    def _plain_line(self, event: TargetEvent) -> str:
+        host = self._hostnames.get(event.kvm_id)
+        who = f"{event.kvm_id} {host}" if host else event.kvm_id
+        wave = self._wave_of.get(event.kvm_id, event.wave)
+        line = f"{_hms(event.at)} {who} {LABELS[event.state]} (wave {wave})"
+        reason = self._redact(event.reason)
+        return f"{line}: {reason}" if reason else line
+
+    def _summary_line(self) -> str:
+        wave = self._current if self._current is not None else 0
+        counts = self.counts(wave)
+        parts = [f"{counts[s]} {LABELS[s]}" for s in COLUMNS[1:] if counts[s]]
+        snap = self.stats.snapshot()
+        return (
+            f"{_hms(self._clock.time())} wave {wave}: {', '.join(parts) or 'nothing yet'}"
+            f" of {self._size(wave)} — {snap.rate:.1f} req/s, {snap.throttles} throttled"
+        )
+
+    def _json_line(self, event: TargetEvent) -> str:
+        obj = {
+            "ts": iso_time(event.at),
+            "level": _LEVELS.get(event.state, "info"),
+            "event": "target_state",
+            "kvm_id": event.kvm_id,
+            "hostname": self._hostnames.get(event.kvm_id),
+            "state": event.state.value,
+            "wave": self._wave_of.get(event.kvm_id, event.wave),
+            "reason": self._redact(event.reason),
+        }
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+    def _refresh(self, *, force: bool = False) -> None:
+        if self._live is None:
+            return
+        now = self._clock.monotonic()
+        # Redraw at most every refresh_interval: a thousand events a second must not mean a
+        # thousand redraws.
+        if not force and now - self._last_refresh < self._refresh_interval:
+            return
+        self._last_refresh = now
+        self._live.update(self.render(), refresh=True)
+
+    def render(self) -> RenderableType:
+        """Return the live view as a rich renderable (bar and ETA, per-wave table, stats)."""
+        eta = self.eta()
+        head = Table.grid(padding=(0, 1))
+        head.add_row(
+            Text("edis-fleet", style="bold"),
+            ProgressBar(total=max(self.total, 1), completed=self._finals, width=40),
+            Text(f"{self._finals}/{self.total} done"),
+            Text("ETA " + ("-" if eta is None else duration(eta))),
+        )
+        table = Table(box=box.SIMPLE, pad_edge=False)
+        table.add_column("wave", justify="right")
+        for state in COLUMNS:
+            table.add_column(LABELS[state], justify="right")
+        table.add_column("of", justify="right")
+        for wave in sorted(self._counts):
+            counts = self.counts(wave)
+            table.add_row(str(wave), *(str(counts[s]) for s in COLUMNS), str(self._size(wave)))
+        snap = self.stats.snapshot()
+        stats = Text(
+            f"{snap.rate:.1f} req/s · 429s {snap.throttles} · retries {snap.retries} · "
+            f"session refreshes {snap.refreshes}"
+        )
+        return Group(head, table, stats)

@@ -1,0 +1,129 @@
+"""The JSON Schema (draft 2020-12) of the JSON report, ``edis-fleet/report/v1``.
+
+The prose description is in the docstring of ``orchestrator.report``; this is the same contract
+in machine-readable form, so that CI jobs can validate a report and the tests prove that
+``json_report`` keeps to it. A change that removes or renames a field needs a new schema id
+(``v2``); adding an optional field does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+from orchestrator.journal_schema import RunStatus
+from orchestrator.model import Outcome, TargetState
+
+SCHEMA_ID: Final = "edis-fleet/report/v1"
+
+_STATES = [s.value for s in TargetState]
+_OUTCOMES = [o.value for o in Outcome]
+
+_COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+_TIME: dict[str, Any] = {"type": ["number", "null"]}
+_SECONDS: dict[str, Any] = {"type": ["number", "null"], "minimum": 0}
+
+
+def _counts(*extra: str) -> dict[str, Any]:
+    """An object with one count per target state (plus ``extra`` counts), all required."""
+    keys = [*extra, *_STATES]
+    return {
+        "type": "object",
+        "required": keys,
+        "properties": {k: _COUNT for k in keys},
+    }
+
+
+_WAVE = _counts("targets")
+_WAVE["required"] = ["wave", *_WAVE["required"]]
+_WAVE["properties"] = {"wave": {"type": "integer"}, **_WAVE["properties"]}
+_WAVE["additionalProperties"] = False
+
+_TARGET: dict[str, Any] = {
+    "type": "object",
+    "required": [
+        "kvm_id", "hostname", "image", "wave", "position", "state", "reason", "sends", "timings",
+    ],
+    "additionalProperties": False,
+    "properties": {
+        "kvm_id": {"type": "string", "minLength": 1},
+        "hostname": {"type": "string"},
+        "image": {"type": "string"},
+        "wave": {"type": "integer"},
+        "position": {"type": "integer"},
+        "state": {"enum": _STATES},
+        "reason": {"type": "string"},
+        "sends": _COUNT,
+        "timings": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": [
+                "queued_at", "sent_at", "accepted_at", "ready_at", "ended_at", "time_to_ready_s",
+            ],
+            "properties": {
+                "queued_at": {"type": "number"},
+                "sent_at": _TIME,
+                "accepted_at": _TIME,
+                "ready_at": _TIME,
+                "ended_at": _TIME,
+                "time_to_ready_s": _SECONDS,
+            },
+        },
+    },
+}  # fmt: skip
+
+REPORT_SCHEMA: Final[dict[str, Any]] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "title": "edis-fleet run report",
+    "type": "object",
+    "required": ["schema", "run", "totals", "waves", "targets", "percentiles", "attempts"],
+    "properties": {
+        "schema": {"const": SCHEMA_ID},
+        "run": {
+            "type": "object",
+            "required": [
+                "id", "status", "fleet", "manifest_path", "manifest_sha256", "plan_sha256",
+                "started_at", "ended_at", "duration_s", "failures", "retries", "counters",
+            ],
+            "properties": {
+                "id": {"type": "string", "minLength": 1},
+                "status": {"enum": [s.value for s in RunStatus]},
+                "fleet": {"type": "string"},
+                "manifest_path": {"type": "string"},
+                "manifest_sha256": {"type": "string"},
+                "plan_sha256": {"type": "string"},
+                "started_at": {"type": "number"},
+                "ended_at": _TIME,
+                "duration_s": {"type": "number", "minimum": 0},
+                "failures": _COUNT,
+                "retries": _COUNT,
+                "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+            },
+        },
+        "totals": {**_counts("targets"), "additionalProperties": False},
+        "waves": {"type": "array", "items": _WAVE},
+        "targets": {"type": "array", "items": _TARGET},
+        "percentiles": {
+            "type": "object",
+            "required": ["time_to_ready_s"],
+            "properties": {
+                "time_to_ready_s": {
+                    "type": "object",
+                    "required": ["count", "p50", "p95", "max"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "count": _COUNT,
+                        "p50": _SECONDS,
+                        "p95": _SECONDS,
+                        "max": _SECONDS,
+                    },
+                }
+            },
+        },
+        "attempts": {
+            "type": "object",
+            "required": ["total", *_OUTCOMES],
+            "properties": {k: _COUNT for k in ["total", *_OUTCOMES]},
+            "additionalProperties": _COUNT,
+        },
+    },
+}  # fmt: skip
