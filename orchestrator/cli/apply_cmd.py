@@ -13,7 +13,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -21,6 +21,7 @@ import anyio
 
 from orchestrator.cli import exitcodes
 from orchestrator.cli.plan_cmd import add_account_overrides, user_data_hashes
+from orchestrator.cli.progress import Progress, choose_mode
 from orchestrator.cli.runner import Account, RunOutcome, RunSpec, execute
 from orchestrator.cli.validate_cmd import add_selection_arguments, fail, load_and_select
 from orchestrator.errors import (
@@ -42,6 +43,7 @@ from orchestrator.fleet import (
 from orchestrator.journal import TargetSpec
 from orchestrator.model import TargetState
 from orchestrator.plan import Plan, build_plan, manifest_sha256
+from orchestrator.report import NdjsonSink, json_report, junit_report, text_report, write_atomic
 from orchestrator.retry import RetryPolicy
 from orchestrator.scheduler import Job, RunSettings, WaveSpec
 from orchestrator.secrets import Redactor, Secret
@@ -72,13 +74,34 @@ def register(sub: Any) -> None:
         metavar="N",
         help="confirm the number of VPSes to wipe (must equal the blast radius)",
     )
+    add_output_arguments(p)
+    p.set_defaults(handler=run)
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run reinstalls (apply, resume, retry-failed)."""
     p.add_argument(
         "--journal",
         default=str(DEFAULT_JOURNAL),
         metavar="PATH",
         help=f"the run journal (default {DEFAULT_JOURNAL})",
     )
-    p.set_defaults(handler=run)
+    p.add_argument("--report-json", metavar="FILE", help="write the JSON report here at the end")
+    p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report here at the end")
+    p.add_argument(
+        "--events",
+        metavar="FILE",
+        help="stream one JSON line per state change to FILE ('-' for stdout)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress and no final report on the terminal"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="progress as text (a live view on a terminal) or as JSON lines",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -125,7 +148,61 @@ def run(args: argparse.Namespace) -> int:
         return fail(args.fleet, exc.problems, [], redact, sys.stderr)
     except (KeyError, OSError, ValueError) as exc:
         return fail(args.fleet, [f"credentials: {exc}"], [], redact, sys.stderr)
-    return finish(anyio_run(spec), spec, redact, sys.stdout, sys.stderr)
+    return run_and_report(spec, args, env)
+
+
+def run_and_report(spec: RunSpec, args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    """Attach progress and event sinks, run, write the reports; return the exit code."""
+    hostnames = {t.kvm_id: t.hostname for t in spec.targets}
+    sizes = {w.index: len(w.jobs) for w in spec.waves}
+    spec.progress = Progress(
+        sum(sizes.values()),
+        sizes,
+        stream=sys.stderr,
+        mode=choose_mode(sys.stderr, quiet=args.quiet, log_format=args.log_format, env=env),
+        hostnames=hostnames,
+        redact=spec.redact,
+    )
+    events_file: TextIO | None = None
+    if args.events:
+        events_file = (
+            sys.stdout if args.events == "-" else open(args.events, "w", encoding="utf-8")  # noqa: SIM115
+        )
+        spec.sinks = [*spec.sinks, NdjsonSink(events_file, hostnames=hostnames, redact=spec.redact)]
+    try:
+        outcome = anyio_run(spec)
+    finally:
+        if events_file is not None and events_file is not sys.stdout:
+            events_file.close()
+    if isinstance(outcome, RunOutcome):
+        write_reports(outcome, args, spec.redact)
+    return finish(
+        outcome,
+        spec.redact,
+        sys.stdout if args.events != "-" else sys.stderr,
+        sys.stderr,
+        quiet=args.quiet,
+    )
+
+
+def write_reports(
+    outcome: RunOutcome, args: argparse.Namespace, redact: Callable[[str], str]
+) -> None:
+    """Write the JSON and JUnit reports the options ask for (errors are reported, not fatal:
+    the journal holds everything and ``edis-fleet report`` can write them again)."""
+    run, targets, attempts = outcome.run, outcome.targets, outcome.attempts
+    if args.report_json:
+        data = json_report(run, targets, attempts, redact=redact)
+        _write(args.report_json, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    if args.junit:
+        _write(args.junit, junit_report(run, targets, attempts, redact=redact))
+
+
+def _write(path: str, text: str) -> None:
+    try:
+        write_atomic(Path(path), text)
+    except OSError as exc:
+        sys.stderr.write(f"cannot write {path}: {exc}\n")
 
 
 def anyio_run(spec: RunSpec) -> RunOutcome | EdisFleetError:
@@ -138,12 +215,13 @@ def anyio_run(spec: RunSpec) -> RunOutcome | EdisFleetError:
 
 def finish(
     outcome: RunOutcome | EdisFleetError,
-    spec: RunSpec,
-    redact: Redactor,
+    redact: Callable[[str], str],
     out: TextIO,
     err: TextIO,
+    *,
+    quiet: bool = False,
 ) -> int:
-    """Print how the run ended and return its exit code."""
+    """Print how the run ended (the text report unless ``quiet``) and return its exit code."""
     if isinstance(outcome, AuthenticationError):
         err.write(redact(f"aborted: {outcome}\n"))
         return exitcodes.ABORTED
@@ -158,13 +236,9 @@ def finish(
         err.write(redact(f"error: {outcome}\n"))
         return exitcodes.USAGE
     result = outcome.result
-    totals = ", ".join(
-        f"{state.value} {result.count(state)}" for state in TargetState if result.count(state)
-    )
-    out.write(f"run {outcome.run_id}: {outcome.status.value} ({totals})\n")
-    for kvm_id, state in sorted(result.states.items()):
-        if state in (TargetState.FAILED, TargetState.IN_DOUBT):
-            out.write(redact(f"  {kvm_id} {state.value}: {result.reasons.get(kvm_id, '')}\n"))
+    if not quiet:
+        report = text_report(outcome.run, outcome.targets, outcome.attempts, redact=redact)
+        out.write(report.rstrip("\n") + "\n")
     if result.interrupted:
         err.write(f"interrupted; resume with: edis-fleet resume {outcome.run_id}\n")
         return exitcodes.INTERRUPTED

@@ -16,12 +16,14 @@ from typing import Any, TextIO
 
 import anyio
 
+from orchestrator.cli.progress import Progress, RunStats
 from orchestrator.clock import SystemClock
 from orchestrator.edis.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import PreflightError
-from orchestrator.journal import Journal, JournalSink, RunStatus, TargetSpec
+from orchestrator.journal import Journal, JournalSink, RunStatus, TargetRecord, TargetSpec
+from orchestrator.journal_schema import AttemptRecord, RunRecord
 from orchestrator.limits import Limits
 from orchestrator.model import Attempt, Clock, EventSink, TargetEvent, TargetState
 from orchestrator.preflight import Check, preflight
@@ -61,17 +63,22 @@ class RunSpec:
     targets: Sequence[TargetSpec] = ()
     run_id: str | None = None
     sinks: Sequence[EventSink] = ()
+    progress: Progress | None = None
     redact: Callable[[str], str] = str
     stderr: TextIO = field(default=sys.stderr)
 
 
 @dataclass
 class RunOutcome:
-    """What ``execute`` returns: the run id, the scheduler's result and the run's status."""
+    """What ``execute`` returns: the run id, the scheduler's result, the run's status and the
+    journal's records of the run (for the reports)."""
 
     run_id: str
     result: RunResult
     status: RunStatus
+    run: RunRecord
+    targets: list[TargetRecord]
+    attempts: list[AttemptRecord]
 
 
 class FanOut:
@@ -105,70 +112,77 @@ def run_status(result: RunResult) -> RunStatus:
     return RunStatus.DONE
 
 
+class _AttemptRecorder:
+    """The client's ``on_attempt``: attempts made before the run exists in the journal
+    (pre-flight) are kept and written once it does."""
+
+    def __init__(self) -> None:
+        self._early: list[Attempt] = []
+        self._journal: Journal | None = None
+        self._run_id = ""
+
+    def __call__(self, attempt: Attempt) -> None:
+        if self._journal is None:
+            self._early.append(attempt)
+        else:
+            self._journal.enqueue_attempt(self._run_id, attempt)
+
+    def attach(self, journal: Journal, run_id: str) -> None:
+        self._journal, self._run_id = journal, run_id
+        for attempt in self._early:
+            journal.enqueue_attempt(run_id, attempt)
+        self._early.clear()
+
+
 async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
     """Pre-flight, then run the waves with the journal and signals wired in.
 
-    Raises ``PreflightError`` (nothing sent), ``AuthenticationError``, ``LockedError``,
-    ``JournalError`` and ``HostNotAllowedError`` before the first reinstall.
+    Raises ``PreflightError`` (nothing sent, no run recorded), ``AuthenticationError``,
+    ``LockedError``, ``JournalError`` and ``HostNotAllowedError`` before the first reinstall.
     """
     clock = clock or SystemClock()
     limits = Limits.create(concurrency=spec.concurrency, rate=spec.rate, clock=clock)
-    journal = await Journal.open(spec.journal_path, clock=clock, redactor=spec.redact)
-    try:
-        run_id = spec.run_id
-        if run_id is None:
-            run_id = await journal.create_run(
-                manifest_path=spec.manifest_path,
-                manifest_sha256=spec.manifest_sha256,
-                plan_sha256=spec.plan_sha256,
-                options=spec.options,
-            )
-            await journal.add_targets(run_id, spec.targets)
-        else:
-            await journal.reopen_run(run_id)
-        kvm_ids = [job.kvm_id for wave in spec.waves for job in wave.jobs]
-        await journal.acquire_locks(run_id, kvm_ids)
-        journal_run = run_id
-
-        def on_attempt(attempt: Attempt) -> None:
-            journal.enqueue_attempt(journal_run, attempt)
-
-        account = spec.account
-        async with EdisClient(
-            session_url=account.session_url,
-            email=account.email,
-            password=account.password,
-            allowed_hosts=account.allowed_hosts,
-            ca_file=account.ca_file,
-            max_connections=max(spec.concurrency, 10),
-            clock=clock,
-            on_attempt=on_attempt,
-        ) as client:
-            budget = RetryBudget()
-            reads = ReadRetries(clock=clock, budget=budget, limiter=limits.requests)
-            book = SessionBook(LimitedAuth(client, limits.requests, reads), clock=clock)
-            checks = [Check(job.kvm_id, job.image) for wave in spec.waves for job in wave.jobs]
-            found = await preflight(
-                checks, client=client, book=book, retries=reads, limiter=limits.requests
-            )
-            if not found.ok:
-                await journal.finish_run(run_id, RunStatus.FAILED)
-                raise PreflightError(found.problems)
-            sink = FanOut([JournalSink(journal, run_id), *spec.sinks])
+    recorder = _AttemptRecorder()
+    account = spec.account
+    async with EdisClient(
+        session_url=account.session_url,
+        email=account.email,
+        password=account.password,
+        allowed_hosts=account.allowed_hosts,
+        ca_file=account.ca_file,
+        max_connections=max(spec.concurrency, 10),
+        clock=clock,
+        on_attempt=recorder,
+    ) as client:
+        budget = RetryBudget()
+        reads = ReadRetries(clock=clock, budget=budget, limiter=limits.requests)
+        book = SessionBook(LimitedAuth(client, limits.requests, reads), clock=clock)
+        checks = [Check(job.kvm_id, job.image) for wave in spec.waves for job in wave.jobs]
+        found = await preflight(
+            checks, client=client, book=book, retries=reads, limiter=limits.requests
+        )
+        if not found.ok:
+            raise PreflightError(found.problems)
+        journal = await Journal.open(spec.journal_path, clock=clock, redactor=spec.redact)
+        try:
+            run_id = await _open_run(journal, spec)
+            recorder.attach(journal, run_id)
+            if spec.progress is not None:
+                spec.progress.stats = RunStats(
+                    rate=lambda: limits.requests.rate,
+                    throttles=lambda: limits.requests.throttles,
+                    retries=lambda: budget.retries,
+                    refreshes=lambda: book.refreshes,
+                )
             scheduler = Scheduler(
                 EdisFleetAPI(client, book, reads),
-                sink,
+                FanOut([JournalSink(journal, run_id), *spec.sinks, *_opt(spec.progress)]),
                 clock=clock,
                 limits=limits,
                 settings=spec.settings,
                 budget=budget,
             )
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(journal.run_flusher)
-                tg.start_soon(_heartbeat, journal, run_id, clock)
-                tg.start_soon(_watch_signals, scheduler, run_id, spec.stderr)
-                result = await scheduler.run(spec.waves)
-                tg.cancel_scope.cancel()
+            result = await _run_waves(scheduler, journal, run_id, spec, clock)
             status = run_status(result)
             await journal.save_progress(
                 run_id,
@@ -179,11 +193,55 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
                     "session_refreshes": book.refreshes,
                 },
             )
-            await journal.finish_run(run_id, status)
-            return RunOutcome(run_id, result, status)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await journal.close()
+            record = await journal.finish_run(run_id, status)
+            targets = await journal.targets(run_id)
+            attempts = await journal.attempts(run_id)
+            return RunOutcome(run_id, result, status, record, targets, attempts)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await journal.close()
+
+
+async def _open_run(journal: Journal, spec: RunSpec) -> str:
+    """Create the run (or reopen the one being resumed) and lock its VPSes."""
+    run_id = spec.run_id
+    if run_id is None:
+        run_id = await journal.create_run(
+            manifest_path=spec.manifest_path,
+            manifest_sha256=spec.manifest_sha256,
+            plan_sha256=spec.plan_sha256,
+            options=spec.options,
+        )
+        await journal.add_targets(run_id, spec.targets)
+    else:
+        await journal.reopen_run(run_id)
+    await journal.acquire_locks(run_id, [job.kvm_id for w in spec.waves for job in w.jobs])
+    return run_id
+
+
+async def _run_waves(
+    scheduler: Scheduler, journal: Journal, run_id: str, spec: RunSpec, clock: Clock
+) -> RunResult:
+    """Run the scheduler beside the journal's flusher and heartbeat, progress and signals."""
+    progress = spec.progress
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(journal.run_flusher)
+        tg.start_soon(_heartbeat, journal, run_id, clock)
+        tg.start_soon(_watch_signals, scheduler, run_id, spec.stderr)
+        if progress is not None:
+            progress.start()
+            tg.start_soon(progress.ticker)
+        try:
+            result = await scheduler.run(spec.waves)
+        finally:
+            if progress is not None:
+                progress.stop()
+        tg.cancel_scope.cancel()
+    return result
+
+
+def _opt(sink: EventSink | None) -> list[EventSink]:
+    return [] if sink is None else [sink]
 
 
 async def _heartbeat(journal: Journal, run_id: str, clock: Clock) -> None:

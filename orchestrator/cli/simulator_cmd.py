@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from orchestrator.cli import exitcodes
@@ -46,12 +47,23 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--rate-limit", type=float, default=None, help="requests/s for the account")
     p.add_argument(
+        "--rate-burst",
+        type=float,
+        default=None,
+        help="requests the --rate-limit bucket saves up (default: one second's worth)",
+    )
+    p.add_argument(
         "--keepalive-timeout", type=float, default=5.0, help="idle keep-alive close, s (5)"
     )
     p.add_argument("--second-reinstall", default="reject", choices=("reject", "restart", "accept"))
     p.add_argument("--error-style", default="status", choices=("status", "http200"))
     p.add_argument("--email", default=DEFAULT_EMAIL, help=f"account email ({DEFAULT_EMAIL})")
     p.add_argument("--password-file", metavar="FILE", help="file holding the account password")
+    p.add_argument(
+        "--url-file",
+        metavar="FILE",
+        help="once serving, write the session URL to FILE (for scripts: pair with --port 0)",
+    )
     p.add_argument(
         "--tcp-listeners",
         action="store_true",
@@ -113,7 +125,16 @@ def _announce(sim: Simulator, source: str, shell_password: str) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def _serve(cfg: SimConfig, source: str, shell_password: str) -> int:
+def _write_url(path: Path, url: str) -> None:
+    """Write ``url`` whole, then rename: a script polling for the file never reads half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(url + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+async def _serve(
+    cfg: SimConfig, source: str, shell_password: str, url_file: str | None = None
+) -> int:
     """Run the simulator until SIGINT/SIGTERM; return the exit code. Raises ``OSError`` if a
     port cannot be bound and ``ValueError`` for a bad account file."""
     stop = asyncio.Event()
@@ -123,6 +144,8 @@ async def _serve(cfg: SimConfig, source: str, shell_password: str) -> int:
     try:
         async with Simulator(cfg) as sim:
             _announce(sim, source, shell_password)
+            if url_file:
+                _write_url(Path(url_file), sim.session_url)
             await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -147,13 +170,14 @@ def run(args: argparse.Namespace) -> int:
             error_style=args.error_style,
             keepalive_timeout=args.keepalive_timeout,
             rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
             profile=args.profile,
             port=args.port,
             account_file=args.account,
             tcp_listeners=args.tcp_listeners,
             ssh_port=args.ssh_port,
         )
-        return asyncio.run(_serve(cfg, source, shell_password))
+        return asyncio.run(_serve(cfg, source, shell_password, args.url_file))
     except (OSError, ValueError) as exc:
         print(f"edis-fleet simulator: {exc}", file=sys.stderr)
         return exitcodes.USAGE
