@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import random
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -60,6 +60,10 @@ class Job:
     install_window_s: float
     poll_interval_s: float = 15.0
     vps_deadline_s: float | None = None
+    # Resume: the reinstall was accepted before the crash (only readiness is left), or an
+    # intent was written and no outcome (in doubt since that wall-clock time).
+    accepted_already: bool = False
+    in_doubt_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,10 @@ class Scheduler:
         settings: RunSettings,
         budget: RetryBudget | None = None,
         rng: random.Random | None = None,
+        prior_failures: Mapping[int, int] | None = None,
     ) -> None:
+        """``prior_failures`` maps wave to the failures an earlier part of this run already
+        counted (resume): they count against the wave's and the run's budgets."""
         self._api = api
         self._sink = sink
         self._clock = clock
@@ -117,8 +124,9 @@ class Scheduler:
         self._budget = budget or RetryBudget()
         self._rng = rng or random.Random()
         self._result = RunResult()
+        self._prior = dict(prior_failures or {})
         self._wave_failures = 0
-        self._run_failures = 0
+        self._run_failures = sum(self._prior.values())
         self._draining = False
         self._wait_scopes: set[anyio.CancelScope] = set()
         self._everything: anyio.CancelScope | None = None
@@ -155,7 +163,7 @@ class Scheduler:
                 if self.stopping:
                     self._skip_all(wave.jobs, self._stop_reason())
                     continue
-                self._wave_failures = 0
+                self._wave_failures = self._prior.get(wave.index, 0)
                 async with anyio.create_task_group() as tg:
                     for job in wave.jobs:
                         tg.start_soon(self._flow, job, wave.budget)
@@ -176,10 +184,13 @@ class Scheduler:
 
     async def _flow(self, job: Job, wave_budget: int) -> None:
         started = self._clock.monotonic()
-        self._set(job.kvm_id, job.wave, TargetState.PENDING)
-        accepted = await self._send_phase(job, wave_budget)
-        if not accepted:
-            return
+        if job.accepted_already:
+            # Already recorded as accepted: no event, only the readiness check is left.
+            self._result.states[job.kvm_id] = TargetState.ACCEPTED
+        else:
+            self._set(job.kvm_id, job.wave, TargetState.PENDING)
+            if not await self._send_phase(job, wave_budget):
+                return
         deadline = job.deadline_s
         if job.vps_deadline_s is not None:
             # The per-VPS cap covers the whole flow: what sending took is not left for waiting.
@@ -196,14 +207,23 @@ class Scheduler:
     async def _send_phase(self, job: Job, wave_budget: int) -> bool:
         """Send the reinstall (and at most one resend after the window); True when accepted."""
         try:
+            if job.in_doubt_since is not None:
+                raise InDoubtError(
+                    "an intent was recorded but no outcome (the run stopped while sending)",
+                    endpoint="set/reinstall",
+                    kvm_id=job.kvm_id,
+                )
             await self._send(job)
         except InDoubtError as exc:
             if self._settings.in_doubt != RESEND_AFTER_WINDOW or self.stopping:
                 self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
                 return False
             self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, "waiting out the install window")
+            window = job.install_window_s
+            if job.in_doubt_since is not None:
+                window -= self._clock.time() - job.in_doubt_since
             with self._until_drained() as scope:
-                await self._clock.sleep(job.install_window_s)
+                await self._clock.sleep(max(0.0, window))
             if scope.cancelled_caught:
                 self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
                 return False

@@ -17,7 +17,15 @@ import sys
 from collections.abc import Sequence
 
 from orchestrator import __version__
-from orchestrator.cli import apply_cmd, exitcodes, plan_cmd, simulator_cmd, validate_cmd
+from orchestrator.cli import (
+    apply_cmd,
+    exitcodes,
+    plan_cmd,
+    resume_cmd,
+    runs_cmd,
+    simulator_cmd,
+    validate_cmd,
+)
 
 EPILOG = """exit codes:
   0    all done
@@ -39,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edis-fleet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (validate_cmd, plan_cmd, apply_cmd, simulator_cmd):
+    for module in (validate_cmd, plan_cmd, apply_cmd, resume_cmd, runs_cmd, simulator_cmd):
         module.register(sub)
     return parser
 

@@ -22,7 +22,8 @@ import anyio
 from orchestrator.cli import exitcodes
 from orchestrator.cli.plan_cmd import add_account_overrides, user_data_hashes
 from orchestrator.cli.progress import Progress, choose_mode
-from orchestrator.cli.runner import Account, RunOutcome, RunSpec, execute
+from orchestrator.cli.runner import RunOutcome, RunSpec, execute
+from orchestrator.cli.spec import build_spec
 from orchestrator.cli.validate_cmd import add_selection_arguments, fail, load_and_select
 from orchestrator.errors import (
     AuthenticationError,
@@ -32,23 +33,11 @@ from orchestrator.errors import (
     ManifestError,
     PreflightError,
 )
-from orchestrator.fleet import (
-    Fleet,
-    GeneratedPassword,
-    PasswordBook,
-    read_source,
-    takes_cloud_init,
-    write_generated_passwords,
-)
-from orchestrator.journal import TargetSpec
 from orchestrator.model import TargetState
 from orchestrator.plan import Plan, build_plan, manifest_sha256
 from orchestrator.report import NdjsonSink, json_report, junit_report, text_report, write_atomic
-from orchestrator.retry import RetryPolicy
-from orchestrator.scheduler import Job, RunSettings, WaveSpec
-from orchestrator.secrets import Redactor, Secret
 from orchestrator.selection import SelectedFleet
-from orchestrator.templates import CloudInitSchema, Templates
+from orchestrator.templates import CloudInitSchema
 
 GUARD_LIMIT = 10
 DEFAULT_JOURNAL = Path(".edis-fleet") / "journal.sqlite"
@@ -117,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as exc:
             sys.stderr.write(f"cannot read plan {args.plan}: {exc}\n")
             return exitcodes.USAGE
-        _selection_args_from_plan(args, plan_file)
+        selection_args_from(args, plan_file.get("selection") or {})
     loaded = load_and_select(args, env, CloudInitSchema.find())
     report, selected, selection = loaded.report, loaded.selected, loaded.selection
     redact = report.redactor
@@ -294,105 +283,9 @@ def guard(
     return None
 
 
-def build_spec(
-    args: argparse.Namespace,
-    env: Mapping[str, str],
-    *,
-    fleet: Fleet,
-    selected: SelectedFleet,
-    plan: Plan,
-    redact: Redactor,
-) -> RunSpec:
-    """Render the user data with the real passwords and describe the run.
-
-    Generated root passwords are written to their 0600 files here, before anything is sent.
-    Raises ``ManifestError`` for a template that fails, ``KeyError``/``OSError``/``ValueError``
-    for credentials that cannot be read.
-    """
-    account = fleet.account
-    email = read_source(account.email, env)
-    password = Secret(read_source(account.password, env))
-    redact.add(password)
-    passwords = PasswordBook(env)
-    templates = Templates.for_fleet(fleet)
-    rollout = fleet.rollout
-    by_id = {e.id: e for e in selected.vps}
-    waves: list[WaveSpec] = []
-    targets: list[TargetSpec] = []
-    hashes = {t.kvm_id: t.user_data_sha256 for t in plan.targets}
-    for wave in plan.waves:
-        jobs: list[Job] = []
-        for position, kvm_id in enumerate(wave.kvm_ids):
-            entry = by_id[kvm_id]
-            root = passwords.root_password(entry)
-            redact.add(root)
-            user_data = None
-            if entry.template is not None and takes_cloud_init(entry.image):
-                user_data = Secret(templates.render(entry, root).text)
-            r = entry.readiness
-            jobs.append(
-                Job(
-                    kvm_id=kvm_id,
-                    wave=wave.index,
-                    image=entry.image,
-                    password=root,
-                    user_data=user_data,
-                    readiness=r.mode,
-                    port=r.port,
-                    deadline_s=r.deadline_s,
-                    min_install_s=r.min_install_s,
-                    install_window_s=rollout.in_doubt_window_s or r.deadline_s,
-                    poll_interval_s=r.poll_interval_s,
-                    vps_deadline_s=rollout.vps_deadline_s,
-                )
-            )
-            targets.append(
-                TargetSpec(
-                    kvm_id, wave.index, position, entry.image, entry.hostname, hashes[kvm_id]
-                )
-            )
-        waves.append(WaveSpec(wave.index, tuple(jobs), wave.failure_budget))
-    _write_generated(selected, passwords)
-    return RunSpec(
-        account=Account(
-            session_url=args.session_url or account.session_url,
-            email=email,
-            password=password,
-            allowed_hosts=(*account.allowed_api_hosts, *args.allow_api_host),
-            ca_file=str(account.ca_file) if account.ca_file else None,
-        ),
-        waves=waves,
-        settings=RunSettings(
-            run_budget=plan.run_budget,
-            soak_s=rollout.soak_s,
-            in_doubt=rollout.in_doubt.value,
-            retry=RetryPolicy(),
-        ),
-        concurrency=rollout.concurrency,
-        rate=rollout.rate_per_s,
-        journal_path=Path(args.journal),
-        manifest_path=str(fleet.path),
-        manifest_sha256=plan.manifest_sha256,
-        plan_sha256=plan.content_hash,
-        options={"selection": dict(plan.selection), "rollout": dict(plan.rollout)},
-        targets=targets,
-        redact=redact,
-    )
-
-
-def _write_generated(selected: SelectedFleet, passwords: PasswordBook) -> None:
-    by_file: dict[Path, dict[str, Secret]] = {}
-    for entry in selected.vps:
-        source = entry.root_password
-        if isinstance(source, GeneratedPassword):
-            by_file.setdefault(source.output, {})[entry.id] = passwords.generated[entry.id]
-    for path, generated in by_file.items():
-        write_generated_passwords(path, generated)
-
-
-def _selection_args_from_plan(args: argparse.Namespace, plan_file: Mapping[str, Any]) -> None:
-    chosen = plan_file.get("selection") or {}
+def selection_args_from(args: argparse.Namespace, chosen: Mapping[str, Any]) -> None:
+    """Set the selection options of ``args`` from a selection as plans and runs record it."""
     args.only = [f"{key}={','.join(values)}" for key, values in chosen.get("only", [])]
     args.limit = [",".join(chosen["limit"])] if chosen.get("limit") else []
-    args.exclude = [",".join(chosen.get("exclude", []))] if chosen.get("exclude") else []
+    args.exclude = [",".join(chosen["exclude"])] if chosen.get("exclude") else []
     args.include_protected = bool(chosen.get("include_protected"))

@@ -62,6 +62,7 @@ class RunSpec:
     options: dict[str, Any]
     targets: Sequence[TargetSpec] = ()
     run_id: str | None = None
+    prior_failures: dict[int, int] = field(default_factory=dict)
     sinks: Sequence[EventSink] = ()
     progress: Progress | None = None
     redact: Callable[[str], str] = str
@@ -181,6 +182,7 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
                 limits=limits,
                 settings=spec.settings,
                 budget=budget,
+                prior_failures=spec.prior_failures,
             )
             result = await _run_waves(scheduler, journal, run_id, spec, clock)
             status = run_status(result)

@@ -1,0 +1,149 @@
+"""Building a ``RunSpec`` from a checked fleet and its plan: jobs, secrets, journal rows.
+
+Shared by ``apply`` (a new run), ``resume`` (what is left of a run) and ``retry-failed``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator.cli.runner import Account, RunSpec
+from orchestrator.fleet import (
+    Fleet,
+    GeneratedPassword,
+    PasswordBook,
+    read_source,
+    takes_cloud_init,
+    write_generated_passwords,
+)
+from orchestrator.journal import TargetSpec
+from orchestrator.plan import Plan
+from orchestrator.retry import RetryPolicy
+from orchestrator.scheduler import Job, RunSettings, WaveSpec
+from orchestrator.secrets import Redactor, Secret
+from orchestrator.selection import SelectedFleet
+from orchestrator.templates import Templates
+
+
+@dataclass
+class ResumePoint:
+    """Where a resumed run stands: which VPSes still need a send, which only a readiness
+    check, which are in doubt since when, and the failures already counted per wave."""
+
+    run_id: str
+    pending: set[str] = field(default_factory=set)
+    accepted: set[str] = field(default_factory=set)
+    in_doubt_since: dict[str, float] = field(default_factory=dict)
+    prior_failures: dict[int, int] = field(default_factory=dict)
+
+    def wants(self, kvm_id: str) -> bool:
+        """True when the VPS has anything left to do in this run."""
+        return kvm_id in self.pending or kvm_id in self.accepted or kvm_id in self.in_doubt_since
+
+
+def build_spec(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    *,
+    fleet: Fleet,
+    selected: SelectedFleet,
+    plan: Plan,
+    redact: Redactor,
+    resume: ResumePoint | None = None,
+) -> RunSpec:
+    """Render the user data with the real passwords and describe the run (with ``resume``:
+    only what is left of that run).
+
+    Generated root passwords are written to their 0600 files here, before anything is sent.
+    Raises ``ManifestError`` for a template that fails, ``KeyError``/``OSError``/``ValueError``
+    for credentials that cannot be read.
+    """
+    account = fleet.account
+    email = read_source(account.email, env)
+    password = Secret(read_source(account.password, env))
+    redact.add(password)
+    passwords = PasswordBook(env)
+    templates = Templates.for_fleet(fleet)
+    rollout = fleet.rollout
+    by_id = {e.id: e for e in selected.vps}
+    waves: list[WaveSpec] = []
+    targets: list[TargetSpec] = []
+    hashes = {t.kvm_id: t.user_data_sha256 for t in plan.targets}
+    for wave in plan.waves:
+        jobs: list[Job] = []
+        for position, kvm_id in enumerate(wave.kvm_ids):
+            if resume is not None and not resume.wants(kvm_id):
+                continue
+            entry = by_id[kvm_id]
+            root = passwords.root_password(entry)
+            redact.add(root)
+            user_data = None
+            if entry.template is not None and takes_cloud_init(entry.image):
+                user_data = Secret(templates.render(entry, root).text)
+            r = entry.readiness
+            jobs.append(
+                Job(
+                    kvm_id=kvm_id,
+                    wave=wave.index,
+                    image=entry.image,
+                    password=root,
+                    user_data=user_data,
+                    readiness=r.mode,
+                    port=r.port,
+                    deadline_s=r.deadline_s,
+                    min_install_s=r.min_install_s,
+                    install_window_s=rollout.in_doubt_window_s or r.deadline_s,
+                    poll_interval_s=r.poll_interval_s,
+                    vps_deadline_s=rollout.vps_deadline_s,
+                    accepted_already=resume is not None and kvm_id in resume.accepted,
+                    in_doubt_since=None if resume is None else resume.in_doubt_since.get(kvm_id),
+                )
+            )
+            targets.append(
+                TargetSpec(
+                    kvm_id, wave.index, position, entry.image, entry.hostname, hashes[kvm_id]
+                )
+            )
+        if jobs:
+            waves.append(WaveSpec(wave.index, tuple(jobs), wave.failure_budget))
+    _write_generated(selected, passwords)
+    return RunSpec(
+        account=Account(
+            session_url=args.session_url or account.session_url,
+            email=email,
+            password=password,
+            allowed_hosts=(*account.allowed_api_hosts, *args.allow_api_host),
+            ca_file=str(account.ca_file) if account.ca_file else None,
+        ),
+        waves=waves,
+        settings=RunSettings(
+            run_budget=plan.run_budget,
+            soak_s=rollout.soak_s,
+            in_doubt=rollout.in_doubt.value,
+            retry=RetryPolicy(),
+        ),
+        concurrency=rollout.concurrency,
+        rate=rollout.rate_per_s,
+        journal_path=Path(args.journal),
+        manifest_path=str(fleet.path.resolve()),
+        manifest_sha256=plan.manifest_sha256,
+        plan_sha256=plan.content_hash,
+        options={"selection": dict(plan.selection), "rollout": dict(plan.rollout)},
+        targets=targets if resume is None else (),
+        run_id=None if resume is None else resume.run_id,
+        prior_failures={} if resume is None else resume.prior_failures,
+        redact=redact,
+    )
+
+
+def _write_generated(selected: SelectedFleet, passwords: PasswordBook) -> None:
+    by_file: dict[Path, dict[str, Secret]] = {}
+    for entry in selected.vps:
+        source = entry.root_password
+        if isinstance(source, GeneratedPassword):
+            by_file.setdefault(source.output, {})[entry.id] = passwords.generated[entry.id]
+    for path, generated in by_file.items():
+        write_generated_passwords(path, generated)
