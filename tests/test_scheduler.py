@@ -6,6 +6,7 @@ reported in doubt/failed/skipped, never twice unless the policy says so.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -74,10 +75,10 @@ def jobs_for(
 
 @asynccontextmanager
 async def scheduler_for(
-    sim: Simulator, settings: RunSettings, *, concurrency: int = 8
+    sim: Simulator, settings: RunSettings, *, concurrency: int = 8, rate: float = 2000.0
 ) -> AsyncIterator[tuple[Scheduler, RecordingSink]]:
     clock = SystemClock()
-    limits = Limits.create(concurrency=concurrency, rate=2000.0, clock=clock, burst=50)
+    limits = Limits.create(concurrency=concurrency, rate=rate, clock=clock, burst=3)
     async with client_for(sim) as client:
         book = SessionBook(LimitedAuth(client, limits.requests), clock=clock)
         sink = RecordingSink()
@@ -196,4 +197,67 @@ async def test_drain_sends_nothing_new_and_leaves_accepted_vpses_for_resume(
             assert result.states[kvm_id] is TargetState.ACCEPTED
         else:
             assert result.states[kvm_id] is TargetState.SKIPPED
+    assert_exactly_once(sim, result)
+
+
+async def test_expiring_sessions_never_send_an_expired_signature(make_sim: SimFactory) -> None:
+    """Signatures live 4 s; the run lasts several lifetimes; not one request may carry an
+    expired signature (the simulator counts them per VPS)."""
+    async with (
+        make_sim(vps_count=30, time_scale=0.004, signature_lifetime=4.0) as sim,
+        # 6 requests/s stretches the run over several signature lifetimes.
+        scheduler_for(sim, settings(run_budget=30), concurrency=3, rate=6.0) as (sched, _),
+    ):
+        jobs = tuple(
+            dataclasses.replace(job, min_install_s=1.0, poll_interval_s=0.2)
+            for job in jobs_for(sim.vps_ids)
+        )
+        result = await sched.run([WaveSpec(1, jobs, budget=30)])
+        assert result.count(TargetState.READY) == 30
+        assert sum(sim.counters.bad_signature.values()) == 0
+        assert sim.counters.auth_calls >= 2  # it did refresh along the way
+        assert_exactly_once(sim, result)
+
+
+async def test_an_invalidation_storm_mid_run_costs_one_refresh(sim: Simulator) -> None:
+    async with scheduler_for(sim, settings(run_budget=5)) as (sched, sink):
+
+        async def storm() -> None:
+            await sink.first_accept.wait()
+            sim.invalidate_sessions()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(storm)
+            result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids), budget=5)])
+    assert result.count(TargetState.READY) == len(sim.vps_ids)
+    assert sim.counters.auth_calls == 2
+    assert_exactly_once(sim, result)
+
+
+async def test_a_migration_mid_run_is_followed(make_sim: SimFactory) -> None:
+    async with (
+        make_sim(vps_count=6, api_nodes=3) as sim,
+        scheduler_for(sim, settings()) as (
+            sched,
+            sink,
+        ),
+    ):
+        moved = sim.vps_ids[-1]
+        before = sim.vps(moved).api_host
+
+        async def migrate() -> None:
+            await sink.first_accept.wait()
+            sim.migrate(moved)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(migrate)
+            result = await sched.run(
+                [
+                    WaveSpec(1, jobs_for(sim.vps_ids[:1]), budget=0),
+                    WaveSpec(2, jobs_for(sim.vps_ids[1:], wave=2), budget=0),
+                ]
+            )
+    assert sim.vps(moved).api_host != before
+    assert result.states[moved] is TargetState.READY
+    assert sim.counters.reinstall_accepted[moved] == 1
     assert_exactly_once(sim, result)

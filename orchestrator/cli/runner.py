@@ -21,7 +21,7 @@ from orchestrator.clock import SystemClock
 from orchestrator.edis.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
-from orchestrator.errors import PreflightError
+from orchestrator.errors import LockedError, PreflightError
 from orchestrator.journal import Journal, JournalSink, RunStatus, TargetRecord, TargetSpec
 from orchestrator.journal_schema import AttemptRecord, RunRecord
 from orchestrator.limits import Limits
@@ -217,7 +217,13 @@ async def _open_run(journal: Journal, spec: RunSpec) -> str:
         await journal.add_targets(run_id, spec.targets)
     else:
         await journal.reopen_run(run_id)
-    await journal.acquire_locks(run_id, [job.kvm_id for w in spec.waves for job in w.jobs])
+    try:
+        await journal.acquire_locks(run_id, [job.kvm_id for w in spec.waves for job in w.jobs])
+    except LockedError:
+        # Refused before anything was sent: the run must not stay listed as running.
+        with anyio.CancelScope(shield=True):
+            await journal.finish_run(run_id, RunStatus.ABORTED)
+        raise
     return run_id
 
 
