@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format typecheck check clean demo
+.PHONY: install test lint format typecheck check clean demo bench
 
 install: $(STAMP)
 
@@ -48,3 +48,14 @@ demo: install
 	  EDIS_EMAIL=operator@example.com EDIS_PASSWORD=sim-pass EDIS_ROOT_PASSWORD=demo-Root-pass-42 \
 	  $(BIN)/edis-fleet apply fleets/example.yaml --session-url "$$(cat "$$work/url")" \
 	    --allow-api-host 127.0.0.0/8 --journal "$$work/journal.sqlite"'
+
+# Benchmarks: scripts, not tests (tests/bench is not collected). Each prints its numbers;
+# apply_bench also writes bench-results.json. Every script runs even when one misses its goal,
+# and the target fails at the end if any did. BENCH_FLAGS=--quick scales apply_bench down.
+bench: install
+	@status=0; \
+	$(BIN)/python tests/bench/apply_bench.py $(BENCH_FLAGS) || status=1; \
+	$(BIN)/python tests/bench/sim_throughput.py || status=1; \
+	$(BIN)/python tests/bench/validate_10k.py || status=1; \
+	$(BIN)/python tests/bench/journal_cost.py || status=1; \
+	exit $$status

@@ -27,9 +27,10 @@ import contextlib
 import random
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import anyio
+from anyio.abc import TaskGroup
 
 from orchestrator.errors import ApiError, InDoubtError
 from orchestrator.limits import Limits
@@ -131,6 +132,7 @@ class Scheduler:
         self._wait_scopes: set[anyio.CancelScope] = set()
         self._everything: anyio.CancelScope | None = None
         self._in_flight: set[str] = set()
+        self._doubts: dict[str, str] = {}
 
     @property
     def result(self) -> RunResult:
@@ -164,9 +166,7 @@ class Scheduler:
                     self._skip_all(wave.jobs, self._stop_reason())
                     continue
                 self._wave_failures = self._prior.get(wave.index, 0)
-                async with anyio.create_task_group() as tg:
-                    for job in wave.jobs:
-                        tg.start_soon(self._flow, job, wave.budget)
+                await self._run_wave(wave)
                 last = position == len(waves) - 1
                 if not last and not self.stopping and self._settings.soak_s > 0:
                     with self._until_drained():
@@ -182,15 +182,90 @@ class Scheduler:
 
     # -- one VPS ---------------------------------------------------------------------
 
-    async def _flow(self, job: Job, wave_budget: int) -> None:
-        started = self._clock.monotonic()
-        if job.accepted_already:
-            # Already recorded as accepted: no event, only the readiness check is left.
-            self._result.states[job.kvm_id] = TargetState.ACCEPTED
-        else:
+    async def _run_wave(self, wave: WaveSpec) -> None:
+        """Send the wave's reinstalls from a pool of ``concurrency`` workers.
+
+        A pool, not a task per VPS: 20,000 parked tasks cost ~200 MB and make every garbage
+        collection walk them. Readiness waits and resends after the install window run as
+        follow-up tasks, so a long wait never holds a sending slot.
+        """
+        jobs = iter(wave.jobs)
+        workers = min(int(self._limits.concurrency.total_tokens), len(wave.jobs))
+        # Senders finish first (inner group), follow-ups may outlive them (outer group).
+        async with anyio.create_task_group() as followups, anyio.create_task_group() as senders:
+            for _ in range(workers):
+                senders.start_soon(self._sender, jobs, followups, wave.budget)
+
+    async def _sender(self, jobs: Iterator[Job], followups: TaskGroup, wave_budget: int) -> None:
+        # Workers share one iterator: each next() hands a job to exactly one of them.
+        for job in jobs:
+            started = self._clock.monotonic()
+            if job.accepted_already:
+                # Already recorded as accepted: no event, only the readiness check is left.
+                self._result.states[job.kvm_id] = TargetState.ACCEPTED
+                followups.start_soon(self._await_ready, job, started, wave_budget)
+                continue
+            if self.stopping:
+                self._set(job.kvm_id, job.wave, TargetState.SKIPPED, self._stop_reason())
+                continue
             self._set(job.kvm_id, job.wave, TargetState.PENDING)
-            if not await self._send_phase(job, wave_budget):
-                return
+            step = await self._first_send(job, wave_budget)
+            if step == "accepted":
+                followups.start_soon(self._await_ready, job, started, wave_budget)
+            elif step == "resend":
+                followups.start_soon(self._resend_later, job, started, wave_budget)
+
+    async def _first_send(
+        self, job: Job, wave_budget: int
+    ) -> Literal["accepted", "resend", "over"]:
+        """Send the reinstall once (with retries of what was not processed)."""
+        try:
+            if job.in_doubt_since is not None:
+                raise InDoubtError(
+                    "an intent was recorded but no outcome (the run stopped while sending)",
+                    endpoint="set/reinstall",
+                    kvm_id=job.kvm_id,
+                )
+            await self._send(job)
+        except InDoubtError as exc:
+            if self._settings.in_doubt != RESEND_AFTER_WINDOW or self.stopping:
+                self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
+                return "over"
+            self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, "waiting out the install window")
+            self._doubts[job.kvm_id] = exc.message
+            return "resend"
+        except ApiError as exc:
+            self._fail(job, TargetState.FAILED, exc.message, wave_budget)
+            return "over"
+        except _Skipped as why:
+            self._set(job.kvm_id, job.wave, TargetState.SKIPPED, str(why))
+            return "over"
+        self._set(job.kvm_id, job.wave, TargetState.ACCEPTED)
+        return "accepted"
+
+    async def _resend_later(self, job: Job, started: float, wave_budget: int) -> None:
+        """Resend an in-doubt reinstall once its install window has passed, then wait."""
+        why = self._doubts.pop(job.kvm_id, "in doubt")
+        window = job.install_window_s
+        if job.in_doubt_since is not None:
+            window -= self._clock.time() - job.in_doubt_since
+        with self._until_drained() as scope:
+            await self._clock.sleep(max(0.0, window))
+        if scope.cancelled_caught:
+            self._fail(job, TargetState.IN_DOUBT, why, wave_budget)
+            return
+        try:
+            await self._send(job, resend=True)
+        except InDoubtError as again:
+            self._fail(job, TargetState.IN_DOUBT, again.message, wave_budget)
+            return
+        except ApiError as again:
+            self._fail(job, TargetState.FAILED, again.message, wave_budget)
+            return
+        self._set(job.kvm_id, job.wave, TargetState.ACCEPTED)
+        await self._await_ready(job, started, wave_budget)
+
+    async def _await_ready(self, job: Job, started: float, wave_budget: int) -> None:
         deadline = job.deadline_s
         if job.vps_deadline_s is not None:
             # The per-VPS cap covers the whole flow: what sending took is not left for waiting.
@@ -203,46 +278,6 @@ class Scheduler:
             self._set(job.kvm_id, job.wave, TargetState.READY, result.reason)
         else:
             self._fail(job, TargetState.FAILED, f"not ready: {result.reason}", wave_budget)
-
-    async def _send_phase(self, job: Job, wave_budget: int) -> bool:
-        """Send the reinstall (and at most one resend after the window); True when accepted."""
-        try:
-            if job.in_doubt_since is not None:
-                raise InDoubtError(
-                    "an intent was recorded but no outcome (the run stopped while sending)",
-                    endpoint="set/reinstall",
-                    kvm_id=job.kvm_id,
-                )
-            await self._send(job)
-        except InDoubtError as exc:
-            if self._settings.in_doubt != RESEND_AFTER_WINDOW or self.stopping:
-                self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
-                return False
-            self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, "waiting out the install window")
-            window = job.install_window_s
-            if job.in_doubt_since is not None:
-                window -= self._clock.time() - job.in_doubt_since
-            with self._until_drained() as scope:
-                await self._clock.sleep(max(0.0, window))
-            if scope.cancelled_caught:
-                self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
-                return False
-            try:
-                await self._send(job, resend=True)
-            except InDoubtError as again:
-                self._fail(job, TargetState.IN_DOUBT, again.message, wave_budget)
-                return False
-            except ApiError as again:
-                self._fail(job, TargetState.FAILED, again.message, wave_budget)
-                return False
-        except ApiError as exc:
-            self._fail(job, TargetState.FAILED, exc.message, wave_budget)
-            return False
-        except _Skipped as why:
-            self._set(job.kvm_id, job.wave, TargetState.SKIPPED, str(why))
-            return False
-        self._set(job.kvm_id, job.wave, TargetState.ACCEPTED)
-        return True
 
     async def _send(self, job: Job, *, resend: bool = False) -> None:
         async with self._limits.concurrency:

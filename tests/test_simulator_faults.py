@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import re
+import sys
 
 import aiohttp
 import pytest
@@ -321,3 +324,49 @@ async def test_idle_keep_alive_connections_are_closed_by_the_server(make_sim) ->
             assert await asyncio.wait_for(reader.read(), timeout=10) == b""
         finally:
             writer.close()
+
+
+async def _auth_statuses_from_cli(*options: str, calls: int) -> tuple[list[int], int]:
+    """Start ``edis-fleet simulator`` with ``options`` in a subprocess, send ``calls`` auth
+    requests at once; return their statuses and the simulator's ``throttled`` counter."""
+    password = "cli-burst-pass"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchestrator", "simulator", "--vps", "1", "--port", "0", *options,
+        stdout=asyncio.subprocess.PIPE,
+        env={**os.environ, "EDIS_SIM_PASSWORD": password},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        url = None
+        while url is None:
+            raw = await asyncio.wait_for(proc.stdout.readline(), 30.0)  # only stops a hang
+            assert raw, "the simulator exited early"
+            match = re.match(r"session URL: (\S+)", raw.decode())
+            url = match.group(1) if match else None
+        form = {"email": "operator@example.com", "pw": password}
+        async with aiohttp.ClientSession() as http:
+
+            async def auth() -> int:
+                async with http.post(f"{url}/kvm/v2/get/auth", data=form) as resp:
+                    await resp.read()
+                    return resp.status
+
+            statuses = list(await asyncio.gather(*(auth() for _ in range(calls))))
+            async with http.get(f"{url}/_sim/state") as resp:
+                throttled = int((await resp.json())["counters"]["throttled"])
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 30.0)
+    return statuses, throttled
+
+
+async def test_cli_rate_burst_sets_how_many_requests_the_own_limit_saves_up() -> None:
+    # 0.01/s refills one token per 100 s: what gets through is the burst, whatever the timing.
+    statuses, throttled = await _auth_statuses_from_cli(
+        "--rate-limit", "0.01", "--rate-burst", "3", calls=8
+    )
+    assert collections.Counter(statuses) == {200: 3, 429: 5}
+    assert throttled == 5
+    # Without --rate-burst the bucket holds one second's worth (at least one request).
+    statuses, _ = await _auth_statuses_from_cli("--rate-limit", "0.01", calls=4)
+    assert collections.Counter(statuses) == {200: 1, 429: 3}

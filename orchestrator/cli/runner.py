@@ -7,6 +7,7 @@ its locks, the signal receiver. First SIGINT/SIGTERM drains the run; a second on
 
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -184,6 +185,10 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
                 budget=budget,
                 prior_failures=spec.prior_failures,
             )
+            # Everything built so far (the fleet, the jobs, rendered user data) lives for the
+            # whole run: freezing it keeps full collections during the run from walking it again
+            # and again (measured: a third of the client's CPU on 20,000 VPSes).
+            gc.freeze()
             result = await _run_waves(scheduler, journal, run_id, spec, clock)
             status = run_status(result)
             await journal.save_progress(
