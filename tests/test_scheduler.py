@@ -261,3 +261,42 @@ async def test_a_migration_mid_run_is_followed(make_sim: SimFactory) -> None:
     assert result.states[moved] is TargetState.READY
     assert sim.counters.reinstall_accepted[moved] == 1
     assert_exactly_once(sim, result)
+
+
+async def test_tcp_readiness_through_the_scheduler(make_sim: SimFactory) -> None:
+    """The tcp probe waits for each VPS's own port to close and answer again."""
+    async with (
+        make_sim(vps_count=3, time_scale=0.002, tcp_listeners=True) as sim,
+        scheduler_for(sim, settings()) as (sched, _),
+    ):
+        jobs = tuple(
+            dataclasses.replace(job, readiness="tcp", port=sim.ssh_port, min_install_s=0.1)
+            for job in jobs_for(sim.vps_ids)
+        )
+        result = await sched.run([WaveSpec(1, jobs, budget=0)])
+    assert result.count(TargetState.READY) == 3
+    assert all("answered" in result.reasons[k] for k in sim.vps_ids)
+    assert_exactly_once(sim, result)
+
+
+async def test_cancel_records_sends_in_flight_as_in_doubt(make_sim: SimFactory) -> None:
+    """The second signal: stop at once; what was being sent is in doubt, the rest skipped."""
+    async with (
+        make_sim(vps_count=6) as sim,
+        scheduler_for(sim, settings(run_budget=6), concurrency=2) as (sched, sink),
+    ):
+        sim.set_faults(script={"set/reinstall": ["latency:5", "latency:5"]})
+
+        async def cancel_when_sending() -> None:
+            with anyio.fail_after(10):
+                while len(sink.intents) < 2:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            sched.cancel()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cancel_when_sending)
+            result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids), budget=6)])
+    assert result.interrupted
+    in_doubt = {k for k, s in result.states.items() if s is TargetState.IN_DOUBT}
+    assert in_doubt == set(sink.intents)
+    assert all(result.states[k] is TargetState.SKIPPED for k in set(sim.vps_ids) - in_doubt)
