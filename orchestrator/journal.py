@@ -620,6 +620,16 @@ class JournalSink:
 
     def emit(self, event: TargetEvent) -> None:
         """Buffer the state change of ``event`` (never blocks)."""
+        if event.state is TargetState.PENDING and self._last.get(event.kvm_id) is (
+            TargetState.INTENT
+        ):
+            # The attempt under that intent was not processed (not sent, throttled): record
+            # it now, so a crash during the backoff does not leave the VPS looking in doubt.
+            self.journal.enqueue_outcome(
+                self.run_id, event.kvm_id, TargetState.PENDING, reason=self.NOT_SENT, at=event.at
+            )
+            self._last[event.kvm_id] = TargetState.PENDING
+            return
         if event.state in (TargetState.PENDING, TargetState.INTENT):
             return
         if (

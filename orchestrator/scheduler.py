@@ -34,7 +34,14 @@ from anyio.abc import TaskGroup
 
 from orchestrator.errors import ApiError, InDoubtError
 from orchestrator.limits import Limits
-from orchestrator.model import Clock, EventSink, ReinstallAPI, TargetEvent, TargetState
+from orchestrator.model import (
+    Clock,
+    EventSink,
+    Outcome,
+    ReinstallAPI,
+    TargetEvent,
+    TargetState,
+)
 from orchestrator.readiness import ReadinessMode, ReadyResult, wait_ready
 from orchestrator.retry import RetryBudget, RetryPolicy, call_with_retries
 from orchestrator.secrets import Secret
@@ -297,8 +304,11 @@ class Scheduler:
                     await self._api.reinstall(
                         job.kvm_id, image=job.image, password=job.password, user_data=job.user_data
                     )
-                except ApiError:
+                except ApiError as exc:
                     self._in_flight.discard(job.kvm_id)
+                    if exc.outcome in (Outcome.NOT_SENT, Outcome.THROTTLED):
+                        # Not processed: back to pending until the retry's new intent.
+                        self._set(job.kvm_id, job.wave, TargetState.PENDING, "not sent")
                     raise
                 # Not in a finally: a send cancelled mid-flight must stay in _in_flight so
                 # the run records it in doubt.

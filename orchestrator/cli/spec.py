@@ -143,7 +143,8 @@ def _write_generated(selected: SelectedFleet, passwords: PasswordBook) -> None:
     by_file: dict[Path, dict[str, Secret]] = {}
     for entry in selected.vps:
         source = entry.root_password
-        if isinstance(source, GeneratedPassword):
+        # Only the VPSes this run sends to got a password (a resume skips finished ones).
+        if isinstance(source, GeneratedPassword) and entry.id in passwords.generated:
             by_file.setdefault(source.output, {})[entry.id] = passwords.generated[entry.id]
     for path, generated in by_file.items():
         write_generated_passwords(path, generated)

@@ -99,6 +99,11 @@ class SignatureBook:
                     count += 1
         return count
 
+    def issued_signatures(self) -> list[str]:
+        """Every signature still remembered (up to the per-VPS cap), for leak checks in tests
+        and drills."""
+        return [signature for book in self._issued.values() for signature in book]
+
     def live_count(self, kvm_id: str) -> int:
         """Return how many signatures of ``kvm_id`` would be accepted now."""
         now = self._clock()
