@@ -1,8 +1,9 @@
 """The journal's schema, its migrations, and the records the journal hands back.
 
-``journal.py`` is the async API (group commit, resume, ``JournalSink``), ``journal_store.py``
-the blocking SQL on one connection; this module holds what is on disk and the plain data that
-comes out of it, so the schema can be read in one place.
+``journal.py`` is the async API (group commit, resume), ``journal_sink.py`` its
+``EventSink`` for the scheduler, ``journal_store.py`` the blocking SQL on one connection and
+``journal_locks.py`` the lock rows within it; this module holds what is on disk and the plain
+data that comes out of it, so the schema can be read in one place.
 
 Schema, version 1 (``PRAGMA user_version = 1``, ``PRAGMA application_id = 0x45444953``,
 "EDIS"). Times are wall-clock Unix seconds (REAL) from the injected ``Clock``.

@@ -2,7 +2,8 @@
 
 ``journal.Journal`` is the async API (group commit, worker thread, validation); it calls this
 ``Store`` from a worker thread, one call at a time. Nothing here awaits, and nothing outside
-``Store`` touches ``sqlite3``. The schema is in ``journal_schema``.
+``Store`` touches ``sqlite3`` except the lock functions of ``journal_locks``, which ``Store``
+runs inside its own transactions. The schema is in ``journal_schema``.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator.errors import JournalError, LockedError
+from orchestrator import journal_locks
+from orchestrator.errors import JournalError
 from orchestrator.journal_schema import (
     INTENT_FROM,
     OUTCOME_FROM,
@@ -37,9 +39,6 @@ from orchestrator.model import TargetState
 
 _log = logging.getLogger("orchestrator.journal")
 T = TypeVar("T")
-
-# Stay below SQLite's smallest default limit on bound parameters (999 before 3.32).
-_CHUNK = 500
 
 _PHASE_COLUMNS: dict[TargetState, tuple[str, ...]] = {
     TargetState.PENDING: (),
@@ -66,21 +65,6 @@ _OUTCOME_SQL: dict[TargetState, str] = {
 _INSERT_ATTEMPT = """
     INSERT INTO attempts (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
-"""
-_UPSERT_LOCK = """
-    INSERT INTO locks (kvm_id, run_id, pid, hostname, acquired_at, heartbeat_at)
-    VALUES (?, ?, ?, ?, ?, ?)
-    ON CONFLICT (kvm_id) DO UPDATE SET
-        acquired_at = CASE WHEN locks.run_id = excluded.run_id AND locks.pid = excluded.pid
-                            AND locks.hostname = excluded.hostname
-                           THEN locks.acquired_at ELSE excluded.acquired_at END,
-        run_id = excluded.run_id, pid = excluded.pid, hostname = excluded.hostname,
-        heartbeat_at = excluded.heartbeat_at
-"""
-_INSERT_TAKEOVER = """
-    INSERT INTO lock_takeovers (at, kvm_id, run_id, previous_run_id, previous_pid,
-                                previous_hostname, previous_heartbeat_at, why)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 """
 _PROGRESS_COLUMNS = frozenset({"wave_position", "failures", "retries", "counters_json"})
 
@@ -119,27 +103,9 @@ class Batch:
             self.progress[run_id] = {**fields, **self.progress.get(run_id, {})}
 
 
-def pid_alive(pid: int) -> bool:
-    """Return whether a process ``pid`` exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # it exists, it is just not ours
-    return True
-
-
 def new_run_id(now: float) -> str:
     """Return a run id like ``20261127-2315-ab12cd``: UTC minute, then 6 random hex digits."""
     return time.strftime("%Y%m%d-%H%M", time.gmtime(now)) + "-" + secrets.token_hex(3)
-
-
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for i in range(0, len(items), _CHUNK):
-        yield items[i : i + _CHUNK]
 
 
 def prepare_file(path: Path) -> bool:
@@ -402,105 +368,49 @@ class Store:
 
     def locks(self) -> list[LockRecord]:
         """Every lock row, by kvm id."""
-        cols = "kvm_id, run_id, pid, hostname, acquired_at, heartbeat_at"
-        sql = f"SELECT {cols} FROM locks ORDER BY kvm_id"  # noqa: S608
-        return self._tx(lambda c: [LockRecord(*r) for r in c.execute(sql)], write=False)
+        return self._tx(journal_locks.read_locks, write=False)
 
     def lock_takeovers(self, run_id: str) -> list[LockTakeover]:
         """The stale locks run ``run_id`` took over, oldest first."""
-        sql = (
-            "SELECT kvm_id, previous_run_id, previous_pid, previous_hostname,"
-            " previous_heartbeat_at, why FROM lock_takeovers WHERE run_id = ? ORDER BY id"
-        )
-        return self._tx(
-            lambda c: [LockTakeover(*r) for r in c.execute(sql, (run_id,))], write=False
-        )
+        return self._tx(lambda c: journal_locks.read_takeovers(c, run_id), write=False)
 
     # ----------------------------------------------------------------- locks
 
-    def _stale(self, row: sqlite3.Row, now: float) -> str:
-        """Return why another process's lock ``row`` is stale, or ``""`` if it is live."""
-        if row["hostname"] == self.hostname and not pid_alive(row["pid"]):
-            return f"pid {row['pid']} no longer runs on {row['hostname']}"
-        age = now - row["heartbeat_at"]
-        if age > self.stale_after:
-            return f"no heartbeat for {age:.0f} s"
-        return ""
-
     def acquire_locks(self, run_id: str, kvm_ids: Sequence[str], now: float) -> list[LockTakeover]:
-        """Take all of ``kvm_ids`` for this run and process, or none (``LockedError``)."""
+        """Take all of ``kvm_ids`` for this run and process, or none (``LockedError``); see
+        ``journal_locks.acquire``. Raises ``JournalError`` for an unknown run."""
 
         def tx(conn: sqlite3.Connection) -> list[LockTakeover]:
             self._run(conn, run_id)
-            found: list[sqlite3.Row] = []
-            for chunk in _chunks(kvm_ids):
-                marks = ", ".join("?" * len(chunk))
-                found += conn.execute(f"SELECT * FROM locks WHERE kvm_id IN ({marks})", chunk)  # noqa: S608
-            conflicts: dict[str, list[str]] = {}
-            where: dict[str, str] = {}
-            takeovers: list[LockTakeover] = []
-            for row in found:
-                if (row["run_id"], row["pid"], row["hostname"]) == (
-                    run_id,
-                    self.pid,
-                    self.hostname,
-                ):
-                    continue
-                why = self._stale(row, now)
-                if why:
-                    takeovers.append(
-                        LockTakeover(
-                            row["kvm_id"], row["run_id"], row["pid"], row["hostname"],
-                            row["heartbeat_at"], why,
-                        )
-                    )  # fmt: skip
-                    continue
-                conflicts.setdefault(row["run_id"], []).append(row["kvm_id"])
-                where[row["run_id"]] = (
-                    f"pid {row['pid']} on {row['hostname']}, "
-                    f"heartbeat {max(0.0, now - row['heartbeat_at']):.0f} s ago"
-                )
-            if conflicts:
-                raise LockedError(conflicts, detail=" (" + "; ".join(where.values()) + ")")
-            rows = [(k, run_id, self.pid, self.hostname, now, now) for k in kvm_ids]
-            conn.executemany(_UPSERT_LOCK, rows)
-            conn.executemany(
-                _INSERT_TAKEOVER,
-                [
-                    (now, t.kvm_id, run_id, t.previous_run_id, t.previous_pid,
-                     t.previous_hostname, t.previous_heartbeat_at, t.why)
-                    for t in takeovers
-                ],
-            )  # fmt: skip
-            return takeovers
+            return journal_locks.acquire(
+                conn,
+                run_id,
+                kvm_ids,
+                now,
+                pid=self.pid,
+                hostname=self.hostname,
+                stale_after=self.stale_after,
+            )
 
         return self._tx(tx, write=True)
 
     def heartbeat(self, run_id: str, expected: set[str], now: float) -> dict[str, list[str]]:
-        """Refresh this process's locks of ``run_id``; return which of ``expected`` are no
-        longer ours, grouped by their holder now (``(nobody)`` when released)."""
-        me = (run_id, self.pid, self.hostname)
+        """Refresh this process's locks of ``run_id`` and the run's ``updated_at``; return which
+        of ``expected`` are no longer ours, grouped by their holder now (``(nobody)`` when
+        released)."""
 
         def tx(conn: sqlite3.Connection) -> dict[str, list[str]]:
-            conn.execute(
-                "UPDATE locks SET heartbeat_at = ? WHERE run_id = ? AND pid = ? AND hostname = ?",
-                (now, *me),
+            lost = journal_locks.heartbeat(
+                conn, run_id, expected, now, pid=self.pid, hostname=self.hostname
             )
             conn.execute("UPDATE runs SET updated_at = ? WHERE id = ?", (now, run_id))
-            mine = "SELECT kvm_id FROM locks WHERE run_id = ? AND pid = ? AND hostname = ?"
-            held = {r[0] for r in conn.execute(mine, me)}
-            lost: dict[str, list[str]] = {}
-            for kvm_id in sorted(expected - held):
-                row = conn.execute(
-                    "SELECT run_id FROM locks WHERE kvm_id = ?", (kvm_id,)
-                ).fetchone()
-                lost.setdefault("(nobody)" if row is None else row[0], []).append(kvm_id)
             return lost
 
         return self._tx(tx, write=True)
 
     def release_locks(self, run_id: str) -> int:
         """Delete this process's locks of ``run_id``; return how many there were."""
-        sql = "DELETE FROM locks WHERE run_id = ? AND pid = ? AND hostname = ?"
-        me = (run_id, self.pid, self.hostname)
-        return self._tx(lambda c: c.execute(sql, me).rowcount, write=True)
+        return self._tx(
+            lambda c: journal_locks.release(c, run_id, pid=self.pid, hostname=self.hostname),
+            write=True,
+        )

@@ -7,9 +7,11 @@ mistake as ``file:line:col: field.path: what was wrong, what was expected``.
 fleet when there were no problems) instead of raising.
 
 The work is split over a few modules: ``manifest_yaml`` (safe YAML with positions),
-``manifest_schema`` (the shape, as pydantic models), ``manifest_check`` (positioned
-reporting; files and variables the manifest names), ``manifest_vps`` (the VPS list and
-precedence) and ``templates`` (rendering every VPS's user data and checking it).
+``manifest_schema`` (the shape, as pydantic models), ``manifest_messages`` (pydantic errors as
+sentences), ``manifest_check`` (positioned reporting; files and variables the manifest names),
+``manifest_vps`` (the VPS list and precedence), ``manifest_rollout`` (the rollout section and
+its waves against the fleet size) and ``templates_check`` (rendering every VPS's user data and
+checking it). This module reads the file, checks the other sections and assembles the fleet.
 
 The process environment is an input (``env``): nothing here reads ``os.environ``. Every
 variable the manifest names must be set; no value is ever shown.
@@ -30,6 +32,8 @@ from pydantic import ValidationError
 from orchestrator import fleet as f
 from orchestrator.errors import ManifestError
 from orchestrator.manifest_check import Reporter, Sources
+from orchestrator.manifest_messages import unknown_key_message
+from orchestrator.manifest_rollout import check_waves, read_rollout
 from orchestrator.manifest_schema import (
     TOP_LEVEL_KEYS,
     AccountModel,
@@ -37,20 +41,15 @@ from orchestrator.manifest_schema import (
     DefaultsModel,
     EmailSource,
     GroupModel,
-    RolloutModel,
     TagsModel,
-    WavesModel,
-    unknown_key_message,
 )
 from orchestrator.manifest_vps import Entries, VpsResolver
 from orchestrator.manifest_yaml import FieldPath, YamlSyntaxError, format_path, load_yaml
 from orchestrator.secrets import Redactor, Secret
-from orchestrator.templates import (
-    CloudInitSchema,
-    TemplateReport,
-    Templates,
-    check_templates,
-)
+from orchestrator.templates import Templates
+from orchestrator.templates_check import TemplateReport, check_templates
+from orchestrator.templates_schema import CloudInitSchema
+from orchestrator.units import kind_of
 
 SUPPORTED_VERSION = 1
 # Stands in for a root password that could not be read (the missing variable or file is
@@ -196,7 +195,7 @@ class _Checker:
         defaults = self._defaults(data)
         groups = self._groups(data)
         declared = self._declared_tags(data)
-        rollout = self._rollout(data)
+        rollout = read_rollout(self.report, data)
         raw = self._vps_list(data)
         if raw is None:
             return None
@@ -205,9 +204,9 @@ class _Checker:
         )
         entries = resolver.run(raw)
         if isinstance(rollout, tuple):
-            self._check_waves(rollout, entries.total)
+            check_waves(self.report, rollout, entries.total)
         elif rollout is not None:
-            self._check_waves(rollout.waves, entries.total)
+            check_waves(self.report, rollout.waves, entries.total)
         limit = f.DEFAULT_USER_DATA_LIMIT
         if defaults is not None and defaults.user_data_limit is not None:
             limit = defaults.user_data_limit
@@ -305,7 +304,7 @@ class _Checker:
             return {}
         if not isinstance(raw, dict):
             self.report.problem(
-                ("groups",), f"expected a mapping of group name to settings, got {f.kind_of(raw)}"
+                ("groups",), f"expected a mapping of group name to settings, got {kind_of(raw)}"
             )
             return None
         groups: dict[str, GroupModel | None] = {}
@@ -323,75 +322,12 @@ class _Checker:
         model = self.report.validate(TagsModel, {"tags": data["tags"]}, ())
         return () if model is None else model.tags
 
-    def _rollout(self, data: dict[Any, Any]) -> f.Rollout | f.CountOrFractions | None:
-        """Return the rollout; when only other rollout fields are wrong, just its waves."""
-        raw = data.get("rollout") or {}
-        before = len(self.report.problem_paths)
-        model = self.report.validate(RolloutModel, raw, ("rollout",))
-        if model is None:
-            # Still check the waves against the fleet if they themselves were fine.
-            waves_wrong = self.report.problems_under(("rollout", "waves"), before)
-            if not waves_wrong and isinstance(raw, dict) and "waves" in raw:
-                try:
-                    return tuple(WavesModel.model_validate({"waves": raw["waves"]}).waves)
-                except ValidationError:  # pragma: no cover - reported above
-                    return None
-            return None
-        if not model.waves:
-            self.report.problem(("rollout", "waves"), "give at least one wave, e.g. [1, '100%']")
-            return None
-        if model.in_doubt == "report" and model.in_doubt_window is not None:
-            self.report.warn(
-                ("rollout", "in_doubt_window"),
-                "has no effect with in_doubt: report (it applies to resend-after-window)",
-            )
-        return f.Rollout(
-            concurrency=model.concurrency,
-            rate_per_s=model.rate,
-            waves=tuple(model.waves),
-            soak_s=model.soak,
-            wave_budget=model.failure_budget.wave,
-            run_budget=model.failure_budget.run,
-            vps_deadline_s=model.vps_deadline,
-            in_doubt=f.InDoubtPolicy(model.in_doubt),
-            in_doubt_window_s=model.in_doubt_window,
-        )
-
-    def _check_waves(self, waves: Sequence[f.CountOrFraction], total: int) -> None:
-        """Waves are cumulative: each must cover more than the last, the last all of them."""
-        base: FieldPath = ("rollout", "waves")
-        previous = 0
-        for i, wave in enumerate(waves):
-            covered = wave.resolve(total)
-            earlier = waves[i - 1] if i > 0 else None
-            same_kind = earlier is not None and earlier.is_fraction == wave.is_fraction
-            if earlier is not None and (
-                (same_kind and _amount(wave) <= _amount(earlier)) or covered < previous
-            ):
-                self.report.problem(
-                    (*base, i),
-                    f"wave {i + 1} ({wave}) does not grow past wave {i} ({earlier}); waves are "
-                    "cumulative, so each must cover more of the fleet than the one before",
-                )
-            elif wave.count is not None and wave.count >= total and i < len(waves) - 1:
-                self.report.warn(
-                    (*base, i), f"wave {i + 1} ({wave}) already covers all {total} VPSes"
-                )
-            previous = max(previous, covered)
-        last = waves[-1].resolve(total)
-        if last < total:
-            self.report.problem(
-                (*base, len(waves) - 1),
-                f"the last wave ({waves[-1]}) covers {last} of {total} VPSes; the last wave "
-                "must reach all of them: end the list with '100%'",
-            )
-
     def _vps_list(self, data: dict[Any, Any]) -> list[Any] | None:
         raw = data.get("vps")
         if raw is None:
             self.report.problem((), "'vps' is missing; list the VPSes of this fleet under 'vps'")
         elif not isinstance(raw, list):
-            self.report.problem(("vps",), f"expected a list of VPS entries, got {f.kind_of(raw)}")
+            self.report.problem(("vps",), f"expected a list of VPS entries, got {kind_of(raw)}")
         elif not raw:
             self.report.problem(("vps",), "the list is empty; a fleet needs at least one VPS")
         else:
@@ -433,10 +369,6 @@ class _Checker:
 
 def _parts(problem: Any) -> tuple[Any, FieldPath, str]:
     return problem.position, problem.path, problem.message
-
-
-def _amount(wave: f.CountOrFraction) -> float:
-    return float(wave.count) if wave.count is not None else float(wave.fraction or 0.0)
 
 
 def _is_loopback_host(host: str) -> bool:

@@ -18,12 +18,12 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import fleet as f
+from orchestrator.manifest_messages import describe_error
 from orchestrator.manifest_schema import (
     AccountPasswordSource,
     CloudInitSource,
     EmailSource,
     RootPasswordSource,
-    describe_error,
 )
 from orchestrator.manifest_yaml import FieldPath, Position, YamlDocument, format_path
 from orchestrator.secrets import Redactor

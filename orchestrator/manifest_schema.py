@@ -1,18 +1,16 @@
-"""The manifest's shape as pydantic models, and pydantic errors turned into plain sentences.
+"""The manifest's shape as pydantic models.
 
 These models check one section (or one ``vps`` entry) at a time, so that a mistake in one
 place does not hide the others. They only check shape and single values; checks across the
 file (duplicates, groups, waves against the fleet size, files and variables that must exist)
-are in ``orchestrator.manifest``.
+are in ``orchestrator.manifest``. Turning pydantic's errors into plain sentences is
+``manifest_messages``'s job.
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-import types
-import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -24,10 +22,10 @@ from pydantic import (
     PlainValidator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-from orchestrator import fleet
-from orchestrator.fleet import CountOrFraction
+from orchestrator import fleet, units
+from orchestrator.units import CountOrFraction
 
 T = TypeVar("T")
 
@@ -89,11 +87,11 @@ def _non_empty(value: str) -> str:
 
 
 def _wave(value: Any) -> CountOrFraction:
-    return fleet.parse_count_or_percent(value, minimum=1)
+    return units.parse_count_or_percent(value, minimum=1)
 
 
 def _budget(value: Any) -> CountOrFraction:
-    return fleet.parse_count_or_percent(value, minimum=0)
+    return units.parse_count_or_percent(value, minimum=0)
 
 
 def _host_pattern(value: str) -> str:
@@ -127,11 +125,11 @@ def _tags_section(value: Any) -> tuple[str, ...]:
     elif isinstance(value, list):
         names = value
     else:
-        raise ValueError(f"got {fleet.kind_of(value)}, expected a list of tag names")
+        raise ValueError(f"got {units.kind_of(value)}, expected a list of tag names")
     check = _name("tag")
     for name in names:
         if not isinstance(name, str):
-            raise ValueError(f"tag names must be text, got {fleet.kind_of(name)}")
+            raise ValueError(f"tag names must be text, got {units.kind_of(name)}")
         check(name)
     return tuple(names)
 
@@ -142,9 +140,9 @@ TagName = Annotated[str, AfterValidator(_custom(_name("tag")))]
 GroupName = Annotated[str, AfterValidator(_custom(_name("group")))]
 EnvName = Annotated[str, AfterValidator(_custom(_env_name))]
 NonEmpty = Annotated[str, AfterValidator(_custom(_non_empty))]
-Duration = Annotated[float, PlainValidator(_custom(fleet.parse_duration))]
-Rate = Annotated[float, PlainValidator(_custom(fleet.parse_rate))]
-Size = Annotated[int, PlainValidator(_custom(fleet.parse_size))]
+Duration = Annotated[float, PlainValidator(_custom(units.parse_duration))]
+Rate = Annotated[float, PlainValidator(_custom(units.parse_rate))]
+Size = Annotated[int, PlainValidator(_custom(units.parse_size))]
 Wave = Annotated[CountOrFraction, PlainValidator(_custom(_wave))]
 Budget = Annotated[CountOrFraction, PlainValidator(_custom(_budget))]
 HostPattern = Annotated[str, AfterValidator(_custom(_host_pattern))]
@@ -354,109 +352,3 @@ class TagsModel(_Model):
 
 
 TOP_LEVEL_KEYS = ("version", "account", "defaults", "groups", "tags", "vps", "rollout")
-
-
-# --------------------------------------------------------------------------- error text
-
-
-_TYPE_WORDS = {
-    "string_type": "a string",
-    "int_type": "a whole number",
-    "int_from_float": "a whole number",
-    "float_type": "a number",
-    "bool_type": "true or false",
-    "list_type": "a list",
-    "tuple_type": "a list",
-    "dict_type": "a mapping (key: value)",
-    "model_type": "a mapping (key: value)",
-    "model_attributes_type": "a mapping (key: value)",
-}
-_SECRET_FIELDS = frozenset({"password", "root_password"})
-
-
-def describe_error(model: type[BaseModel], err: ErrorDetails) -> str:
-    """Turn one pydantic error into ``what was wrong, what was expected``.
-
-    The offending value is shown only for short non-secret scalars; for anything under a
-    password field it is never shown.
-    """
-    kind = err["type"]
-    loc = err["loc"]
-    value = err.get("input")
-    secret = any(part in _SECRET_FIELDS for part in loc)
-    got = "" if secret else f", got {fleet.kind_of(value)}"
-    if kind == "missing":
-        return f"required field '{loc[-1]}' is missing"
-    if kind == "extra_forbidden":
-        allowed = allowed_keys(model, loc[:-1])
-        return unknown_key_message(str(loc[-1]), allowed)
-    if kind in _TYPE_WORDS:
-        hint = ""
-        if kind == "string_type" and isinstance(value, bool):
-            hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the value)"
-        return f"expected {_TYPE_WORDS[kind]}{got}{hint}"
-    if kind == "literal_error":
-        expected = err.get("ctx", {}).get("expected", "")
-        return f"expected {expected}{got}"
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        ctx = err.get("ctx", {})
-        bound = next(iter(ctx.values()), "")
-        words = {
-            "greater_than_equal": "at least",
-            "less_than_equal": "at most",
-            "greater_than": "above",
-            "less_than": "below",
-        }[kind]
-        return f"must be {words} {bound}{got}"
-    message = err["msg"]
-    return message.removeprefix("Value error, ")
-
-
-def unknown_key_message(key: str, allowed: Sequence[str]) -> str:
-    """Say that ``key`` is unknown, with a "did you mean" or the list of allowed keys."""
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key {key!r}; did you mean {close[0]!r}?"
-    if allowed:
-        return f"unknown key {key!r}; expected one of: {', '.join(allowed)}"
-    return f"unknown key {key!r}"
-
-
-def allowed_keys(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
-    """Return the keys the model at ``loc`` inside ``model`` accepts (empty if not a model)."""
-    current: Any = model
-    for part in loc:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(str(part))
-            if field is None:
-                return []
-            current = field.annotation
-        else:
-            origin = typing.get_origin(current)
-            args = typing.get_args(current)
-            if origin in (list, tuple) and args:
-                current = args[0]
-            elif origin is dict and len(args) == 2:
-                current = args[1]
-            else:
-                return []
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [k for k in current.model_fields if k != "value" or current is not EmailSource]
-    return []
-
-
-def _unwrap(tp: Any) -> Any:
-    """Strip ``Annotated`` and ``X | None`` from a type."""
-    while True:
-        origin = typing.get_origin(tp)
-        if origin is Annotated:
-            tp = typing.get_args(tp)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if len(args) != 1:
-                return tp
-            tp = args[0]
-        else:
-            return tp

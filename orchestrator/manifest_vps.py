@@ -19,6 +19,7 @@ from orchestrator import fleet as f
 from orchestrator.manifest_check import Reporter, Sources
 from orchestrator.manifest_schema import DefaultsModel, GroupModel, SettingsModel, VpsModel
 from orchestrator.manifest_yaml import FieldPath
+from orchestrator.units import kind_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +86,7 @@ class VpsResolver:
                 model = self.reporter.validate(VpsModel, item, path)
             else:
                 self.reporter.problem(
-                    path, f"expected a mapping with id and hostname, got {f.kind_of(item)}"
+                    path, f"expected a mapping with id and hostname, got {kind_of(item)}"
                 )
             entry, complete = None, False
             if model is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.manifest import check_manifest
-from orchestrator.templates import CloudInitSchema
+from orchestrator.templates_schema import CloudInitSchema
 from tests.manifest_support import ENV, REPO, AnyEnv, cli
 
 FLEETS = sorted((REPO / "fleets").rglob("*.yaml"))

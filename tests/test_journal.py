@@ -27,8 +27,9 @@ from orchestrator.errors import (
     NotSentError,
     RejectedError,
 )
-from orchestrator.journal import Journal, JournalSink, RunStatus, TargetSpec, TargetState
+from orchestrator.journal import Journal, RunStatus, TargetSpec, TargetState
 from orchestrator.journal_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, migrate
+from orchestrator.journal_sink import JournalSink
 from orchestrator.limits import Limits
 from orchestrator.model import Attempt, EventSink, Outcome
 from orchestrator.retry import RetryPolicy

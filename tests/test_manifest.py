@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import fleet as f
+from orchestrator import units as u
 from orchestrator.errors import ManifestError
 from orchestrator.manifest import check_manifest, load_fleet
 from orchestrator.secrets import Secret
@@ -127,14 +128,14 @@ def test_rollout_is_parsed_into_numbers(fleet: f.Fleet) -> None:
     assert r.concurrency == 7
     assert r.rate_per_s == pytest.approx(5.0)
     assert r.waves == (
-        f.CountOrFraction(count=1),
-        f.CountOrFraction(fraction=0.1),
-        f.CountOrFraction(count=3),
-        f.CountOrFraction(fraction=1.0),
+        u.CountOrFraction(count=1),
+        u.CountOrFraction(fraction=0.1),
+        u.CountOrFraction(count=3),
+        u.CountOrFraction(fraction=1.0),
     )
     assert r.soak_s == 5400.0
-    assert r.wave_budget == f.CountOrFraction(fraction=0.2)
-    assert r.run_budget == f.CountOrFraction(count=2)
+    assert r.wave_budget == u.CountOrFraction(fraction=0.2)
+    assert r.run_budget == u.CountOrFraction(count=2)
     assert r.vps_deadline_s == 2700.0
     assert r.in_doubt is f.InDoubtPolicy.RESEND_AFTER_WINDOW
     assert r.in_doubt_window_s == 1800.0
@@ -143,7 +144,7 @@ def test_rollout_is_parsed_into_numbers(fleet: f.Fleet) -> None:
 def test_rollout_defaults(tmp_path: Path) -> None:
     fleet = load_fleet(write_fleet(tmp_path, BASE.replace('  waves: [1, "100%"]\n', "")), ENV)
     assert fleet.rollout == f.Rollout()
-    assert fleet.rollout.waves == (f.CountOrFraction(count=1), f.CountOrFraction(fraction=1.0))
+    assert fleet.rollout.waves == (u.CountOrFraction(count=1), u.CountOrFraction(fraction=1.0))
 
 
 def test_account_and_fleet_fields(fleet: f.Fleet, tmp_path: Path) -> None:
@@ -254,64 +255,64 @@ def test_generated_password_shape() -> None:
     [("30s", 30), ("5m", 300), ("1h30m", 5400), ("1.5h", 5400), ("250ms", 0.25), (0, 0)],
 )
 def test_parse_duration(text: object, seconds: float) -> None:
-    assert f.parse_duration(text) == pytest.approx(seconds)
+    assert u.parse_duration(text) == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["30", 30, "5 minutes", "m5", "", True, [1]])
 def test_parse_duration_refuses(text: object) -> None:
     with pytest.raises(ValueError, match="expected a duration"):
-        f.parse_duration(text)
+        u.parse_duration(text)
 
 
 @pytest.mark.parametrize(
     ("text", "rate"), [("5/s", 5.0), ("300/min", 5.0), ("3600/h", 1.0), ("0.5 / sec", 0.5)]
 )
 def test_parse_rate(text: str, rate: float) -> None:
-    assert f.parse_rate(text) == pytest.approx(rate)
+    assert u.parse_rate(text) == pytest.approx(rate)
 
 
 @pytest.mark.parametrize("text", ["5", 5, "5/fortnight", "0/s", "-1/s", "fast"])
 def test_parse_rate_refuses(text: object) -> None:
     with pytest.raises(ValueError, match="rate"):
-        f.parse_rate(text)
+        u.parse_rate(text)
 
 
 @pytest.mark.parametrize(("text", "size"), [(100, 100), ("16KiB", 16384), ("1m", 1 << 20)])
 def test_parse_size(text: object, size: int) -> None:
-    assert f.parse_size(text) == size
+    assert u.parse_size(text) == size
 
 
 @pytest.mark.parametrize(
     ("value", "minimum", "expected"),
     [
-        (3, 1, f.CountOrFraction(count=3)),
-        ("10%", 1, f.CountOrFraction(fraction=0.1)),
-        ("12.5 %", 0, f.CountOrFraction(fraction=0.125)),
-        (0, 0, f.CountOrFraction(count=0)),
-        ("0%", 0, f.CountOrFraction(fraction=0.0)),
+        (3, 1, u.CountOrFraction(count=3)),
+        ("10%", 1, u.CountOrFraction(fraction=0.1)),
+        ("12.5 %", 0, u.CountOrFraction(fraction=0.125)),
+        (0, 0, u.CountOrFraction(count=0)),
+        ("0%", 0, u.CountOrFraction(fraction=0.0)),
     ],
 )
-def test_parse_count_or_percent(value: object, minimum: int, expected: f.CountOrFraction) -> None:
-    assert f.parse_count_or_percent(value, minimum=minimum) == expected
+def test_parse_count_or_percent(value: object, minimum: int, expected: u.CountOrFraction) -> None:
+    assert u.parse_count_or_percent(value, minimum=minimum) == expected
 
 
 @pytest.mark.parametrize(("value", "minimum"), [(0, 1), ("0%", 1), ("101%", 0), ("5", 0), (1.5, 0)])
 def test_parse_count_or_percent_refuses(value: object, minimum: int) -> None:
     with pytest.raises(ValueError, match=r"10%|quoted|range"):
-        f.parse_count_or_percent(value, minimum=minimum)
+        u.parse_count_or_percent(value, minimum=minimum)
 
 
 def test_count_or_fraction_resolve() -> None:
-    tenth = f.CountOrFraction(fraction=0.1)
+    tenth = u.CountOrFraction(fraction=0.1)
     assert tenth.resolve(30) == 3  # no float drift to 4
     assert tenth.resolve(31) == 4
     assert tenth.resolve(31, round_up=False) == 3
-    assert f.CountOrFraction(fraction=0.01).resolve(50) == 1
-    assert f.CountOrFraction(count=10).resolve(4) == 4
+    assert u.CountOrFraction(fraction=0.01).resolve(50) == 1
+    assert u.CountOrFraction(count=10).resolve(4) == 4
     assert str(tenth) == "10%"
-    assert str(f.CountOrFraction(count=2)) == "2"
+    assert str(u.CountOrFraction(count=2)) == "2"
     with pytest.raises(ValueError, match="exactly one"):
-        f.CountOrFraction()
+        u.CountOrFraction()
 
 
 def test_freeze_and_thaw() -> None:

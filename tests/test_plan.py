@@ -10,9 +10,10 @@ from pathlib import Path
 import anyio
 import pytest
 
-from orchestrator.fleet import CountOrFraction, Rollout
+from orchestrator.fleet import Rollout
 from orchestrator.plan import resolve_waves
 from orchestrator.simulator import Simulator
+from orchestrator.units import CountOrFraction
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER_ROOT = "root-MARKER-5521"

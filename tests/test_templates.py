@@ -14,13 +14,9 @@ import pytest
 from orchestrator import fleet as f
 from orchestrator.errors import ManifestError
 from orchestrator.secrets import Secret
-from orchestrator.templates import (
-    CloudInitSchema,
-    SchemaResult,
-    Templates,
-    check_templates,
-    parse_schema_output,
-)
+from orchestrator.templates import Templates
+from orchestrator.templates_check import check_templates
+from orchestrator.templates_schema import CloudInitSchema, SchemaResult, parse_schema_output
 from tests.manifest_support import ROOT_MARKER, cli, write_fleet
 
 PASSWORD = Secret(ROOT_MARKER)

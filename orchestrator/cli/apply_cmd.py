@@ -37,7 +37,7 @@ from orchestrator.model import TargetState
 from orchestrator.plan import Plan, build_plan, manifest_sha256
 from orchestrator.report import NdjsonSink, json_report, junit_report, text_report, write_atomic
 from orchestrator.selection import SelectedFleet
-from orchestrator.templates import CloudInitSchema
+from orchestrator.templates_schema import CloudInitSchema
 
 GUARD_LIMIT = 10
 DEFAULT_JOURNAL = Path(".edis-fleet") / "journal.sqlite"

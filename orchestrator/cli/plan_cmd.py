@@ -34,7 +34,8 @@ from orchestrator.plan import Plan, build_plan, manifest_sha256
 from orchestrator.preflight import Check, PreflightReport, preflight
 from orchestrator.secrets import Secret
 from orchestrator.selection import SelectedFleet
-from orchestrator.templates import CloudInitSchema, Templates
+from orchestrator.templates import Templates
+from orchestrator.templates_schema import CloudInitSchema
 
 # User-data documents are hashed as rendered with this in place of the root password (see
 # orchestrator.plan): generated passwords change every run, and a plan file must not carry a

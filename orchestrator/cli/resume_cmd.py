@@ -31,7 +31,7 @@ from orchestrator.cli.spec import ResumePoint, build_spec
 from orchestrator.cli.validate_cmd import fail, load_and_select
 from orchestrator.errors import JournalError, ManifestError
 from orchestrator.plan import Plan, build_plan, manifest_sha256
-from orchestrator.templates import CloudInitSchema
+from orchestrator.templates_schema import CloudInitSchema
 
 
 def register(sub: Any) -> None:

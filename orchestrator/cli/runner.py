@@ -23,8 +23,9 @@ from orchestrator.edis.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import LockedError, PreflightError
-from orchestrator.journal import Journal, JournalSink, RunStatus, TargetRecord, TargetSpec
+from orchestrator.journal import Journal, RunStatus, TargetRecord, TargetSpec
 from orchestrator.journal_schema import AttemptRecord, RunRecord
+from orchestrator.journal_sink import JournalSink
 from orchestrator.limits import Limits
 from orchestrator.model import Attempt, Clock, EventSink, TargetEvent, TargetState
 from orchestrator.preflight import Check, preflight

@@ -21,7 +21,7 @@ from orchestrator.errors import SelectionError
 from orchestrator.manifest import ManifestReport, check_manifest
 from orchestrator.secrets import Redactor
 from orchestrator.selection import SelectedFleet, Selection, select
-from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema
+from orchestrator.templates_schema import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema
 
 
 def register(sub: Any) -> None:
