@@ -138,7 +138,7 @@ class Scheduler:
         self._draining = False
         self._wait_scopes: set[anyio.CancelScope] = set()
         self._everything: anyio.CancelScope | None = None
-        self._in_flight: set[str] = set()
+        self._in_flight: dict[str, int] = {}  # kvm id -> wave, while its POST is out
         self._doubts: dict[str, str] = {}
 
     @property
@@ -179,9 +179,12 @@ class Scheduler:
                     with self._until_drained():
                         await self._clock.sleep(self._settings.soak_s)
         if everything.cancelled_caught:
-            for kvm_id in self._in_flight:
+            for kvm_id, wave_index in self._in_flight.items():
                 self._set(
-                    kvm_id, 0, TargetState.IN_DOUBT, "interrupted while the send was in flight"
+                    kvm_id,
+                    wave_index,
+                    TargetState.IN_DOUBT,
+                    "interrupted while the send was in flight",
                 )
             for wave in waves:
                 self._skip_all(wave.jobs, "interrupted before it was sent")
@@ -299,20 +302,20 @@ class Scheduler:
                     raise _Skipped(self._stop_reason())
                 await self._sink.before_send(job.kvm_id, job.wave)
                 self._set(job.kvm_id, job.wave, TargetState.INTENT)
-                self._in_flight.add(job.kvm_id)
+                self._in_flight[job.kvm_id] = job.wave
                 try:
                     await self._api.reinstall(
                         job.kvm_id, image=job.image, password=job.password, user_data=job.user_data
                     )
                 except ApiError as exc:
-                    self._in_flight.discard(job.kvm_id)
+                    self._in_flight.pop(job.kvm_id, None)
                     if exc.outcome in (Outcome.NOT_SENT, Outcome.THROTTLED):
                         # Not processed: back to pending until the retry's new intent.
                         self._set(job.kvm_id, job.wave, TargetState.PENDING, "not sent")
                     raise
                 # Not in a finally: a send cancelled mid-flight must stay in _in_flight so
                 # the run records it in doubt.
-                self._in_flight.discard(job.kvm_id)
+                self._in_flight.pop(job.kvm_id, None)
 
             async def cool(exc: ApiError) -> None:
                 self._limits.requests.throttled(exc.retry_after)
