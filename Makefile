@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install test lint format typecheck check clean demo bench
+.PHONY: install test lint format typecheck check clean demo bench soak
 
 install: $(STAMP)
 
@@ -59,3 +59,9 @@ bench: install
 	$(BIN)/python tests/bench/validate_10k.py || status=1; \
 	$(BIN)/python tests/bench/journal_cost.py || status=1; \
 	exit $$status
+
+# The soak: chaos, kill-and-resume and bad-input runs of the real CLI against the simulator,
+# one line per promise; fails when one is broken (tests/soak/soak.py; about 12 minutes on
+# 2 cores). SOAK_FLAGS=--short runs the small version that `make test` runs too.
+soak: install
+	$(BIN)/python tests/soak/soak.py $(SOAK_FLAGS)

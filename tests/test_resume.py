@@ -151,3 +151,39 @@ async def test_a_second_run_on_the_same_vpses_is_refused(
             with anyio.fail_after(30):
                 await first.wait()
         assert all(n <= 1 for n in sim.counters.reinstall_received.values())
+
+
+async def test_resume_talks_to_the_endpoint_the_run_used(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    """A rehearsal started with --session-url must not be resumed against the manifest's
+    (real) endpoint: resume reuses the recorded one."""
+    async with make_sim(vps_count=6, time_scale=0.01) as sim:
+        path = fleet(sim, tmp_path, 6, rollout="  concurrency: 1\n  rate: 2/s\n")
+        path.write_text(
+            path.read_text().replace(sim.session_url, "https://session.edisglobal.invalid")
+        )
+        async with await anyio.open_process(
+            [
+                sys.executable,
+                "-m",
+                "orchestrator",
+                "apply",
+                str(path),
+                "--quiet",
+                "--session-url",
+                sim.session_url,
+            ],
+            env=env_for(sim),
+            cwd=tmp_path,
+        ) as proc:
+            with anyio.fail_after(30):
+                while sum(sim.counters.reinstall_accepted.values()) == 0:  # noqa: ASYNC110
+                    await anyio.sleep(0.02)
+            proc.send_signal(signal.SIGINT)
+            with anyio.fail_after(30):
+                await proc.wait()
+        assert proc.returncode == 130
+        code, _, err = await cli(sim, tmp_path, "resume", last_run(tmp_path), "--quiet")
+        assert code == 0, err
+        assert all(n == 1 for n in sim.counters.reinstall_received.values())

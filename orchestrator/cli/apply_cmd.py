@@ -194,12 +194,19 @@ def _write(path: str, text: str) -> None:
         sys.stderr.write(f"cannot write {path}: {exc}\n")
 
 
+class Interrupted(EdisFleetError):
+    """The operator stopped the command before the run started sending."""
+
+
 def anyio_run(spec: RunSpec) -> RunOutcome | EdisFleetError:
     """Run ``execute`` on a fresh event loop; return its outcome or the error that stopped it."""
     try:
         return anyio.run(execute, spec)
     except EdisFleetError as exc:
         return exc
+    except KeyboardInterrupt:
+        # Ctrl-C before the waves started (pre-flight, set-up): nothing was sent.
+        return Interrupted("interrupted before the first reinstall; nothing was sent")
 
 
 def finish(
@@ -211,6 +218,9 @@ def finish(
     quiet: bool = False,
 ) -> int:
     """Print how the run ended (the text report unless ``quiet``) and return its exit code."""
+    if isinstance(outcome, Interrupted):
+        err.write(f"{outcome}\n")
+        return exitcodes.INTERRUPTED
     if isinstance(outcome, AuthenticationError):
         err.write(redact(f"aborted: {outcome}\n"))
         return exitcodes.ABORTED

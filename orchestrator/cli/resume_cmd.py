@@ -141,6 +141,12 @@ def _reload(
     """Load the run's manifest with the run's selection (narrowed to ``limit``)."""
     args.fleet = view.run.manifest_path
     args.strict = False
+    # Same endpoint as the run unless told otherwise: a rehearsal stays a rehearsal.
+    recorded = view.run.options
+    if not args.session_url and isinstance(recorded.get("session_url"), str):
+        args.session_url = recorded["session_url"]
+    if not args.allow_api_host and isinstance(recorded.get("allow_api_host"), list):
+        args.allow_api_host = [str(h) for h in recorded["allow_api_host"]]
     selection_args_from(args, view.run.options.get("selection") or {})
     if include_protected:
         # What the run selected is what it may finish; protected ones were confirmed then.

@@ -131,7 +131,14 @@ def build_spec(
         manifest_path=str(fleet.path.resolve()),
         manifest_sha256=plan.manifest_sha256,
         plan_sha256=plan.content_hash,
-        options={"selection": dict(plan.selection), "rollout": dict(plan.rollout)},
+        # The endpoint is recorded so resume/retry-failed talk to the same API (a rehearsal
+        # on the simulator must never be resumed against the real account by accident).
+        options={
+            "selection": dict(plan.selection),
+            "rollout": dict(plan.rollout),
+            "session_url": args.session_url or account.session_url,
+            "allow_api_host": list(args.allow_api_host),
+        },
         targets=targets if resume is None else (),
         run_id=None if resume is None else resume.run_id,
         prior_failures={} if resume is None else resume.prior_failures,

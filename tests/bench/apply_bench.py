@@ -1,6 +1,6 @@
 """Benchmark: the reinstall phase of ``edis-fleet`` against the simulator (a script, not a test).
 
-Scenarios (pick with ``--only latency,rate,cpu,journal``; ``--quick`` scales N down):
+Scenarios (pick with ``--only latency,rate,cpu,journal,scale``; ``--quick`` scales N down):
 
 ``latency``  2,000 VPSes, 100 ms simulated latency on ``set/reinstall`` (the simulator's latency
              fault, probability 1), concurrency 100, a rate that does not bind, readiness
@@ -25,6 +25,16 @@ Scenarios (pick with ``--only latency,rate,cpu,journal``; ``--quick`` scales N d
 ``journal``  the latency scenario with and without the journal (``Journal`` in a temporary
              directory, ``JournalSink``, ``run_flusher``, attempts through ``on_attempt``, as
              ``cli/runner.py`` wires them); goal at most 10% slower.
+``scale``    the same run at 1,000, 10,000 and 50,000 VPSes (``--quick``: 1,000 and 5,000),
+             a manifest of the simulator's generated ids with a per-VPS template, waves
+             ``[1, 1%, 10%, 100%]``, readiness ``none``, concurrency 200, no latency. Per VPS,
+             wall time and memory (peak RSS minus the RSS after the imports) of (a) validate
+             (every template rendered; no ``cloud-init schema``, which is capped at 16
+             documents) + selection + user-data hashes + plan, (b) the reinstall phase through
+             the scheduler with the journal (targets and locks written, the waves, the run
+             finished), (c) the text, JSON and JUnit reports built from the journal's records
+             (read included). Each step runs in a fresh process. Goal: the per-VPS figure at
+             the largest size at most 1.5x the one at the smallest (flat: no quadratic step).
 
 The simulator runs in its own process (``python -m orchestrator simulator --port 0``) and so
 does every contender, so the CPU time (``time.process_time``) and the peak RSS
@@ -34,7 +44,7 @@ JSON file, with the simulator's own CPU seconds per contender (``server_cpu_s``,
 ``/proc``) to show whether the server was the bottleneck. Wall-time goals take the best of
 ``--repeat`` runs (the machine is shared). The exit status is 1 when a goal is missed.
 
-    .venv/bin/python tests/bench/apply_bench.py [--only latency,rate,cpu,journal] [--quick]
+    .venv/bin/python tests/bench/apply_bench.py [--only latency,rate,cpu,journal,scale] [--quick]
         [--repeat N] [--json bench-results.json] [--profile]
 
 ``--profile`` runs the contenders under cProfile and prints where their time goes to stderr
@@ -53,7 +63,6 @@ import io
 import json
 import os
 import pstats
-import re
 import resource
 import shutil
 import subprocess
@@ -61,22 +70,37 @@ import sys
 import tempfile
 import time
 import urllib.parse
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+# Run as a script (``python tests/bench/apply_bench.py``): the repository root is not on the
+# path by itself, and the shared helpers live in tests/bench/common.py.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.bench.common import (
+    EMAIL,
+    REPO,
+    SIM_PASSWORD,
+    BenchError,
+    Sim,
+    max_in_window,
+    peak_rss_mib,
+    rss_mib,
+    sim_auth,
+    sim_faults,
+    sim_throttled,
+    simulator,
+)
+
 if TYPE_CHECKING:
     # Only for annotations: a bare-loop contender must not pay for importing the tool.
     from orchestrator.model import EventSink, TargetEvent
 
-REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = ("latency", "rate", "cpu", "journal")
-EMAIL = "operator@example.com"
-SIM_PASSWORD = "bench-sim-pass"  # the simulator's throwaway account
+SCENARIOS = ("latency", "rate", "cpu", "journal", "scale")
 ROOT_PASSWORD = "bench-Root-pass-42"  # sent to simulated VPSes only
 IMAGE = "cloudinit_ubuntu-lts-24-04"
 USER_DATA = (
@@ -91,7 +115,26 @@ RATE = 50.0
 RATE_SIM_BURST = CLIENT_BURST + 2
 RATE_CONCURRENCY = 50
 CPU_CONCURRENCY = 200
-STARTUP_BOUND_S = 120.0  # only stops a hung simulator start, not a speed check
+SCALE_CONCURRENCY = 200
+SCALE_GOAL = 1.5  # per-VPS figure at the largest size / at the smallest: flat means <= 1.5
+SCALE_ENV = {
+    "EDIS_EMAIL": EMAIL,
+    "EDIS_PASSWORD": SIM_PASSWORD,
+    "EDIS_ROOT_PASSWORD": ROOT_PASSWORD,
+}
+# Every VPS renders this with its own id, host name, tags, vars and password.
+SCALE_TEMPLATE = """\
+#cloud-config
+hostname: {{ hostname }}
+fqdn: {{ hostname }}.{{ vars.domain }}
+chpasswd:
+  expire: false
+  users:
+    - {name: root, password: {{ root_password | tojson }}, type: text}
+write_files:
+  - path: /etc/edis-fleet/id
+    content: "{{ id }} {{ tags | join(',') }} {{ vars.n }}"
+"""
 
 
 @dataclass(frozen=True)
@@ -102,10 +145,11 @@ class Scale:
     rate: int
     cpu: int
     journal: int
+    sizes: tuple[int, ...]  # the scale scenario's fleet sizes, smallest first
 
 
-FULL = Scale(latency=2000, rate=1000, cpu=20_000, journal=2000)
-QUICK = Scale(latency=500, rate=200, cpu=2000, journal=500)
+FULL = Scale(latency=2000, rate=1000, cpu=20_000, journal=2000, sizes=(1000, 10_000, 50_000))
+QUICK = Scale(latency=500, rate=200, cpu=2000, journal=500, sizes=(1000, 5000))
 
 
 @dataclass
@@ -135,99 +179,6 @@ class Line:
         )
 
 
-class BenchError(Exception):
-    """A contender or the simulator could not run at all."""
-
-
-# ---------------------------------------------------------------------------- simulator
-
-
-@dataclass(frozen=True)
-class Sim:
-    """A running simulator process: its session URL and process id."""
-
-    url: str
-    pid: int
-
-    def cpu_s(self) -> float | None:
-        """Return the CPU seconds the simulator used so far (None where ``/proc`` is missing),
-        to show whether the server was the bottleneck."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            return None
-        return (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@contextlib.contextmanager
-def simulator(vps: int, *options: str) -> Iterator[Sim]:
-    """Run ``python -m orchestrator simulator`` in a subprocess; yield it once it serves."""
-    proc = subprocess.Popen(
-        [
-            sys.executable, "-m", "orchestrator", "simulator",
-            "--vps", str(vps), "--port", "0",
-            "--time-scale", "0",  # installs end at once: a VPS can be reinstalled again
-            *options,
-        ],
-        cwd=REPO,
-        env={**os.environ, "EDIS_SIM_PASSWORD": SIM_PASSWORD},
-        stdout=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        started = time.monotonic()
-        url = None
-        for line in proc.stdout:  # ends at EOF if the simulator dies
-            match = re.match(r"session URL: (\S+)", line)
-            if match:
-                url = match.group(1)
-                break
-            if time.monotonic() - started > STARTUP_BOUND_S:
-                break
-        if url is None:
-            raise BenchError("the simulator did not print its session URL")
-        yield Sim(url, proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
-# The simulator is on loopback: never go through an http_proxy from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-
-
-def _http(url: str, data: bytes | None = None, content_type: str = "") -> Any:
-    headers = {"Content-Type": content_type} if content_type else {}
-    request = urllib.request.Request(url, data=data, headers=headers)
-    with _OPENER.open(request, timeout=120) as resp:
-        return json.loads(resp.read())
-
-
-def sim_faults(url: str, doc: dict[str, Any]) -> None:
-    """POST ``doc`` to the simulator's ``/_sim/faults``."""
-    _http(f"{url}/_sim/faults", json.dumps(doc).encode(), "application/json")
-
-
-def sim_throttled(url: str) -> int:
-    """Return the simulator's count of 429s from its own rate limit."""
-    return int(_http(f"{url}/_sim/state")["counters"]["throttled"])
-
-
-def sim_auth(url: str) -> dict[str, dict[str, Any]]:
-    """Authenticate against the simulator; return the per-VPS entries."""
-    body = urllib.parse.urlencode({"email": EMAIL, "pw": SIM_PASSWORD}).encode()
-    doc = _http(f"{url}/kvm/v2/get/auth", body, "application/x-www-form-urlencoded")
-    data: dict[str, dict[str, Any]] = doc["data"]
-    return data
-
-
 def reinstall_form(kvm_id: str, entry: dict[str, Any]) -> dict[str, str]:
     """The form of one reinstall, field for field what ``EdisClient.reinstall`` sends."""
     return {
@@ -243,12 +194,9 @@ def reinstall_form(kvm_id: str, entry: dict[str, Any]) -> dict[str, str]:
 # ---------------------------------------------------------------------------- contenders
 
 
-def run_contender(spec: dict[str, Any], sim: Sim) -> dict[str, Any]:
-    """Run one contender in its own process (this script with ``--worker``) against ``sim``;
-    return its measurements, with the simulator's CPU seconds meanwhile. Raises
-    ``BenchError`` when it fails or does not accept every reinstall."""
-    spec = {**spec, "url": sim.url}
-    server_cpu = sim.cpu_s()
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """Run this script with ``--worker`` in its own process on ``spec``; return its result.
+    Raises ``BenchError`` when it fails."""
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker"],
         input=json.dumps(spec),  # stdin, not argv: the spec holds the account password
@@ -262,6 +210,16 @@ def run_contender(spec: dict[str, Any], sim: Sim) -> dict[str, Any]:
     if proc.returncode != 0 or not proc.stdout.strip():
         raise BenchError(f"contender {spec['kind']} failed (exit {proc.returncode})")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def run_contender(spec: dict[str, Any], sim: Sim) -> dict[str, Any]:
+    """Run one contender in its own process against ``sim``; return its measurements, with
+    the simulator's CPU seconds meanwhile. Raises ``BenchError`` when it fails or does not
+    accept every reinstall."""
+    spec = {**spec, "url": sim.url}
+    server_cpu = sim.cpu_s()
+    result = run_worker(spec)
     after = sim.cpu_s()
     if server_cpu is not None and after is not None:
         result["server_cpu_s"] = after - server_cpu  # the worker's start-up and auth included
@@ -271,17 +229,6 @@ def run_contender(spec: dict[str, Any], sim: Sim) -> dict[str, Any]:
             f"accepted: {result.get('problems')}"
         )
     return result
-
-
-def _max_in_window(times: Sequence[float], window: float = 1.0) -> int:
-    """Return the most timestamps any half-open interval of ``window`` seconds holds."""
-    ordered = sorted(times)
-    best = start = 0
-    for end, t in enumerate(ordered):
-        while t - ordered[start] >= window:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
 
 
 class TimingSink:
@@ -311,14 +258,20 @@ class TimingSink:
 
 
 async def tool_contender(spec: dict[str, Any]) -> dict[str, Any]:
-    """edis-fleet's reinstall phase, wired as ``cli/runner.py`` wires it, minus pre-flight."""
+    """edis-fleet's reinstall phase, wired as ``cli/runner.py`` wires it, minus pre-flight.
+
+    ``spec["waves"]`` (optional) splits the VPSes into waves of those sizes (one wave by
+    default); ``spec["journal_dir"]`` (optional) keeps the journal there instead of in a
+    temporary directory, for the reports worker of the scale scenario.
+    """
     import anyio
 
     from orchestrator.clock import SystemClock
     from orchestrator.edis.api import EdisFleetAPI, LimitedAuth
     from orchestrator.edis.client import EdisClient
     from orchestrator.edis.session import SessionBook
-    from orchestrator.journal import Journal, JournalSink, RunStatus, TargetSpec
+    from orchestrator.journal import Journal, RunStatus, TargetSpec
+    from orchestrator.journal_sink import JournalSink
     from orchestrator.limits import Limits
     from orchestrator.model import Attempt, TargetState
     from orchestrator.retry import RetryBudget
@@ -326,6 +279,7 @@ async def tool_contender(spec: dict[str, Any]) -> dict[str, Any]:
     from orchestrator.secrets import Secret
 
     n, concurrency = spec["n"], spec["concurrency"]
+    rss_start = rss_mib()  # after the imports: the base the scale scenario subtracts
     clock = SystemClock()
     limits = Limits.create(
         concurrency=concurrency, rate=spec["rate"], clock=clock, burst=CLIENT_BURST
@@ -334,7 +288,9 @@ async def tool_contender(spec: dict[str, Any]) -> dict[str, Any]:
         journal: Journal | None = None
         run_id = ""
         if spec["journal"]:
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            folder = Path(
+                spec.get("journal_dir") or stack.enter_context(tempfile.TemporaryDirectory())
+            )
             journal = await Journal.open(folder / "journal.sqlite", clock=clock)
             stack.push_async_callback(journal.close)
             run_id = await journal.create_run(
@@ -358,15 +314,18 @@ async def tool_contender(spec: dict[str, Any]) -> dict[str, Any]:
         )
         book = SessionBook(LimitedAuth(client, limits.requests), clock=clock)
         ids = sorted(await book.accounts())[:n]  # the auth call, before the clock starts
+        wave_of = _wave_indexes(spec.get("waves") or [n], ids)
+        setup_started = time.perf_counter()
         if journal is not None:
             await journal.add_targets(
-                run_id, [TargetSpec(k, 1, i, IMAGE, k) for i, k in enumerate(ids)]
+                run_id, [TargetSpec(k, wave_of[k], i, IMAGE, k) for i, k in enumerate(ids)]
             )
             await journal.acquire_locks(run_id, ids)
+        setup_s = time.perf_counter() - setup_started
         jobs = tuple(
             Job(
                 kvm_id=k,
-                wave=1,
+                wave=wave_of[k],
                 image=IMAGE,
                 password=Secret(ROOT_PASSWORD),
                 user_data=Secret(USER_DATA),
@@ -387,22 +346,30 @@ async def tool_contender(spec: dict[str, Any]) -> dict[str, Any]:
             settings=RunSettings(run_budget=n),
             budget=RetryBudget(),
         )
+        waves = [
+            WaveSpec(w, tuple(j for j in jobs if j.wave == w), budget=n)
+            for w in sorted(set(wave_of.values()))
+        ]
         await anyio.sleep(spec["settle_s"])  # the rate buckets refill after the auth call
         gc.freeze()  # as cli/runner.py does once the run is set up
         profiler = cProfile.Profile() if spec["profile"] else None
         cpu0 = time.process_time()
+        run_started = time.perf_counter()
         if profiler is not None:
             profiler.enable()
         async with anyio.create_task_group() as tg:
             if journal is not None:
                 tg.start_soon(journal.run_flusher)
-            result = await scheduler.run([WaveSpec(1, jobs, budget=n)])
+            result = await scheduler.run(waves)
             tg.cancel_scope.cancel()
         if profiler is not None:
             profiler.disable()
         cpu = time.process_time() - cpu0
+        run_s = time.perf_counter() - run_started
+        finish_started = time.perf_counter()
         if journal is not None:
             await journal.finish_run(run_id, RunStatus.DONE)
+        finish_s = time.perf_counter() - finish_started
         if profiler is not None:
             _print_profile(profiler, f"edis-fleet, {spec['label']}")
     accepted = result.count(TargetState.ACCEPTED) + result.count(TargetState.READY)
@@ -415,9 +382,30 @@ async def tool_contender(spec: dict[str, Any]) -> dict[str, Any]:
         "problems": sorted(set(result.reasons.values()) - {"readiness not checked"})[:3],
         "sends": len(sink.sends),
         "send_span_s": (max(sink.sends) - first) if sink.sends else 0.0,
-        "max_sends_in_1s": _max_in_window(sink.sends),
+        "max_sends_in_1s": max_in_window(sink.sends),
         "throttles_seen": limits.requests.throttles,
+        # For the scale scenario: everything the journal-backed run did after the auth call
+        # (targets and locks written, the waves, the run finished), and the memory it took.
+        "journal_setup_s": setup_s,
+        "finish_s": finish_s,
+        "total_s": setup_s + run_s + finish_s,
+        "rss_start_mib": rss_start,
+        "waves": [len(w.jobs) for w in waves],
     }
+
+
+def _wave_indexes(sizes: Sequence[int], ids: Sequence[str]) -> dict[str, int]:
+    """Map each id to its wave (1-based): the first ``sizes[0]`` ids are wave 1, and so on;
+    whatever the sizes leave over joins the last wave."""
+    wave_of: dict[str, int] = {}
+    start = 0
+    for index, size in enumerate(sizes, start=1):
+        for kvm_id in ids[start : start + size]:
+            wave_of[kvm_id] = index
+        start += size
+    for kvm_id in ids[start:]:
+        wave_of[kvm_id] = len(sizes)
+    return wave_of
 
 
 async def bare_contender(spec: dict[str, Any]) -> dict[str, Any]:
@@ -471,7 +459,7 @@ async def bare_contender(spec: dict[str, Any]) -> dict[str, Any]:
         "accepted": len(accepts),
         "problems": dict(problems),
         "sends": len(sends),
-        "max_sends_in_1s": _max_in_window(sends),
+        "max_sends_in_1s": max_in_window(sends),
     }
 
 
@@ -483,6 +471,86 @@ def _print_profile(profiler: cProfile.Profile, title: str, top: int = 30) -> Non
     sys.stderr.write(f"\n===== profile: {title} =====\n{out.getvalue()}\n")
 
 
+def plan_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The scale scenario's step (a): what ``validate`` and ``apply`` do before the first
+    request — check the manifest (every template rendered; ``cloud-init schema`` left out,
+    it is capped at 16 documents whatever the size), apply the selection, hash every
+    rendered document and build the plan (waves, budgets, content hash)."""
+    from orchestrator.cli.plan_cmd import user_data_hashes
+    from orchestrator.manifest import check_manifest
+    from orchestrator.plan import build_plan, manifest_sha256
+    from orchestrator.selection import Selection, select
+
+    rss_start = rss_mib()
+    steps: dict[str, float] = {}
+    started = last = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal last
+        now = time.perf_counter()
+        steps[name] = now - last
+        last = now
+
+    report = check_manifest(spec["manifest"], spec["env"], schema=None)
+    lap("validate_s")
+    if report.fleet is None:
+        raise BenchError(f"the scale manifest is invalid: {report.problems[:3]}")
+    selection = Selection.from_args(exclude=spec["exclude"])
+    selected = select(report.fleet, selection)
+    lap("select_s")
+    hashes = user_data_hashes(report.fleet, selected)
+    lap("hash_s")
+    plan = build_plan(
+        selected,
+        selection,
+        manifest_hash=manifest_sha256(report.fleet.path),
+        user_data_hashes=hashes,
+    )
+    lap("plan_s")
+    return {
+        "wall_s": time.perf_counter() - started,
+        **steps,
+        "targets": len(plan.targets),
+        "waves": [w.size for w in plan.waves],
+        "rss_start_mib": rss_start,
+    }
+
+
+async def reports_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    """The scale scenario's step (c): read the run's records from the journal the reinstall
+    worker left, then build the text, JSON (serialised) and JUnit reports from them."""
+    from orchestrator.clock import SystemClock
+    from orchestrator.journal import Journal
+    from orchestrator.report import json_report, junit_report, text_report
+
+    rss_start = rss_mib()
+    started = time.perf_counter()
+    journal = await Journal.open(Path(spec["journal_dir"]) / "journal.sqlite", clock=SystemClock())
+    try:
+        (run,) = await journal.runs()
+        targets = await journal.targets(run.id)
+        attempts = await journal.attempts(run.id)
+    finally:
+        await journal.close()
+    read_s = time.perf_counter() - started
+    built = time.perf_counter()
+    sizes = {
+        "text": len(text_report(run, targets, attempts)),
+        "json": len(json.dumps(json_report(run, targets, attempts))),
+        "junit": len(junit_report(run, targets, attempts)),
+    }
+    build_s = time.perf_counter() - built
+    return {
+        "wall_s": read_s + build_s,
+        "read_s": read_s,
+        "build_s": build_s,
+        "targets": len(targets),
+        "attempts": len(attempts),
+        "report_chars": sizes,
+        "rss_start_mib": rss_start,
+    }
+
+
 def worker_main() -> int:
     """``--worker``: run the contender described on stdin; print its result as one JSON line."""
     spec = json.loads(sys.stdin.read())
@@ -490,9 +558,15 @@ def worker_main() -> int:
         import anyio
 
         result = anyio.run(tool_contender, spec)
+    elif spec["kind"] == "scale-plan":
+        result = plan_worker(spec)
+    elif spec["kind"] == "scale-reports":
+        import anyio
+
+        result = anyio.run(reports_worker, spec)
     else:
         result = asyncio.run(bare_contender(spec))
-    result["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result["maxrss_mib"] = peak_rss_mib()
     print(json.dumps(result))
     return 0
 
@@ -795,11 +869,130 @@ def scenario_journal(opts: Options) -> list[Line]:
     ]
 
 
+def write_scale_manifest(folder: Path, n: int) -> Path:
+    """Write a manifest of the simulator's first ``n`` generated VPSes (``kvm_{100000+i}_
+    {200000+i}``) with a per-VPS template, readiness ``none``, concurrency 200, a rate that
+    does not bind and waves ``[1, 1%, 10%, 100%]``; return its path."""
+    (folder / "templates").mkdir(parents=True)
+    (folder / "templates" / "scale.yaml.j2").write_text(SCALE_TEMPLATE, encoding="utf-8")
+    lines = [
+        "version: 1",
+        "account:",
+        "  email: {env: EDIS_EMAIL}",
+        "  password: {env: EDIS_PASSWORD}",
+        "defaults:",
+        f"  image: {IMAGE}",
+        "  cloud_init: templates/scale.yaml.j2",
+        "  root_password: {env: EDIS_ROOT_PASSWORD}",
+        "  vars: {domain: example.net}",
+        "  readiness: {mode: none}",
+        "tags: [web, db]",
+        "groups:",
+        "  web: {tags: [web]}",
+        "  db: {tags: [db]}",
+        "rollout:",
+        f"  concurrency: {SCALE_CONCURRENCY}",
+        f"  rate: {NO_BIND_RATE:.0f}/s",
+        "  waves: [1, '1%', '10%', '100%']",
+        "  failure_budget: {wave: '1%', run: '1%'}",
+        "vps:",
+    ]
+    lines += [
+        f"  - {{id: kvm_{100000 + i}_{200000 + i}, hostname: vps-{i:05d}, "
+        f"group: {'db' if i % 10 == 0 else 'web'}, vars: {{n: {i}}}}}"
+        for i in range(1, n + 1)
+    ]
+    path = folder / "fleet.yaml"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def _per_vps(result: dict[str, Any], n: int, wall_key: str) -> tuple[float, float]:
+    """(wall µs per VPS, memory KiB per VPS) of one worker run: the memory is its peak RSS
+    minus its RSS once the imports were done."""
+    memory = max(0.0, float(result["maxrss_mib"]) - float(result["rss_start_mib"]))
+    return float(result[wall_key]) / n * 1e6, memory * 1024 / n
+
+
+def scenario_scale(opts: Options) -> list[Line]:
+    """The same run at each size: per-VPS wall time and memory of (a) validate + selection +
+    plan, (b) the reinstall phase with the journal, (c) the reports from the journal."""
+    sizes = opts.scale.sizes
+    repeat = max(1, opts.repeat)
+    phases = ("plan", "reinstall", "reports")
+    figures: dict[str, dict[int, tuple[float, float]]] = {p: {} for p in phases}
+    lines: list[Line] = []
+    for n in sizes:
+        runs: dict[str, list[dict[str, Any]]] = {p: [] for p in phases}
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            manifest = write_scale_manifest(folder / "fleet", n)
+            plan_spec = {"kind": "scale-plan", "manifest": str(manifest), "env": SCALE_ENV}
+            for _ in range(repeat):
+                runs["plan"].append(run_worker({**plan_spec, "exclude": []}))
+            waves = runs["plan"][0]["waves"]
+            with simulator(n) as sim:
+                for r in range(repeat):
+                    journal_dir = folder / f"journal-{r}"
+                    journal_dir.mkdir()
+                    spec = _spec(
+                        "tool",
+                        n,
+                        SCALE_CONCURRENCY,
+                        opts,
+                        label=f"scale {n}",
+                        journal=True,
+                        journal_dir=str(journal_dir),
+                        waves=waves,
+                    )
+                    runs["reinstall"].append({**run_contender(spec, sim), "dir": str(journal_dir)})
+            kept = min(runs["reinstall"], key=lambda r: r["total_s"])
+            for _ in range(repeat):
+                spec = {"kind": "scale-reports", "journal_dir": kept["dir"], "n": n}
+                runs["reports"].append(run_worker(spec))
+        for phase in phases:
+            key = "total_s" if phase == "reinstall" else "wall_s"
+            pairs = [_per_vps(r, n, key) for r in runs[phase]]
+            wall, memory = min(p[0] for p in pairs), min(p[1] for p in pairs)
+            figures[phase][n] = (wall, memory)
+            best = min(runs[phase], key=lambda r: r[key])
+            details = {"n": n, "runs": [round(r[key], 4) for r in runs[phase]], **best}
+            details.pop("dir", None)
+            lines += [
+                Line("scale", f"{phase} {n:,}", "wall / VPS", wall, "µs", details=details),
+                Line("scale", f"{phase} {n:,}", "memory / VPS", memory, "KiB"),
+            ]
+    low, high = sizes[0], sizes[-1]
+    for phase in phases:
+        for index, (metric, unit) in enumerate((("wall / VPS", "µs"), ("memory / VPS", "KiB"))):
+            at_low, at_high = figures[phase][low][index], figures[phase][high][index]
+            ratio = at_high / at_low if at_low else float("inf")
+            lines.append(
+                Line(
+                    "scale",
+                    f"{phase} {high:,} vs {low:,}",
+                    f"{metric} ratio",
+                    ratio,
+                    "x",
+                    reference=f"{at_low:.2f} {unit} at {low:,}",
+                    ratio=ratio,
+                    goal=f"goal <= {SCALE_GOAL:.2f}",
+                    ok=ratio <= SCALE_GOAL,
+                    details={
+                        "per_vps": {str(n): figures[phase][n][index] for n in sizes},
+                        "unit": unit,
+                    },
+                )
+            )
+    return lines
+
+
 RUNNERS = {
     "latency": scenario_latency,
     "rate": scenario_rate,
     "cpu": scenario_cpu,
     "journal": scenario_journal,
+    "scale": scenario_scale,
 }
 
 
