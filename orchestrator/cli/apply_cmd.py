@@ -23,7 +23,7 @@ from orchestrator.cli import exitcodes
 from orchestrator.cli.plan_cmd import add_account_overrides, user_data_hashes
 from orchestrator.cli.progress import Progress, choose_mode
 from orchestrator.cli.runner import RunOutcome, RunSpec, execute
-from orchestrator.cli.spec import build_spec
+from orchestrator.cli.spec import ResumePoint, build_spec
 from orchestrator.cli.validate_cmd import add_selection_arguments, fail, load_and_select
 from orchestrator.errors import (
     AuthenticationError,
@@ -33,9 +33,11 @@ from orchestrator.errors import (
     ManifestError,
     PreflightError,
 )
+from orchestrator.fleet import Fleet
 from orchestrator.model import TargetState
 from orchestrator.plan import Plan, build_plan, manifest_sha256
 from orchestrator.report import NdjsonSink, json_report, junit_report, text_report, write_atomic
+from orchestrator.secrets import Redactor
 from orchestrator.selection import SelectedFleet
 from orchestrator.templates_schema import CloudInitSchema
 
@@ -131,12 +133,31 @@ def run(args: argparse.Namespace) -> int:
     code = guard(plan, selected, args, sys.stdin, sys.stderr)
     if code is not None:
         return code
+    return build_and_run(args, env, fleet=fleet, selected=selected, plan=plan, redact=redact)
+
+
+def build_and_run(
+    args: argparse.Namespace,
+    env: Mapping[str, str],
+    *,
+    fleet: Fleet,
+    selected: SelectedFleet,
+    plan: Plan,
+    redact: Redactor,
+    resume: ResumePoint | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> int:
+    """Build the run (rendering user data, reading credentials), run it, report; return the
+    exit code. Problems building it are printed like manifest problems (exit 2)."""
     try:
-        spec = build_spec(args, env, fleet=fleet, selected=selected, plan=plan, redact=redact)
+        spec = build_spec(
+            args, env, fleet=fleet, selected=selected, plan=plan, redact=redact, resume=resume
+        )
     except ManifestError as exc:
         return fail(args.fleet, exc.problems, [], redact, sys.stderr)
     except (KeyError, OSError, ValueError) as exc:
         return fail(args.fleet, [f"credentials: {exc}"], [], redact, sys.stderr)
+    spec.options = {**spec.options, **(options or {})}
     return run_and_report(spec, args, env)
 
 

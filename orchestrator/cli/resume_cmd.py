@@ -21,13 +21,13 @@ from typing import Any
 from orchestrator.cli import exitcodes
 from orchestrator.cli.apply_cmd import (
     add_output_arguments,
+    build_and_run,
     guard,
-    run_and_report,
     selection_args_from,
 )
 from orchestrator.cli.plan_cmd import add_account_overrides, user_data_hashes
 from orchestrator.cli.runs_cmd import RunView, read_run
-from orchestrator.cli.spec import ResumePoint, build_spec
+from orchestrator.cli.spec import ResumePoint
 from orchestrator.cli.validate_cmd import fail, load_and_select
 from orchestrator.errors import JournalError, ManifestError
 from orchestrator.plan import Plan, build_plan, manifest_sha256
@@ -87,15 +87,9 @@ def resume_run(args: argparse.Namespace) -> int:
         in_doubt_since={k: by_id[k].sent_at or by_id[k].queued_at for k in c.unresolved},
         prior_failures=_failures_per_wave(view),
     )
-    try:
-        spec = build_spec(
-            args, env, fleet=fleet, selected=selected, plan=plan, redact=redact, resume=point
-        )
-    except ManifestError as exc:
-        return fail(args.fleet, exc.problems, [], redact, sys.stderr)
-    except (KeyError, OSError, ValueError) as exc:
-        return fail(args.fleet, [f"credentials: {exc}"], [], redact, sys.stderr)
-    return run_and_report(spec, args, env)
+    return build_and_run(
+        args, env, fleet=fleet, selected=selected, plan=plan, redact=redact, resume=point
+    )
 
 
 def retry_failed(args: argparse.Namespace) -> int:
@@ -120,14 +114,15 @@ def retry_failed(args: argparse.Namespace) -> int:
     code = guard(plan, selected, args, sys.stdin, sys.stderr)
     if code is not None:
         return code
-    try:
-        spec = build_spec(args, env, fleet=fleet, selected=selected, plan=plan, redact=redact)
-    except ManifestError as exc:
-        return fail(args.fleet, exc.problems, [], redact, sys.stderr)
-    except (KeyError, OSError, ValueError) as exc:
-        return fail(args.fleet, [f"credentials: {exc}"], [], redact, sys.stderr)
-    spec.options = {**spec.options, "retry_of": view.run.id}
-    return run_and_report(spec, args, env)
+    return build_and_run(
+        args,
+        env,
+        fleet=fleet,
+        selected=selected,
+        plan=plan,
+        redact=redact,
+        options={"retry_of": view.run.id},
+    )
 
 
 def _reload(
