@@ -33,10 +33,10 @@ def last_run(tmp: Path, *, first: bool = False) -> str:
     return str(run_id)
 
 
-async def interrupted_run(sim: Simulator, path: Path) -> str:
+async def interrupted_run(sim: Simulator, path: Path, *args: str) -> str:
     """Start apply, SIGINT it after the first accepted reinstall, return the run id."""
     async with await anyio.open_process(
-        [sys.executable, "-m", "orchestrator", "apply", str(path), "--quiet"],
+        [sys.executable, "-m", "orchestrator", "apply", str(path), "--quiet", *args],
         env=env_for(sim),
         cwd=path.parent,
     ) as proc:
@@ -163,27 +163,7 @@ async def test_resume_talks_to_the_endpoint_the_run_used(
         path.write_text(
             path.read_text().replace(sim.session_url, "https://session.edisglobal.invalid")
         )
-        async with await anyio.open_process(
-            [
-                sys.executable,
-                "-m",
-                "orchestrator",
-                "apply",
-                str(path),
-                "--quiet",
-                "--session-url",
-                sim.session_url,
-            ],
-            env=env_for(sim),
-            cwd=tmp_path,
-        ) as proc:
-            with anyio.fail_after(30):
-                while sum(sim.counters.reinstall_accepted.values()) == 0:  # noqa: ASYNC110
-                    await anyio.sleep(0.02)
-            proc.send_signal(signal.SIGINT)
-            with anyio.fail_after(30):
-                await proc.wait()
-        assert proc.returncode == 130
-        code, _, err = await cli(sim, tmp_path, "resume", last_run(tmp_path), "--quiet")
+        run_id = await interrupted_run(sim, path, "--session-url", sim.session_url)
+        code, _, err = await cli(sim, tmp_path, "resume", run_id, "--quiet")
         assert code == 0, err
         assert all(n == 1 for n in sim.counters.reinstall_received.values())

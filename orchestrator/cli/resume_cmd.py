@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.cli import exitcodes
@@ -72,13 +72,10 @@ def resume_run(args: argparse.Namespace) -> int:
     if not todo:
         sys.stdout.write(f"run {view.run.id} has nothing left to do ({view.run.status.value})\n")
         return exitcodes.OK
-    loaded = _reload(args, env, view, include_protected=True)
+    loaded = _reload(args, env, view, todo, include_protected=True)
     if isinstance(loaded, int):
         return loaded
     fleet, selected, plan, redact = loaded
-    refused = _changed(view, plan, todo, args.force)
-    if refused:
-        return fail(args.fleet, refused, [], redact, sys.stderr)
     by_id = {t.kvm_id: t for t in view.targets}
     point = ResumePoint(
         run_id=view.run.id,
@@ -104,13 +101,10 @@ def retry_failed(args: argparse.Namespace) -> int:
     if not failed:
         sys.stdout.write(f"run {view.run.id} has no failed VPSes\n")
         return exitcodes.OK
-    loaded = _reload(args, env, view, limit=failed)
+    loaded = _reload(args, env, view, failed, limit=failed)
     if isinstance(loaded, int):
         return loaded
     fleet, selected, plan, redact = loaded
-    refused = _changed(view, plan, failed, args.force)
-    if refused:
-        return fail(args.fleet, refused, [], redact, sys.stderr)
     code = guard(plan, selected, args, sys.stdin, sys.stderr)
     if code is not None:
         return code
@@ -129,11 +123,13 @@ def _reload(
     args: argparse.Namespace,
     env: Mapping[str, str],
     view: RunView,
+    kvm_ids: Sequence[str],
     *,
     include_protected: bool = False,
     limit: Iterable[str] | None = None,
 ) -> tuple[Any, Any, Plan, Any] | int:
-    """Load the run's manifest with the run's selection (narrowed to ``limit``)."""
+    """Load the run's manifest with the run's selection (narrowed to ``limit``), and refuse
+    (exit 2) when it or the user-data of ``kvm_ids`` changed since the run, unless --force."""
     args.fleet = view.run.manifest_path
     args.strict = False
     # Same endpoint as the run unless told otherwise: a rehearsal stays a rehearsal.
@@ -162,6 +158,9 @@ def _reload(
         manifest_hash=manifest_sha256(report.fleet.path),
         user_data_hashes=hashes,
     )
+    refused = _changed(view, plan, kvm_ids, args.force)
+    if refused:
+        return fail(args.fleet, refused, [], report.redactor, sys.stderr)
     return report.fleet, selected, plan, report.redactor
 
 
