@@ -1,3 +1,5 @@
 """edis-fleet: reinstall whole fleets of EDIS Global KVM VPSes safely."""
 
-__version__ = "0.1.0"
+from orchestrator.version import __version__
+
+__all__ = ["__version__"]

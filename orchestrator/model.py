@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     # Only a type: secrets.py imports nothing from orchestrator, so there is no cycle.
-    from orchestrator.secrets import Secret
+    from orchestrator.secrets.values import Secret
 
 
 class Outcome(enum.Enum):

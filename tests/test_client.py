@@ -21,7 +21,7 @@ from orchestrator.errors import (
     ThrottledError,
 )
 from orchestrator.model import Attempt, Outcome
-from orchestrator.secrets import Secret
+from orchestrator.secrets.values import Secret
 from orchestrator.simulator import Simulator
 from tests.conftest import SimFactory
 

@@ -10,7 +10,7 @@ import trustme
 
 from orchestrator.edis.client import EdisClient
 from orchestrator.errors import HostNotAllowedError, NotSentError
-from orchestrator.secrets import Secret
+from orchestrator.secrets.values import Secret
 from tests.conftest import SimFactory
 
 # The simulator's api nodes live on 127.0.1.N; the certificate must name them.

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.manifest import check_manifest
-from orchestrator.templates_schema import CloudInitSchema
+from orchestrator.manifest.loader import check_manifest
+from orchestrator.templates.schema import CloudInitSchema
 from tests.manifest_support import ENV, REPO, AnyEnv, cli
 
 FLEETS = sorted((REPO / "fleets").rglob("*.yaml"))

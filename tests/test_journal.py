@@ -27,14 +27,14 @@ from orchestrator.errors import (
     NotSentError,
     RejectedError,
 )
-from orchestrator.journal import Journal, RunStatus, TargetSpec, TargetState
-from orchestrator.journal_schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, migrate
-from orchestrator.journal_sink import JournalSink
-from orchestrator.limits import Limits
+from orchestrator.journal.journal import Journal, RunStatus, TargetSpec, TargetState
+from orchestrator.journal.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, migrate
+from orchestrator.journal.sink import JournalSink
 from orchestrator.model import Attempt, EventSink, Outcome
-from orchestrator.retry import RetryPolicy
-from orchestrator.scheduler import Job, RunSettings, Scheduler, WaveSpec
-from orchestrator.secrets import Redactor, Secret
+from orchestrator.run.limits import Limits
+from orchestrator.run.retry import RetryPolicy
+from orchestrator.run.scheduler import Job, RunSettings, Scheduler, WaveSpec
+from orchestrator.secrets.values import Redactor, Secret
 
 ROOT = Path(__file__).resolve().parents[1]
 JournalFactory = Callable[..., Journal]
@@ -337,7 +337,7 @@ async def test_resume_after_a_killed_process(open_journal: Any, db: Path) -> Non
     script = textwrap.dedent("""
         import os, signal, sys
         import anyio
-        from orchestrator.journal import Journal, TargetSpec, TargetState
+        from orchestrator.journal.journal import Journal, TargetSpec, TargetState
 
         async def main(path):
             j = Journal(path)

@@ -16,7 +16,7 @@ import anyio.lowlevel
 import pytest
 
 from orchestrator.clock import FakeClock
-from orchestrator.limits import Kind, Limits, RateLimiter, TokenBucket
+from orchestrator.run.limits import Kind, Limits, RateLimiter, TokenBucket
 
 
 def busiest_second(times: Sequence[float]) -> int:

@@ -12,8 +12,9 @@ import pytest
 from orchestrator import fleet as f
 from orchestrator import units as u
 from orchestrator.errors import ManifestError
-from orchestrator.manifest import check_manifest, load_fleet
-from orchestrator.secrets import Secret
+from orchestrator.manifest.loader import check_manifest, load_fleet
+from orchestrator.secrets import sources
+from orchestrator.secrets.values import Secret
 from tests.manifest_support import ACCOUNT_MARKER, BASE, ENV, ROOT_MARKER, write_fleet
 
 PRECEDENCE = """\
@@ -149,8 +150,8 @@ def test_rollout_defaults(tmp_path: Path) -> None:
 
 def test_account_and_fleet_fields(fleet: f.Fleet, tmp_path: Path) -> None:
     assert fleet.name == "fleet"
-    assert fleet.account.email == f.LiteralValue("ops@example.net")
-    assert isinstance(fleet.account.password, f.FilePassword)
+    assert fleet.account.email == sources.LiteralValue("ops@example.net")
+    assert isinstance(fleet.account.password, sources.FilePassword)
     assert fleet.account.password.path == tmp_path / "secrets" / "account"
     assert fleet.account.session_url == "https://session.edisglobal.com"
     assert fleet.account.allowed_api_hosts == ("*.edisglobal.com",)
@@ -216,16 +217,16 @@ def test_password_sources(tmp_path: Path) -> None:
     )
     fleet = load_fleet(write_fleet(tmp_path, text), ENV)
     first, second = fleet.vps
-    assert first.root_password == f.EnvPassword("EDIS_ROOT_PASSWORD")
+    assert first.root_password == sources.EnvPassword("EDIS_ROOT_PASSWORD")
     out = tmp_path / "out" / "gen.txt"
-    assert second.root_password == f.GeneratedPassword(out, str(out))
-    book = f.PasswordBook(ENV)
+    assert second.root_password == sources.GeneratedPassword(out, str(out))
+    book = sources.PasswordBook(ENV)
     assert book.root_password(first).reveal() == ROOT_MARKER
     generated = book.root_password(second)
     assert generated is book.root_password(second)  # one per VPS, remembered
     assert len(generated.reveal()) == 24
     assert str(generated) == "***"
-    f.write_generated_passwords(tmp_path / "out" / "gen.txt", book.generated)
+    sources.write_generated_passwords(tmp_path / "out" / "gen.txt", book.generated)
     written = tmp_path / "out" / "gen.txt"
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
     assert stat.S_IMODE(written.parent.stat().st_mode) == 0o700
@@ -237,13 +238,13 @@ def test_generated_passwords_refuse_a_shared_file(tmp_path: Path) -> None:
     target.write_text("")
     os.chmod(target, 0o644)
     with pytest.raises(PermissionError):
-        f.write_generated_passwords(target, {"kvm_1_1": Secret("x")})
+        sources.write_generated_passwords(target, {"kvm_1_1": Secret("x")})
     assert target.read_text() == ""
 
 
 def test_generated_password_shape() -> None:
     for _ in range(50):
-        value = f.generate_password().reveal()
+        value = sources.generate_password().reveal()
         assert value.isalnum()
         assert any(c.isupper() for c in value)
         assert any(c.islower() for c in value)

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from orchestrator.manifest_yaml import (
+from orchestrator.yamldoc import (
     MAX_NODES,
     Position,
     YamlSyntaxError,

@@ -11,7 +11,7 @@ import anyio
 import pytest
 
 from orchestrator.fleet import Rollout
-from orchestrator.plan import resolve_waves
+from orchestrator.run.plan import resolve_waves
 from orchestrator.simulator import Simulator
 from orchestrator.units import CountOrFraction
 

@@ -18,7 +18,7 @@ from orchestrator.errors import (
     SessionUnavailableError,
     ThrottledError,
 )
-from orchestrator.readiness import (
+from orchestrator.run.readiness import (
     DEFAULT_MIN_INSTALL_SECONDS,
     ReadinessMode,
     ReadyResult,
@@ -28,7 +28,7 @@ from orchestrator.readiness import (
     tcp_connect,
     wait_ready,
 )
-from orchestrator.secrets import Secret
+from orchestrator.secrets.values import Secret
 from orchestrator.simulator import Simulator
 from orchestrator.simulator.vps import InstallOutcome
 from tests.conftest import SimFactory

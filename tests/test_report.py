@@ -18,10 +18,10 @@ import jsonschema
 import pytest
 
 from orchestrator.clock import FakeClock
-from orchestrator.journal import Journal, RunStatus, TargetSpec, TargetState
-from orchestrator.journal_schema import AttemptRecord, RunRecord, TargetRecord
+from orchestrator.journal.journal import Journal, RunStatus, TargetSpec, TargetState
+from orchestrator.journal.schema import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import Attempt, Outcome, TargetEvent
-from orchestrator.report import (
+from orchestrator.report.formats import (
     IN_DOUBT_ADVICE,
     REPORT_SCHEMA,
     NdjsonSink,

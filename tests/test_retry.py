@@ -18,7 +18,7 @@ from orchestrator.errors import (
     ThrottledError,
 )
 from orchestrator.model import Outcome
-from orchestrator.retry import (
+from orchestrator.run.retry import (
     Action,
     RetryBudget,
     RetryPolicy,

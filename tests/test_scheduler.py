@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 import anyio
 
 from orchestrator.clock import SystemClock
-from orchestrator.edis.api import EdisFleetAPI, LimitedAuth
 from orchestrator.edis.session import SessionBook
-from orchestrator.limits import Limits
 from orchestrator.model import TargetEvent, TargetState
-from orchestrator.retry import RetryPolicy
-from orchestrator.scheduler import (
+from orchestrator.run.api import EdisFleetAPI, LimitedAuth
+from orchestrator.run.limits import Limits
+from orchestrator.run.retry import RetryPolicy
+from orchestrator.run.scheduler import (
     RESEND_AFTER_WINDOW,
     Job,
     RunResult,
@@ -27,7 +27,7 @@ from orchestrator.scheduler import (
     Scheduler,
     WaveSpec,
 )
-from orchestrator.secrets import Secret
+from orchestrator.secrets.values import Secret
 from orchestrator.simulator import Simulator
 from tests.conftest import SimFactory
 from tests.test_client import client_for

@@ -12,7 +12,7 @@ from orchestrator.clock import FakeClock, SystemClock
 from orchestrator.edis.client import AuthResult, EdisClient, VpsCredentials
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import NotSentError, SessionExpiredError, SessionUnavailableError
-from orchestrator.secrets import Secret
+from orchestrator.secrets.values import Secret
 from orchestrator.simulator import Simulator
 from tests.conftest import SimFactory
 from tests.test_client import client_for

@@ -13,10 +13,11 @@ import pytest
 
 from orchestrator import fleet as f
 from orchestrator.errors import ManifestError
-from orchestrator.secrets import Secret
-from orchestrator.templates import Templates
-from orchestrator.templates_check import check_templates
-from orchestrator.templates_schema import CloudInitSchema, SchemaResult, parse_schema_output
+from orchestrator.secrets import sources
+from orchestrator.secrets.values import Secret
+from orchestrator.templates.check import check_templates
+from orchestrator.templates.render import Templates
+from orchestrator.templates.schema import CloudInitSchema, SchemaResult, parse_schema_output
 from tests.manifest_support import ROOT_MARKER, cli, write_fleet
 
 PASSWORD = Secret(ROOT_MARKER)
@@ -38,7 +39,7 @@ def entry(
     index: int = 0,
     hostname: str | None = None,
     vars_: dict[str, object] | None = None,
-    password: f.PasswordSource | None = None,
+    password: sources.PasswordSource | None = None,
 ) -> f.VpsEntry:
     return f.VpsEntry(
         id=f"kvm_{index + 1}_{index + 1}",
@@ -50,7 +51,7 @@ def entry(
         group="front",
         protected=False,
         readiness=f.Readiness("tcp", 22, 1200.0),
-        root_password=password or f.EnvPassword("EDIS_ROOT_PASSWORD"),
+        root_password=password or sources.EnvPassword("EDIS_ROOT_PASSWORD"),
         index=index,
         where=f"fleet.yaml:{index + 10}",
     )
@@ -231,9 +232,9 @@ def test_one_schema_check_per_document_shape(templates: Templates) -> None:
     source = inline(
         "#cloud-config\nhostname: {{ hostname }}\nid: {{ id }}\npw: {{ root_password }}\n"
     )
-    generated = f.GeneratedPassword(Path("out"), "out")
+    generated = sources.GeneratedPassword(Path("out"), "out")
     entries = [entry(source, index=i, password=generated) for i in range(200)]
-    book = f.PasswordBook({})
+    book = sources.PasswordBook({})
     schema = CountingSchema()
     report = check_templates(entries, templates, book.root_password, schema=schema)
     assert report.problems == []

@@ -10,7 +10,7 @@ import pytest
 
 from orchestrator.cli import build_parser
 from orchestrator.errors import ManifestError
-from orchestrator.manifest import check_manifest, load_fleet
+from orchestrator.manifest.loader import check_manifest, load_fleet
 from tests.manifest_support import ACCOUNT_MARKER, BASE, ENV, REPO, ROOT_MARKER, cli, write_fleet
 
 EXAMPLE = REPO / "fleets" / "example.yaml"

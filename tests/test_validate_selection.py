@@ -8,8 +8,8 @@ import pytest
 
 from orchestrator.errors import SelectionError, UsageError
 from orchestrator.fleet import Fleet
-from orchestrator.manifest import load_fleet
-from orchestrator.selection import BlastRadius, Selection, select
+from orchestrator.manifest.loader import load_fleet
+from orchestrator.manifest.selection import BlastRadius, Selection, select
 from tests.manifest_support import ENV, write_fleet
 
 MANIFEST = """\

@@ -16,7 +16,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from orchestrator import __version__
 from orchestrator.cli import (
     apply_cmd,
     exitcodes,
@@ -26,6 +25,7 @@ from orchestrator.cli import (
     simulator_cmd,
     validate_cmd,
 )
+from orchestrator.version import __version__
 
 EPILOG = """exit codes:
   0    all done

@@ -22,8 +22,6 @@ import anyio
 from orchestrator.cli import exitcodes
 from orchestrator.cli.plan_cmd import add_account_overrides, user_data_hashes
 from orchestrator.cli.progress import Progress, choose_mode
-from orchestrator.cli.runner import RunOutcome, RunSpec, execute
-from orchestrator.cli.spec import ResumePoint, build_spec
 from orchestrator.cli.validate_cmd import add_selection_arguments, fail, load_and_select
 from orchestrator.errors import (
     AuthenticationError,
@@ -34,12 +32,27 @@ from orchestrator.errors import (
     PreflightError,
 )
 from orchestrator.fleet import Fleet
+from orchestrator.manifest import SelectedFleet
 from orchestrator.model import TargetState
-from orchestrator.plan import Plan, build_plan, manifest_sha256
-from orchestrator.report import NdjsonSink, json_report, junit_report, text_report, write_atomic
+from orchestrator.report import (
+    NdjsonSink,
+    json_report,
+    junit_report,
+    text_report,
+    write_atomic,
+)
+from orchestrator.run import (
+    Plan,
+    ResumePoint,
+    RunOutcome,
+    RunSpec,
+    build_plan,
+    build_spec,
+    execute,
+    manifest_sha256,
+)
 from orchestrator.secrets import Redactor
-from orchestrator.selection import SelectedFleet
-from orchestrator.templates_schema import CloudInitSchema
+from orchestrator.templates import CloudInitSchema
 
 GUARD_LIMIT = 10
 DEFAULT_JOURNAL = Path(".edis-fleet") / "journal.sqlite"

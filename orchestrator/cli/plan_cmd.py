@@ -29,16 +29,14 @@ from orchestrator.errors import (
     HostNotAllowedError,
     ManifestError,
 )
-from orchestrator.fleet import Fleet, read_source
-from orchestrator.plan import Plan, build_plan, manifest_sha256
-from orchestrator.preflight import Check, PreflightReport, preflight
-from orchestrator.secrets import Secret
-from orchestrator.selection import SelectedFleet
-from orchestrator.templates import Templates
-from orchestrator.templates_schema import CloudInitSchema
+from orchestrator.fleet import Fleet
+from orchestrator.manifest import SelectedFleet
+from orchestrator.run import Check, Plan, PreflightReport, build_plan, manifest_sha256, preflight
+from orchestrator.secrets import Secret, read_source
+from orchestrator.templates import CloudInitSchema, Templates
 
 # User-data documents are hashed as rendered with this in place of the root password (see
-# orchestrator.plan): generated passwords change every run, and a plan file must not carry a
+# orchestrator.run.plan): generated passwords change every run, and a plan file must not carry a
 # hash of a real password.
 HASH_PLACEHOLDER = Secret("<root-password>")
 

@@ -26,7 +26,6 @@ import json
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Literal, Self, TextIO, get_args
@@ -40,8 +39,8 @@ from rich.text import Text
 
 from orchestrator.clock import SystemClock
 from orchestrator.model import Clock, TargetEvent, TargetState
-from orchestrator.report_summary import iso_time
-from orchestrator.report_text import LABELS, duration
+from orchestrator.report import LABELS, duration, iso_time
+from orchestrator.run import RunStats
 
 Mode = Literal["live", "plain", "quiet", "json"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -82,52 +81,8 @@ def choose_mode(
     return "plain"
 
 
-def _zero() -> int:
-    return 0
-
-
 def _hms(at: float) -> str:
     return datetime.fromtimestamp(at, tz=UTC).strftime("%H:%M:%S")
-
-
-@dataclass(frozen=True)
-class StatsSnapshot:
-    """The live numbers at one moment."""
-
-    rate: float = 0.0
-    throttles: int = 0
-    retries: int = 0
-    refreshes: int = 0
-
-
-@dataclass(frozen=True)
-class RunStats:
-    """Where the live numbers come from, as callables, so the wiring passes lambdas::
-
-    RunStats(rate=lambda: limits.requests.rate, throttles=lambda: limits.requests.throttles,
-             retries=lambda: budget.retries, refreshes=lambda: book.refreshes)
-    """
-
-    rate: Callable[[], float] = _zero
-    throttles: Callable[[], int] = _zero
-    retries: Callable[[], int] = _zero
-    refreshes: Callable[[], int] = _zero
-
-    def snapshot(self) -> StatsSnapshot:
-        """Read every number now; one that fails to read shows as 0 (never raises)."""
-
-        def read(fn: Callable[[], float]) -> float:
-            try:
-                return fn()
-            except Exception:  # a display must not take the run down
-                return 0
-
-        return StatsSnapshot(
-            rate=float(read(self.rate)),
-            throttles=int(read(self.throttles)),
-            retries=int(read(self.retries)),
-            refreshes=int(read(self.refreshes)),
-        )
 
 
 class Progress:

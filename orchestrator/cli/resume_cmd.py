@@ -27,11 +27,10 @@ from orchestrator.cli.apply_cmd import (
 )
 from orchestrator.cli.plan_cmd import add_account_overrides, user_data_hashes
 from orchestrator.cli.runs_cmd import RunView, read_run
-from orchestrator.cli.spec import ResumePoint
 from orchestrator.cli.validate_cmd import fail, load_and_select
 from orchestrator.errors import JournalError, ManifestError
-from orchestrator.plan import Plan, build_plan, manifest_sha256
-from orchestrator.templates_schema import CloudInitSchema
+from orchestrator.run import Plan, ResumePoint, build_plan, manifest_sha256
+from orchestrator.templates import CloudInitSchema
 
 
 def register(sub: Any) -> None:

@@ -18,9 +18,20 @@ import anyio
 from orchestrator.cli import exitcodes
 from orchestrator.cli.apply_cmd import DEFAULT_JOURNAL
 from orchestrator.errors import JournalError
-from orchestrator.journal import Journal, ResumeClassification, RunRecord, TargetRecord
-from orchestrator.journal_schema import AttemptRecord
-from orchestrator.report import json_report, junit_report, ndjson_events, text_report, write_atomic
+from orchestrator.journal import (
+    AttemptRecord,
+    Journal,
+    ResumeClassification,
+    RunRecord,
+    TargetRecord,
+)
+from orchestrator.report import (
+    json_report,
+    junit_report,
+    ndjson_events,
+    text_report,
+    write_atomic,
+)
 
 
 @dataclass

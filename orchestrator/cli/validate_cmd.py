@@ -18,10 +18,9 @@ from typing import Any, TextIO
 
 from orchestrator.cli import exitcodes
 from orchestrator.errors import SelectionError
-from orchestrator.manifest import ManifestReport, check_manifest
+from orchestrator.manifest import ManifestReport, SelectedFleet, Selection, check_manifest, select
 from orchestrator.secrets import Redactor
-from orchestrator.selection import SelectedFleet, Selection, select
-from orchestrator.templates_schema import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema
+from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema
 
 
 def register(sub: Any) -> None:

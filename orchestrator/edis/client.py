@@ -27,7 +27,6 @@ from typing import Any
 
 import aiohttp
 
-from orchestrator import __version__
 from orchestrator.clock import SystemClock
 from orchestrator.edis.hosts import HostPolicy
 from orchestrator.edis.outcome import (
@@ -49,6 +48,7 @@ from orchestrator.errors import (
 )
 from orchestrator.model import Attempt, Clock, Outcome
 from orchestrator.secrets import Secret
+from orchestrator.version import __version__
 
 AUTH = "get/auth"
 IMAGES = "get/images"

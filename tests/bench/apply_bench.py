@@ -267,16 +267,16 @@ async def tool_contender(spec: dict[str, Any]) -> dict[str, Any]:
     import anyio
 
     from orchestrator.clock import SystemClock
-    from orchestrator.edis.api import EdisFleetAPI, LimitedAuth
     from orchestrator.edis.client import EdisClient
     from orchestrator.edis.session import SessionBook
-    from orchestrator.journal import Journal, RunStatus, TargetSpec
-    from orchestrator.journal_sink import JournalSink
-    from orchestrator.limits import Limits
+    from orchestrator.journal.journal import Journal, RunStatus, TargetSpec
+    from orchestrator.journal.sink import JournalSink
     from orchestrator.model import Attempt, TargetState
-    from orchestrator.retry import RetryBudget
-    from orchestrator.scheduler import Job, RunSettings, Scheduler, WaveSpec
-    from orchestrator.secrets import Secret
+    from orchestrator.run.api import EdisFleetAPI, LimitedAuth
+    from orchestrator.run.limits import Limits
+    from orchestrator.run.retry import RetryBudget
+    from orchestrator.run.scheduler import Job, RunSettings, Scheduler, WaveSpec
+    from orchestrator.secrets.values import Secret
 
     n, concurrency = spec["n"], spec["concurrency"]
     rss_start = rss_mib()  # after the imports: the base the scale scenario subtracts
@@ -477,9 +477,9 @@ def plan_worker(spec: dict[str, Any]) -> dict[str, Any]:
     it is capped at 16 documents whatever the size), apply the selection, hash every
     rendered document and build the plan (waves, budgets, content hash)."""
     from orchestrator.cli.plan_cmd import user_data_hashes
-    from orchestrator.manifest import check_manifest
-    from orchestrator.plan import build_plan, manifest_sha256
-    from orchestrator.selection import Selection, select
+    from orchestrator.manifest.loader import check_manifest
+    from orchestrator.manifest.selection import Selection, select
+    from orchestrator.run.plan import build_plan, manifest_sha256
 
     rss_start = rss_mib()
     steps: dict[str, float] = {}
@@ -520,8 +520,8 @@ async def reports_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """The scale scenario's step (c): read the run's records from the journal the reinstall
     worker left, then build the text, JSON (serialised) and JUnit reports from them."""
     from orchestrator.clock import SystemClock
-    from orchestrator.journal import Journal
-    from orchestrator.report import json_report, junit_report, text_report
+    from orchestrator.journal.journal import Journal
+    from orchestrator.report.formats import json_report, junit_report, text_report
 
     rss_start = rss_mib()
     started = time.perf_counter()

@@ -28,7 +28,7 @@ from typing import Any
 
 import anyio
 
-from orchestrator.journal import Journal, TargetSpec, TargetState
+from orchestrator.journal.journal import Journal, TargetSpec, TargetState
 from orchestrator.model import Attempt, Outcome
 
 

@@ -88,8 +88,8 @@ from typing import IO, Any
 # the shared helpers (tests/bench/common.py) and the malformed manifests of the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from orchestrator.manifest import check_manifest
-from orchestrator.selection import Selection, select
+from orchestrator.manifest.loader import check_manifest
+from orchestrator.manifest.selection import Selection, select
 from orchestrator.simulator.profiles import PROFILES
 from tests.bench.common import REPO, BenchError, Sim, generated_ids, sim_http, simulator
 from tests.manifest_support import ACCOUNT_MARKER, ENV, ROOT_MARKER, write_fleet

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.fleet import Rollout, VpsEntry, is_windows_image
-from orchestrator.selection import SelectedFleet, Selection
+from orchestrator.manifest import SelectedFleet, Selection
 
 PLAN_FORMAT = 1
 

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 
 from orchestrator.errors import LockedError
-from orchestrator.journal_schema import LockRecord, LockTakeover
+from orchestrator.journal.schema import LockRecord, LockTakeover
 
 # Stay below SQLite's smallest default limit on bound parameters (999 before 3.32).
 _CHUNK = 500

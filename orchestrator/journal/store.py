@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from orchestrator import journal_locks
 from orchestrator.errors import JournalError
-from orchestrator.journal_schema import (
+from orchestrator.journal import locks as journal_locks
+from orchestrator.journal.schema import (
     INTENT_FROM,
     OUTCOME_FROM,
     AttemptRecord,
@@ -37,7 +37,7 @@ from orchestrator.journal_schema import (
 )
 from orchestrator.model import TargetState
 
-_log = logging.getLogger("orchestrator.journal")
+_log = logging.getLogger("orchestrator.journal.journal")
 T = TypeVar("T")
 
 _PHASE_COLUMNS: dict[TargetState, tuple[str, ...]] = {

@@ -16,10 +16,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from orchestrator import fleet as f
-from orchestrator.manifest_check import Reporter
-from orchestrator.manifest_schema import RolloutModel, WavesModel
-from orchestrator.manifest_yaml import FieldPath
+from orchestrator.manifest.check import Reporter
+from orchestrator.manifest.schema import RolloutModel, WavesModel
 from orchestrator.units import CountOrFraction, CountOrFractions
+from orchestrator.yamldoc import FieldPath
 
 
 def read_rollout(report: Reporter, data: dict[Any, Any]) -> f.Rollout | CountOrFractions | None:

@@ -1,6 +1,6 @@
 """A run's journal records folded into a ``Summary``: the one input of every report format.
 
-See ``orchestrator.report`` for what the reports contain and how times are defined.
+See ``orchestrator.report.formats`` for what the reports contain and how times are defined.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import PurePath
 
-from orchestrator.journal_schema import AttemptRecord, RunRecord, TargetRecord
+from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import Outcome, TargetState
 
 Redact = Callable[[str], str]

@@ -19,7 +19,7 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from orchestrator.manifest_yaml import YamlSyntaxError, load_yaml
+from orchestrator.yamldoc import YamlSyntaxError, load_yaml
 
 
 @dataclass(frozen=True, slots=True)

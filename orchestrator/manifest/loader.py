@@ -31,10 +31,10 @@ from pydantic import ValidationError
 
 from orchestrator import fleet as f
 from orchestrator.errors import ManifestError
-from orchestrator.manifest_check import Reporter, Sources
-from orchestrator.manifest_messages import unknown_key_message
-from orchestrator.manifest_rollout import check_waves, read_rollout
-from orchestrator.manifest_schema import (
+from orchestrator.manifest.check import Reporter, Sources
+from orchestrator.manifest.messages import unknown_key_message
+from orchestrator.manifest.rollout import check_waves, read_rollout
+from orchestrator.manifest.schema import (
     TOP_LEVEL_KEYS,
     AccountModel,
     AccountPasswordSource,
@@ -43,13 +43,11 @@ from orchestrator.manifest_schema import (
     GroupModel,
     TagsModel,
 )
-from orchestrator.manifest_vps import Entries, VpsResolver
-from orchestrator.manifest_yaml import FieldPath, YamlSyntaxError, format_path, load_yaml
-from orchestrator.secrets import Redactor, Secret
-from orchestrator.templates import Templates
-from orchestrator.templates_check import TemplateReport, check_templates
-from orchestrator.templates_schema import CloudInitSchema
+from orchestrator.manifest.vps import Entries, VpsResolver
+from orchestrator.secrets import Redactor, Secret, sources
+from orchestrator.templates import CloudInitSchema, TemplateReport, Templates, check_templates
 from orchestrator.units import kind_of
+from orchestrator.yamldoc import FieldPath, YamlSyntaxError, format_path, load_yaml
 
 SUPPORTED_VERSION = 1
 # Stands in for a root password that could not be read (the missing variable or file is
@@ -244,7 +242,7 @@ class _Checker:
             return None
         email = self.sources.credential(model.email, (*base, "email"))
         password = self.sources.credential(model.password, (*base, "password"))
-        assert not isinstance(password, f.LiteralValue)
+        assert not isinstance(password, sources.LiteralValue)
         self._session_url(model.session_url, (*base, "session_url"))
         for i, pattern in enumerate(model.allowed_api_hosts):
             if "/" in pattern and not ipaddress.ip_network(pattern, strict=False).is_loopback:
@@ -340,7 +338,7 @@ class _Checker:
         self, entries: Sequence[f.VpsEntry], limit: int, schema: CloudInitSchema | None
     ) -> None:
         """Render every complete entry's template; compile the templates no VPS rendered."""
-        book = f.PasswordBook(self.env)
+        book = sources.PasswordBook(self.env)
         added: set[Secret] = set()
         redactor = self.sources.redactor
 
@@ -349,7 +347,8 @@ class _Checker:
                 secret = book.root_password(entry)
             except (KeyError, OSError, ValueError):
                 return _PLACEHOLDER_PASSWORD
-            if secret not in added and not isinstance(entry.root_password, f.GeneratedPassword):
+            generated = isinstance(entry.root_password, sources.GeneratedPassword)
+            if secret not in added and not generated:
                 added.add(secret)
                 redactor.add(secret)
             return secret

@@ -1,6 +1,6 @@
 """The report formats meant for people and CI systems: the text summary and JUnit XML.
 
-Both are folded from a ``Summary`` (``report_summary``); ``orchestrator.report`` re-exports
+Both are folded from a ``Summary`` (``report_summary``); ``orchestrator.report.formats`` re-exports
 them and documents the time definitions (time to ready, phases).
 """
 
@@ -12,9 +12,9 @@ import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from orchestrator.journal_schema import AttemptRecord, RunRecord, TargetRecord
+from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import TargetState
-from orchestrator.report_summary import Redact, Summary, TargetRow, summarize
+from orchestrator.report.summary import Redact, Summary, TargetRow, summarize
 
 IN_DOUBT_ADVICE = (
     "In doubt means the reinstall request may have reached EDIS: the VPS may have been "

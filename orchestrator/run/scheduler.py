@@ -33,7 +33,6 @@ import anyio
 from anyio.abc import TaskGroup
 
 from orchestrator.errors import ApiError, InDoubtError
-from orchestrator.limits import Limits
 from orchestrator.model import (
     Clock,
     EventSink,
@@ -42,8 +41,9 @@ from orchestrator.model import (
     TargetEvent,
     TargetState,
 )
-from orchestrator.readiness import ReadinessMode, ReadyResult, wait_ready
-from orchestrator.retry import RetryBudget, RetryPolicy, call_with_retries
+from orchestrator.run.limits import Limits
+from orchestrator.run.readiness import ReadinessMode, ReadyResult, wait_ready
+from orchestrator.run.retry import RetryBudget, RetryPolicy, call_with_retries
 from orchestrator.secrets import Secret
 
 T = TypeVar("T")

@@ -3,7 +3,7 @@
 These models check one section (or one ``vps`` entry) at a time, so that a mistake in one
 place does not hide the others. They only check shape and single values; checks across the
 file (duplicates, groups, waves against the fleet size, files and variables that must exist)
-are in ``orchestrator.manifest``. Turning pydantic's errors into plain sentences is
+are in ``orchestrator.manifest.loader``. Turning pydantic's errors into plain sentences is
 ``manifest_messages``'s job.
 """
 

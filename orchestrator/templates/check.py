@@ -14,18 +14,17 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from orchestrator import fleet
 from orchestrator.fleet import VpsEntry
-from orchestrator.manifest_yaml import YamlSyntaxError, load_yaml, plain_scalar_tag
-from orchestrator.secrets import Redactor, Secret
-from orchestrator.templates import Templates
-from orchestrator.templates_document import (
+from orchestrator.secrets import Redactor, Secret, sources
+from orchestrator.templates.document import (
     TemplateFailure,
     TemplateProblem,
     classify,
     parse_cloud_config,
 )
-from orchestrator.templates_schema import CloudInitSchema
+from orchestrator.templates.render import Templates
+from orchestrator.templates.schema import CloudInitSchema
+from orchestrator.yamldoc import YamlSyntaxError, load_yaml, plain_scalar_tag
 
 __all__ = ["TemplateReport", "check_templates"]
 
@@ -138,7 +137,7 @@ def check_templates(
         if source is None:
             continue
         password = password_for(entry)
-        if password not in seen and not isinstance(entry.root_password, fleet.GeneratedPassword):
+        if password not in seen and not isinstance(entry.root_password, sources.GeneratedPassword):
             seen.add(password)
             redact.add(password)
         try:

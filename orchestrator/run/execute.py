@@ -13,24 +13,30 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import anyio
 
-from orchestrator.cli.progress import Progress, RunStats
 from orchestrator.clock import SystemClock
-from orchestrator.edis.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import LockedError, PreflightError
-from orchestrator.journal import Journal, RunStatus, TargetRecord, TargetSpec
-from orchestrator.journal_schema import AttemptRecord, RunRecord
-from orchestrator.journal_sink import JournalSink
-from orchestrator.limits import Limits
+from orchestrator.journal import (
+    AttemptRecord,
+    Journal,
+    JournalSink,
+    RunRecord,
+    RunStatus,
+    TargetRecord,
+    TargetSpec,
+)
 from orchestrator.model import Attempt, Clock, EventSink, TargetEvent, TargetState
-from orchestrator.preflight import Check, preflight
-from orchestrator.retry import RetryBudget
-from orchestrator.scheduler import RunResult, RunSettings, Scheduler, WaveSpec
+from orchestrator.run.api import EdisFleetAPI, LimitedAuth, ReadRetries
+from orchestrator.run.limits import Limits
+from orchestrator.run.preflight import Check, preflight
+from orchestrator.run.retry import RetryBudget
+from orchestrator.run.scheduler import RunResult, RunSettings, Scheduler, WaveSpec
+from orchestrator.run.stats import RunStats
 from orchestrator.secrets import Secret
 
 HEARTBEAT_S = 30.0
@@ -66,9 +72,25 @@ class RunSpec:
     run_id: str | None = None
     prior_failures: dict[int, int] = field(default_factory=dict)
     sinks: Sequence[EventSink] = ()
-    progress: Progress | None = None
+    progress: ProgressView | None = None
     redact: Callable[[str], str] = str
     stderr: TextIO = field(default=sys.stderr)
+
+
+class ProgressView(EventSink, Protocol):
+    """A live view of the run: an ``EventSink`` that is started and stopped around the waves,
+    ticks while they run, and reads the run's live numbers from ``stats``."""
+
+    stats: RunStats
+
+    def start(self) -> None:
+        """Start showing the run."""
+
+    def stop(self) -> None:
+        """Stop showing the run."""
+
+    async def ticker(self) -> None:
+        """Refresh the view until cancelled."""
 
 
 @dataclass

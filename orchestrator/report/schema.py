@@ -1,6 +1,6 @@
 """The JSON Schema (draft 2020-12) of the JSON report, ``edis-fleet/report/v1``.
 
-The prose description is in the docstring of ``orchestrator.report``; this is the same contract
+The prose description is in the docstring of ``report.formats``; this is the same contract
 in machine-readable form, so that CI jobs can validate a report and the tests prove that
 ``json_report`` keeps to it. A change that removes or renames a field needs a new schema id
 (``v2``); adding an optional field does not.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from orchestrator.journal_schema import RunStatus
+from orchestrator.journal import RunStatus
 from orchestrator.model import Outcome, TargetState
 
 SCHEMA_ID: Final = "edis-fleet/report/v1"

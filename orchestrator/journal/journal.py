@@ -72,7 +72,7 @@ import anyio.lowlevel
 
 from orchestrator.clock import SystemClock
 from orchestrator.errors import JournalError, LockedError
-from orchestrator.journal_schema import (
+from orchestrator.journal.schema import (
     OUTCOME_FROM,
     AttemptRecord,
     LockRecord,
@@ -85,7 +85,7 @@ from orchestrator.journal_schema import (
     classify_targets,
     mask_options,
 )
-from orchestrator.journal_store import Batch, IntentRequest, Store
+from orchestrator.journal.store import Batch, IntentRequest, Store
 from orchestrator.model import Attempt, Clock, TargetState
 
 __all__ = [

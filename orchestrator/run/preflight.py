@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from orchestrator.edis.api import ReadRetries
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import ApiError
-from orchestrator.limits import RateLimiter
+from orchestrator.run.api import ReadRetries
+from orchestrator.run.limits import RateLimiter
 
 
 @dataclass(frozen=True)

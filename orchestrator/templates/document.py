@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from orchestrator.fleet import TemplateSource
-from orchestrator.manifest_yaml import YamlSyntaxError, format_path, load_yaml
+from orchestrator.yamldoc import YamlSyntaxError, format_path, load_yaml
 
 CLOUD_CONFIG = "#cloud-config"
 SCRIPT = "#!"

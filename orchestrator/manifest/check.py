@@ -18,15 +18,15 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import fleet as f
-from orchestrator.manifest_messages import describe_error
-from orchestrator.manifest_schema import (
+from orchestrator.manifest.messages import describe_error
+from orchestrator.manifest.schema import (
     AccountPasswordSource,
     CloudInitSource,
     EmailSource,
     RootPasswordSource,
 )
-from orchestrator.manifest_yaml import FieldPath, Position, YamlDocument, format_path
-from orchestrator.secrets import Redactor
+from orchestrator.secrets import Redactor, sources
+from orchestrator.yamldoc import FieldPath, Position, YamlDocument, format_path
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -118,7 +118,7 @@ class Sources:
         self._resolved: dict[str, str] = {}
         self._inline: dict[FieldPath, f.TemplateSource] = {}
         self._missing_reported: set[tuple[str, FieldPath]] = set()
-        self._passwords: dict[tuple[str | None, ...], f.PasswordSource] = {}
+        self._passwords: dict[tuple[str | None, ...], sources.PasswordSource] = {}
         # Every template source named anywhere, with where it was first named.
         self.named_templates: dict[str, tuple[f.TemplateSource, FieldPath]] = {}
 
@@ -183,35 +183,35 @@ class Sources:
 
     def credential(
         self, model: EmailSource | AccountPasswordSource, path: FieldPath
-    ) -> f.CredentialSource:
+    ) -> sources.CredentialSource:
         """Return the source of an account credential; report it if it names nothing."""
         if isinstance(model, EmailSource) and model.value is not None:
-            return f.LiteralValue(model.value)
+            return sources.LiteralValue(model.value)
         if model.env is not None:
             secret = isinstance(model, AccountPasswordSource)
             self.check_env(model.env, (*path, "env"), secret=secret)
-            return f.EnvPassword(model.env)
+            return sources.EnvPassword(model.env)
         assert model.file is not None
-        source = f.FilePassword(self.base / model.file, self.shown_path(model.file))
+        source = sources.FilePassword(self.base / model.file, self.shown_path(model.file))
         self.check_file(source, (*path, "file"))
         return source
 
-    def root_password(self, model: RootPasswordSource, path: FieldPath) -> f.PasswordSource:
+    def root_password(self, model: RootPasswordSource, path: FieldPath) -> sources.PasswordSource:
         """Return a root password source; each distinct source is checked (and reported) once."""
         key = (model.env, model.file, model.generate)
         known = self._passwords.get(key)
         if known is not None:
             return known
-        result: f.PasswordSource
+        result: sources.PasswordSource
         if model.env is not None:
             self.check_env(model.env, (*path, "env"))
-            result = f.EnvPassword(model.env)
+            result = sources.EnvPassword(model.env)
         elif model.file is not None:
-            result = f.FilePassword(self.base / model.file, self.shown_path(model.file))
+            result = sources.FilePassword(self.base / model.file, self.shown_path(model.file))
             self.check_file(result, (*path, "file"))
         else:
             assert model.generate is not None
-            result = f.GeneratedPassword(
+            result = sources.GeneratedPassword(
                 self.base / model.generate, self.shown_path(model.generate)
             )
             self.check_output(result, (*path, "generate"))
@@ -231,7 +231,7 @@ class Sources:
             return False
         return True
 
-    def check_file(self, source: f.FilePassword, path: FieldPath) -> bool:
+    def check_file(self, source: sources.FilePassword, path: FieldPath) -> bool:
         """Report a missing, empty or non-regular password file; warn if others can read it."""
         try:
             st = source.path.stat()
@@ -251,7 +251,7 @@ class Sources:
             )
         return True
 
-    def check_output(self, source: f.GeneratedPassword, path: FieldPath) -> bool:
+    def check_output(self, source: sources.GeneratedPassword, path: FieldPath) -> bool:
         """Check the generated-passwords file could be written safely (nothing is written).
 
         Missing directories are fine (the run creates them, mode 0700) as long as the nearest

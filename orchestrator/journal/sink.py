@@ -3,7 +3,7 @@
 ``JournalSink`` is what the scheduler sees of the journal: it turns ``before_send`` into a
 durable intent (``Journal.write_intents``) and each ``TargetEvent`` into a buffered outcome
 (``Journal.enqueue_outcome``), recording "previous attempt not sent" where the journal's rule
-"no intent over an unresolved intent" needs it. The journal itself (``orchestrator.journal``)
+"no intent over an unresolved intent" needs it. The journal itself (``journal.py``)
 knows nothing of sinks or events.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from orchestrator.journal import Journal
+from orchestrator.journal.journal import Journal
 from orchestrator.model import EventSink, TargetEvent, TargetState
 
 __all__ = ["JournalSink"]

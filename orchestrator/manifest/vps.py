@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator import fleet as f
-from orchestrator.manifest_check import Reporter, Sources
-from orchestrator.manifest_schema import DefaultsModel, GroupModel, SettingsModel, VpsModel
-from orchestrator.manifest_yaml import FieldPath
+from orchestrator.manifest.check import Reporter, Sources
+from orchestrator.manifest.schema import DefaultsModel, GroupModel, SettingsModel, VpsModel
 from orchestrator.units import kind_of
+from orchestrator.yamldoc import FieldPath
 
 
 @dataclass(frozen=True, slots=True)

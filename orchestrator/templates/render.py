@@ -30,7 +30,7 @@ from orchestrator import fleet
 from orchestrator.errors import ManifestError
 from orchestrator.fleet import TemplateSource, VpsEntry
 from orchestrator.secrets import Redactor, Secret
-from orchestrator.templates_document import (
+from orchestrator.templates.document import (
     TemplateFailure,
     TemplateProblem,
     UserData,

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from orchestrator.manifest_schema import EmailSource
+from orchestrator.manifest.schema import EmailSource
 from orchestrator.units import kind_of
 
 _TYPE_WORDS = {

@@ -16,10 +16,10 @@ from orchestrator.clock import SystemClock
 from orchestrator.edis.client import AuthResult, EdisClient, VpsCredentials
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import ApiError
-from orchestrator.limits import RateLimiter
 from orchestrator.model import Clock
-from orchestrator.readiness import primary_ipv4
-from orchestrator.retry import RetryBudget, RetryPolicy, call_with_retries
+from orchestrator.run.limits import RateLimiter
+from orchestrator.run.readiness import primary_ipv4
+from orchestrator.run.retry import RetryBudget, RetryPolicy, call_with_retries
 from orchestrator.secrets import Secret
 
 T = TypeVar("T")

@@ -10,21 +10,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.cli.runner import Account, RunSpec
-from orchestrator.fleet import (
-    Fleet,
+from orchestrator.fleet import Fleet, takes_cloud_init
+from orchestrator.journal import TargetSpec
+from orchestrator.manifest import SelectedFleet
+from orchestrator.run.execute import Account, RunSpec
+from orchestrator.run.plan import Plan
+from orchestrator.run.retry import RetryPolicy
+from orchestrator.run.scheduler import Job, RunSettings, WaveSpec
+from orchestrator.secrets import (
     GeneratedPassword,
     PasswordBook,
+    Redactor,
+    Secret,
     read_source,
-    takes_cloud_init,
     write_generated_passwords,
 )
-from orchestrator.journal import TargetSpec
-from orchestrator.plan import Plan
-from orchestrator.retry import RetryPolicy
-from orchestrator.scheduler import Job, RunSettings, WaveSpec
-from orchestrator.secrets import Redactor, Secret
-from orchestrator.selection import SelectedFleet
 from orchestrator.templates import Templates
 
 

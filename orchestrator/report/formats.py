@@ -58,10 +58,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator.journal_schema import AttemptRecord, RunRecord, TargetRecord
+from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import TargetEvent, TargetState
-from orchestrator.report_schema import REPORT_SCHEMA, SCHEMA_ID
-from orchestrator.report_summary import (
+from orchestrator.report.schema import REPORT_SCHEMA, SCHEMA_ID
+from orchestrator.report.summary import (
     Redact,
     Summary,
     TargetRow,
@@ -70,7 +70,7 @@ from orchestrator.report_summary import (
     percentile,
     summarize,
 )
-from orchestrator.report_text import IN_DOUBT_ADVICE, junit_report, text_report
+from orchestrator.report.text import IN_DOUBT_ADVICE, junit_report, text_report
 
 __all__ = [
     "IN_DOUBT_ADVICE",
