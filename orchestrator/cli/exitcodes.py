@@ -5,4 +5,6 @@ FAILED = 1
 USAGE = 2
 ABORTED = 3
 IN_DOUBT = 4
+# Another run holds some of these VPSes: nothing was sent; retry later.
+BUSY = 6
 INTERRUPTED = 130
