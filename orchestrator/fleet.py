@@ -26,8 +26,10 @@ from orchestrator.secrets import (
 )
 from orchestrator.units import CountOrFraction
 
-KVM_ID_RE = re.compile(r"^kvm_[0-9]+_[0-9]+$")
-ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Anchored with \A and \Z (``$`` also matches before a trailing newline) and ASCII-only, so
+# they hold with ``match`` as well as ``fullmatch``. Each number of an id has 1 to 18 digits.
+KVM_ID_RE = re.compile(r"\Akvm_[0-9]{1,18}_[0-9]{1,18}\Z", re.ASCII)
+ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,254}\Z", re.ASCII)
 # RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
 HOSTNAME_RE = re.compile(
     r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"

@@ -56,7 +56,13 @@ class CountOrFraction:
 
 CountOrFractions = tuple[CountOrFraction, ...]
 
-_PERCENT_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*$")
+# Every pattern here is ASCII-only (``[0-9]``, ``re.ASCII``: no Unicode digits or spaces) and
+# used with ``fullmatch`` (``$`` would let a trailing newline through). A number has at most
+# 9 digits before and 6 after the point, so no text can become ``inf`` or a huge integer.
+_NUMBER = r"([0-9]{1,9}(?:\.[0-9]{1,6})?)"
+_PERCENT_RE = re.compile(rf"[ \t]*{_NUMBER}[ \t]*%[ \t]*", re.ASCII)
+# The largest count (waves, failure budgets): far above any fleet this tool can run.
+MAX_COUNT = 1_000_000
 
 
 def parse_count_or_percent(value: object, *, minimum: int) -> CountOrFraction:
@@ -70,12 +76,14 @@ def parse_count_or_percent(value: object, *, minimum: int) -> CountOrFraction:
         raise ValueError(f"got {kind_of(value)}, {expected}")
     if isinstance(value, int):
         if value < minimum:
-            raise ValueError(f"{value} is below {minimum}; {expected}")
+            raise ValueError(f"{_short(value)} is below {minimum}; {expected}")
+        if value > MAX_COUNT:
+            raise ValueError(f"{_short(value)} is above the maximum of {MAX_COUNT:,}; {expected}")
         return CountOrFraction(count=value)
     if isinstance(value, str):
-        m = _PERCENT_RE.match(value)
+        m = _PERCENT_RE.fullmatch(value)
         if m is None:
-            if value.strip().isdigit():
+            if _DIGITS_RE.fullmatch(value.strip()):
                 raise ValueError(f"{value!r} is quoted; write a bare number, or add '%'")
             raise ValueError(f"cannot read {value!r}; {expected}")
         pct = float(m.group(1))
@@ -87,8 +95,13 @@ def parse_count_or_percent(value: object, *, minimum: int) -> CountOrFraction:
 
 
 _RATE_RE = re.compile(
-    r"^\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*(s|sec|second|min|minute|h|hr|hour)s?\s*$", re.IGNORECASE
+    rf"[ \t]*{_NUMBER}[ \t]*/[ \t]*(s|sec|second|min|minute|h|hr|hour)s?[ \t]*",
+    re.IGNORECASE | re.ASCII,
 )
+_DIGITS_RE = re.compile(r"[0-9]+", re.ASCII)
+# Rates: at least one request an hour, at most 1,000 a second (the API allows far fewer).
+MIN_RATE_PER_S = 1 / 3600
+MAX_RATE_PER_S = 1000.0
 _PER = {"s": 1.0, "sec": 1.0, "second": 1.0, "min": 60.0, "minute": 60.0}
 _PER |= {"h": 3600.0, "hr": 3600.0, "hour": 3600.0}
 
@@ -104,44 +117,78 @@ def parse_rate(value: object) -> float:
         raise ValueError(f"got {kind_of(value)}, {expected}")
     if isinstance(value, int | float):
         raise ValueError(f"{value!r} has no unit; {expected}")
-    m = _RATE_RE.match(value)
+    m = _RATE_RE.fullmatch(value)
     if m is None:
-        raise ValueError(f"cannot read rate {value!r}; {expected}")
+        raise ValueError(f"cannot read rate {_short(value)}; {expected}")
     rate = float(m.group(1)) / _PER[m.group(2).lower()]
     if rate <= 0:
         raise ValueError(f"rate {value!r} must be above zero; {expected}")
+    if not MIN_RATE_PER_S * (1 - 1e-9) <= rate <= MAX_RATE_PER_S:
+        raise ValueError(
+            f"rate {value!r} is out of range; a rate must be between 1/h and {MAX_RATE_PER_S:g}/s"
+        )
     return rate
 
 
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)", re.IGNORECASE)
-_DURATION_RE = re.compile(r"^\s*(?:[0-9]+(?:\.[0-9]+)?\s*(?:ms|s|m|h|d)\s*)+$", re.IGNORECASE)
+_DURATION_PART = re.compile(rf"{_NUMBER}[ \t]*(ms|s|m|h|d)", re.IGNORECASE | re.ASCII)
+_DURATION_RE = re.compile(
+    r"[ \t]*(?:[0-9]{1,9}(?:\.[0-9]{1,6})?[ \t]*(?:ms|s|m|h|d)[ \t]*){1,5}",
+    re.IGNORECASE | re.ASCII,
+)
+# The longest duration any setting takes (a soak, a deadline): 30 days.
+MAX_DURATION_S = 30 * 86400.0
+ONE_HOUR_S = 3600.0
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
-def parse_duration(value: object) -> float:
+def parse_duration(
+    value: object, *, minimum: float = 0.0, maximum: float = MAX_DURATION_S
+) -> float:
     """Read a duration such as ``"30s"``, ``"5m"``, ``"1h30m"``; return seconds.
 
     A bare ``0`` is accepted (zero needs no unit); any other bare number is refused because
-    ``30`` could mean seconds or minutes. Raises ``ValueError``.
+    ``30`` could mean seconds or minutes. The result must lie in ``minimum..maximum``
+    seconds (by default up to 30 days). Raises ``ValueError``.
     """
     expected = "expected a duration like '30s', '5m' or '1h30m'"
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError(f"got {kind_of(value)}, {expected}")
     if isinstance(value, int | float):
         if value == 0:
-            return 0.0
-        raise ValueError(f"{value!r} has no unit; {expected}")
-    if _DURATION_RE.match(value) is None:
-        raise ValueError(f"cannot read duration {value!r}; {expected}")
-    return sum(float(n) * _SECONDS[u.lower()] for n, u in _DURATION_PART.findall(value))
+            seconds = 0.0
+        else:
+            raise ValueError(f"{_short(value)} has no unit; {expected}")
+    elif _DURATION_RE.fullmatch(value) is None:
+        raise ValueError(f"cannot read duration {_short(value)}; {expected}")
+    else:
+        seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in _DURATION_PART.findall(value))
+    if not minimum <= seconds <= maximum:
+        raise ValueError(
+            f"duration {_short(value)} is out of range; expected between "
+            f"{format_duration(minimum)} and {format_duration(maximum)}"
+        )
+    return seconds
 
 
-_SIZE_RE = re.compile(r"^\s*([0-9]+)\s*(b|k|kb|kib|m|mb|mib)?\s*$", re.IGNORECASE)
+def format_duration(seconds: float) -> str:
+    """Write a number of seconds the way the manifest would (``30d``, ``1h``, ``250ms``)."""
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return "0" if seconds == 0 else f"{seconds:g}s"
+
+
+_SIZE_RE = re.compile(
+    r"[ \t]*([0-9]{1,9})[ \t]*(b|k|kb|kib|m|mb|mib)?[ \t]*", re.IGNORECASE | re.ASCII
+)
+# The largest size setting (user_data_limit): 1 MiB, far above what the API takes.
+MAX_SIZE = 1 << 20
 _BYTES = {"b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1 << 20, "mb": 1 << 20, "mib": 1 << 20}
 
 
-def parse_size(value: object) -> int:
-    """Read a size in bytes: ``16384``, ``"16KiB"``, ``"1MiB"`` (k and m are powers of 1024).
+def parse_size(value: object, *, maximum: int = MAX_SIZE) -> int:
+    """Read a size in bytes: ``16384``, ``"16KiB"``, ``"1MiB"`` (k and m are powers of 1024),
+    from 1 byte to ``maximum`` (1 MiB unless given).
 
     Raises ``ValueError``.
     """
@@ -150,13 +197,23 @@ def parse_size(value: object) -> int:
         raise ValueError(f"got {value!r}, {expected}")
     if isinstance(value, int):
         size = value
-    elif isinstance(value, str) and (m := _SIZE_RE.match(value)) is not None:
+    elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value)) is not None:
         size = int(m.group(1)) * _BYTES[(m.group(2) or "b").lower()]
     else:
-        raise ValueError(f"cannot read size {value!r}; {expected}")
+        raise ValueError(f"cannot read size {_short(value)}; {expected}")
     if size <= 0:
         raise ValueError(f"size must be above zero; {expected}")
+    if size > maximum:
+        raise ValueError(f"size {_short(value)} is above the maximum of {maximum} bytes")
     return size
+
+
+def _short(value: object) -> str:
+    """``repr`` of a value for a message, cut short (a 5,000-digit number is not echoed)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        return "a number of over 30 digits"
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def kind_of(value: object) -> str:
@@ -172,5 +229,5 @@ def kind_of(value: object) -> str:
     if isinstance(value, str):
         return f"the string {value!r}" if len(value) <= 40 else "a long string"
     if isinstance(value, int | float):
-        return repr(value)
+        return _short(value)
     return f"a {type(value).__name__}"

@@ -19,12 +19,13 @@ from orchestrator.errors import HostNotAllowedError
 
 DEFAULT_ALLOWED = ("*.edisglobal.com",)
 
-_PLAIN_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+_PLAIN_DOMAIN = re.compile(r"\A[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+\Z", re.ASCII)
 
 # A host name or IPv4 literal with an optional port; nothing that could smuggle in a path,
 # user info or a second URL.
 _HOST_RE = re.compile(
-    r"^(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(?P<port>\d{1,5}))?$"
+    r"\A(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(?P<port>[0-9]{1,5}))?\Z",
+    re.ASCII,  # \A..\Z and [0-9]: no trailing newline, no Unicode digits
 )
 
 

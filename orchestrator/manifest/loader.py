@@ -279,6 +279,10 @@ class _Checker:
             self.sources.credential(source, path)
 
     def _session_url(self, url: str, path: FieldPath) -> None:
+        if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
+            # urlsplit would drop a newline or tab, and int() reads non-ASCII digits in a port.
+            self.report.problem(path, "must be printable ASCII without spaces, like https://host")
+            return
         parts = urlsplit(url)
         host = parts.hostname or ""
         if parts.scheme not in ("https", "http") or not host:

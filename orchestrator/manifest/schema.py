@@ -29,8 +29,9 @@ from orchestrator.units import CountOrFraction
 
 T = TypeVar("T")
 
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_PLAIN_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+$")
+# Full-match, ASCII-only patterns (``$`` would let a trailing newline through).
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
+_PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", re.ASCII)
 
 
 def _custom(parse: Callable[[Any], T]) -> Callable[[Any], T]:
@@ -46,7 +47,7 @@ def _custom(parse: Callable[[Any], T]) -> Callable[[Any], T]:
 
 
 def _kvm_id(value: str) -> str:
-    if not fleet.KVM_ID_RE.match(value):
+    if not fleet.KVM_ID_RE.fullmatch(value):
         raise ValueError(
             f"malformed id {value!r}; expected kvm_<digits>_<digits>, like kvm_100001_200001"
         )
@@ -54,7 +55,7 @@ def _kvm_id(value: str) -> str:
 
 
 def _hostname(value: str) -> str:
-    if not fleet.HOSTNAME_RE.match(value):
+    if not fleet.HOSTNAME_RE.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid host name; expected letters, digits and inner "
             "hyphens, in dot-separated labels of at most 63 characters"
@@ -64,7 +65,7 @@ def _hostname(value: str) -> str:
 
 def _name(what: str) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not _NAME_RE.match(value):
+        if not _NAME_RE.fullmatch(value):
             raise ValueError(
                 f"{what} {value!r} may only hold letters, digits, '_', '.' and '-', "
                 "and must start with a letter or digit"
@@ -75,7 +76,7 @@ def _name(what: str) -> Callable[[str], str]:
 
 
 def _env_name(value: str) -> str:
-    if not fleet.ENV_NAME_RE.match(value):
+    if not fleet.ENV_NAME_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not an environment variable name")
     return value
 
@@ -84,6 +85,13 @@ def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
     return value
+
+
+def _duration(*, minimum: float, maximum: float = units.MAX_DURATION_S) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        return units.parse_duration(value, minimum=minimum, maximum=maximum)
+
+    return parse
 
 
 def _wave(value: Any) -> CountOrFraction:
@@ -104,13 +112,13 @@ def _host_pattern(value: str) -> str:
             raise ValueError(f"{value!r} would allow every address; name a narrower network")
         return value
     if any(c in value for c in "*?[") and not (
-        value.startswith("*.") and _PLAIN_DOMAIN.match(value[2:])
+        value.startswith("*.") and _PLAIN_DOMAIN.fullmatch(value[2:])
     ):
         raise ValueError(
             f"host pattern {value!r} is too broad or malformed; use '*.example.com', an exact "
             "host, or a network like 127.0.0.0/8"
         )
-    if not any(c in value for c in "*?[") and not fleet.HOSTNAME_RE.match(value):
+    if not any(c in value for c in "*?[") and not fleet.HOSTNAME_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a host name, '*.domain' pattern or network")
     return value
 
@@ -141,6 +149,11 @@ GroupName = Annotated[str, AfterValidator(_custom(_name("group")))]
 EnvName = Annotated[str, AfterValidator(_custom(_env_name))]
 NonEmpty = Annotated[str, AfterValidator(_custom(_non_empty))]
 Duration = Annotated[float, PlainValidator(_custom(units.parse_duration))]
+# A VPS deadline or poll interval of zero would mean "give up at once" or "poll without pause".
+PositiveDuration = Annotated[float, PlainValidator(_custom(_duration(minimum=1.0)))]
+PollInterval = Annotated[
+    float, PlainValidator(_custom(_duration(minimum=1.0, maximum=units.ONE_HOUR_S)))
+]
 Rate = Annotated[float, PlainValidator(_custom(units.parse_rate))]
 Size = Annotated[int, PlainValidator(_custom(units.parse_size))]
 Wave = Annotated[CountOrFraction, PlainValidator(_custom(_wave))]
@@ -266,7 +279,7 @@ class ReadinessModel(_Model):
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     deadline: Duration | None = None
     min_install: Duration | None = None
-    poll_interval: Duration | None = None
+    poll_interval: PollInterval | None = None
 
 
 class SettingsModel(_Model):
@@ -324,7 +337,7 @@ class RolloutModel(_Model):
     )
     soak: Duration = 0.0
     failure_budget: BudgetModel = BudgetModel()
-    vps_deadline: Duration | None = None
+    vps_deadline: PositiveDuration | None = None
     in_doubt: Literal["report", "resend-after-window"] = "report"
     in_doubt_window: Duration | None = None
 
