@@ -7,6 +7,17 @@ Linux install takes 0.3 s). ``make_sim`` is a factory for other configurations::
         async with make_sim(vps_count=2, second_reinstall="accept") as sim:
             ...
 
+``make_thread_sim`` runs the simulator in a background thread with its own event loop, for
+synchronous tests that run the CLI in-process (``tests/cli_support.run_cli``: ``main`` runs its
+own event loop and wants the main thread for its signal handlers)::
+
+    def test_x(make_thread_sim, tmp_path):
+        with make_thread_sim(vps_count=2) as sim:
+            run_cli(["apply", ...], cwd=tmp_path, env=...)
+
+Code that must run on the simulator's loop while a command runs (waiting for a moment, then
+changing the simulator) goes through ``make_thread_sim.portal``.
+
 ``sim_http`` is a bare wire-format client (``SimHttp``) for the simulator's own tests: it has
 no retry or session logic, so those tests never depend on the product's client.
 """
@@ -15,7 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -23,10 +34,21 @@ import pytest
 if TYPE_CHECKING:
     from orchestrator.simulator import Simulator
 
+# The throwaway PostgreSQL server of the journal tests: fixtures pg_server and pg_url.
+pytest_plugins = ("tests.pg_support",)
+
 # Defaults for every test simulator: small, deterministic and fast.
 SIM_DEFAULTS: dict[str, Any] = {"vps_count": 5, "seed": 1, "time_scale": 0.001}
 
 SimFactory = Callable[..., contextlib.AbstractAsyncContextManager["Simulator"]]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "subprocess: starts a real process (signals, SIGKILL, a fresh interpreter, the real "
+        "entry point); everything else runs in-process",
+    )
 
 
 @pytest.fixture
@@ -43,6 +65,66 @@ def make_sim() -> SimFactory:
             yield sim
 
     return factory
+
+
+# What ``cloud-init schema`` said about each document, by content hash, for the whole session.
+_SCHEMA_ANSWERS: dict[str, Any] = {}
+
+
+@pytest.fixture(autouse=True)
+def _shared_schema_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let every ``CloudInitSchema.find()`` checker share one answer cache.
+
+    The product caches ``cloud-init schema`` answers by content hash per checker, i.e. per
+    command; tests run the same documents (the example fleet's) through many commands, and
+    each ``cloud-init`` start costs about a second on a loaded machine. The answer depends on
+    the document only, so sharing the cache changes no outcome. Checkers built directly (the
+    schema's own tests) keep their private caches.
+    """
+    from orchestrator.templates.schema import CloudInitSchema
+
+    found = CloudInitSchema.find.__func__  # type: ignore[attr-defined]
+
+    def find(cls: type[CloudInitSchema], **kwargs: Any) -> CloudInitSchema | None:
+        checker: CloudInitSchema | None = found(cls, **kwargs)
+        if checker is not None:
+            checker._cache = _SCHEMA_ANSWERS
+        return checker
+
+    monkeypatch.setattr(CloudInitSchema, "find", classmethod(find))
+
+
+class ThreadSims:
+    """``make_thread_sim``: call it like ``make_sim`` (kwargs override ``SIM_DEFAULTS``) for a
+    context manager yielding a started ``Simulator`` served from ``portal``'s thread."""
+
+    def __init__(self, portal: Any) -> None:
+        self.portal = portal
+
+    @contextlib.contextmanager
+    def __call__(self, **kwargs: Any) -> Iterator[Simulator]:
+        from orchestrator.simulator import SimConfig, Simulator
+
+        cfg = SimConfig(**{**SIM_DEFAULTS, **kwargs})
+        with self.portal.wrap_async_context_manager(Simulator(cfg)) as sim:
+            yield sim
+
+
+@pytest.fixture
+def make_thread_sim() -> Iterator[ThreadSims]:
+    """A factory of simulators served by an event loop in a background thread (see the module
+    docstring), stopped with the thread after the test."""
+    from anyio.from_thread import start_blocking_portal
+
+    with start_blocking_portal() as portal:
+        yield ThreadSims(portal)
+
+
+@pytest.fixture
+def thread_sim(make_thread_sim: ThreadSims) -> Iterator[Simulator]:
+    """A simulator with the ``SIM_DEFAULTS`` served from a background thread."""
+    with make_thread_sim() as s:
+        yield s
 
 
 @pytest.fixture

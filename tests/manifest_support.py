@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests.cli_support import REPO, CliResult, run_cli, run_cli_process
+
+__all__ = ["REPO", "CliResult"]
 
 # Marker values: if one of them ever shows up in output or exception text, a secret leaked.
 ROOT_MARKER = "Root-SECRET-marker-7f3a"
@@ -65,24 +65,16 @@ def write_fleet(
     return path
 
 
-def cli(
-    args: list[str], cwd: Path, env: Mapping[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m orchestrator ARGS`` in ``cwd`` with ``env`` on top of a clean PATH."""
-    full = {
-        "PATH": os.environ.get("PATH", ""),
-        "PYTHONPATH": str(REPO),
-        **(ENV if env is None else env),
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "orchestrator", *args],
-        cwd=cwd,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def cli(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> CliResult:
+    """Run ``edis-fleet ARGS`` in-process in ``cwd`` with ``env`` (default ``ENV``) on top of a
+    clean PATH, as a subprocess would see it."""
+    full = {"PATH": os.environ.get("PATH", ""), **(ENV if env is None else env)}
+    return run_cli(args, cwd=cwd, env=full)
+
+
+def cli_process(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> CliResult:
+    """Like ``cli`` but a real ``python -m orchestrator`` process (mark the test ``subprocess``)."""
+    return run_cli_process(args, cwd=cwd, env=ENV if env is None else env)
 
 
 def marked_line(text: str, marker: str = "# <-- here") -> int:

@@ -1,17 +1,16 @@
-"""Malformed manifests: each one, run through the real CLI, exits 2 and names file, line and
-field of every problem — and never shows a secret.
+"""Malformed manifests: each one, run through ``edis-fleet validate``, exits 2 and names file,
+line and field of every problem — and never shows a secret.
 
 Each case marks the line it expects a problem on with ``# <-- here`` (in the manifest or in
 the template file named by the expectation), so the expected line numbers are exact.
-The command lines run concurrently, a few at a time, once per module.
+Every case runs the command in-process (``main(argv)``: the loader, the checks and the
+printing); a few also run through the real ``python -m orchestrator`` process.
 """
 
 from __future__ import annotations
 
-import subprocess
 import textwrap
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +21,9 @@ from tests.manifest_support import (
     BASE,
     ENV,
     ROOT_MARKER,
+    CliResult,
     cli,
+    cli_process,
     marked_line,
     write_fleet,
 )
@@ -425,30 +426,18 @@ CASES: dict[str, Case] = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(
-    tmp_path_factory: pytest.TempPathFactory,
-) -> dict[str, subprocess.CompletedProcess[str]]:
-    """Run every case through the CLI, four at a time."""
-
-    def run(name: str) -> subprocess.CompletedProcess[str]:
-        case = CASES[name]
-        folder = tmp_path_factory.mktemp(name)
-        write_fleet(folder, case.manifest, case.files)
-        return cli(["validate", "fleet.yaml", *case.args], cwd=folder, env=case.env)
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        return dict(zip(CASES, pool.map(run, CASES), strict=True))
-
-
-def test_there_are_enough_cases() -> None:
-    assert len(CASES) >= 30
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_bad_manifest(name: str, results: dict[str, subprocess.CompletedProcess[str]]) -> None:
+def run_case(name: str, folder: Path, *, process: bool = False) -> CliResult:
+    """Write case ``name`` to ``folder`` and validate it (in-process unless ``process``)."""
     case = CASES[name]
-    proc = results[name]
+    write_fleet(folder, case.manifest, case.files)
+    run = cli_process if process else cli
+    return run(["validate", "fleet.yaml", *case.args], cwd=folder, env=case.env)
+
+
+def check_case(name: str, proc: CliResult) -> None:
+    """Exit 2, nothing on stdout, and every expected ``file:line:...: field: ...`` problem line
+    on stderr; no secret anywhere."""
+    case = CASES[name]
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert proc.stdout == ""
     lines = proc.stderr.splitlines()
@@ -470,6 +459,33 @@ def test_bad_manifest(name: str, results: dict[str, subprocess.CompletedProcess[
         assert matching, f"no line {prefix}…{middle}…{expect.fragment!r} in:\n{proc.stderr}"
     for secret in (ROOT_MARKER, ACCOUNT_MARKER, "hunter2-Plaintext"):
         assert secret not in proc.stderr
+
+
+def test_there_are_enough_cases() -> None:
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_manifest(name: str, tmp_path: Path) -> None:
+    check_case(name, run_case(name, tmp_path))
+
+
+# One case per kind of source of the problem: YAML syntax, the schema, a template file, the
+# environment, several at once.
+THROUGH_THE_PROCESS = (
+    "yaml-syntax-error",
+    "unknown-vps-key",
+    "rendered-mime-multipart",
+    "empty-env-var",
+    "multiple-problems-at-once",
+)
+
+
+@pytest.mark.subprocess
+def test_bad_manifests_through_the_real_command(tmp_path: Path) -> None:
+    """The same output and exit code from a real process (stream encoding, exit status)."""
+    for name in THROUGH_THE_PROCESS:
+        check_case(name, run_case(name, tmp_path / name, process=True))
 
 
 def test_non_cloudinit_image_is_only_a_warning_without_strict(tmp_path: Path) -> None:

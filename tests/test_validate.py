@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,12 +10,21 @@ import pytest
 from orchestrator.cli import build_parser
 from orchestrator.errors import ManifestError
 from orchestrator.manifest.loader import check_manifest, load_fleet
-from tests.manifest_support import ACCOUNT_MARKER, BASE, ENV, REPO, ROOT_MARKER, cli, write_fleet
+from tests.manifest_support import (
+    ACCOUNT_MARKER,
+    BASE,
+    ENV,
+    REPO,
+    ROOT_MARKER,
+    CliResult,
+    cli,
+    write_fleet,
+)
 
 EXAMPLE = REPO / "fleets" / "example.yaml"
 
 
-def run_example(*args: str) -> subprocess.CompletedProcess[str]:
+def run_example(*args: str) -> CliResult:
     return cli(["validate", str(EXAMPLE), *args], cwd=REPO)
 
 
