@@ -18,7 +18,11 @@
         ├── ThrottledError             429 / 503; ``retry_after`` seconds when the server said
         ├── SessionExpiredError        401 or an error body about session/signature/expiry
         ├── RejectedError              final for that VPS: 400, 403, unknown image, suspended...
-        │   └── AuthenticationError    wrong account email/password: never retried
+        │   ├── AuthenticationError    wrong account email/password: never retried
+        │   ├── UnexpectedAnswerError  the session server answered in a shape the API does not
+        │   │                          document (not a refusal of the credentials)
+        │   └── TlsVerificationError   the server's certificate or host name did not verify:
+        │                              nothing was sent, and it will not heal by retrying
         ├── InDoubtError               the server may have acted; never resent blindly
         └── SessionUnavailableError    no usable credentials for a VPS (missing from the
                                        account, or expired on arrival); never a refresh loop
@@ -162,6 +166,16 @@ class RejectedError(ApiError):
 
 class AuthenticationError(RejectedError):
     """The account email or password was refused. Never retried: retries risk a lockout."""
+
+
+class UnexpectedAnswerError(RejectedError):
+    """The session server's answer has a shape the API does not document (an unknown
+    ``status``, no account data, a redirect): says what arrived. Not a credentials refusal."""
+
+
+class TlsVerificationError(RejectedError):
+    """The server's TLS certificate or host name did not verify. Nothing was sent; final at
+    once, since a retry meets the same certificate."""
 
 
 class InDoubtError(ApiError):

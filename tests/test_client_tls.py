@@ -9,7 +9,7 @@ import pytest
 import trustme
 
 from orchestrator.edis.client import EdisClient
-from orchestrator.errors import HostNotAllowedError, NotSentError
+from orchestrator.errors import HostNotAllowedError, TlsVerificationError
 from orchestrator.secrets.values import Secret
 from tests.conftest import SimFactory
 
@@ -59,7 +59,7 @@ async def test_tls_verification_is_on_by_default(
             password=Secret(sim.password),
             allowed_hosts=["127.0.0.0/8"],
         ) as c:
-            with pytest.raises(NotSentError, match="tls"):
+            with pytest.raises(TlsVerificationError, match="ca_file"):
                 await c.authenticate()
         assert sim.counters.auth_calls == 0
 

@@ -114,11 +114,46 @@ CASES = [
     ("503 with Retry-After", answer(503, b"", {"Retry-After": "30"}), Outcome.THROTTLED, 30.0),
     ("504", answer(504, b"Gateway Timeout"), Outcome.IN_DOUBT, None),
     (
+        # Not followed; a server may act on a POST and then redirect: in doubt.
         "307 redirect",
         answer(307, b"", {"Location": "https://evil.example/"}),
+        Outcome.IN_DOUBT,
+        None,
+    ),
+    (
+        "303 see other after the server acted",
+        answer(303, b"", {"Location": "/done"}),
+        Outcome.IN_DOUBT,
+        None,
+    ),
+    ("200 with status error and no text", answer(200, {"status": "error"}), Outcome.IN_DOUBT, None),
+    ("200 with an unknown status", answer(200, {"status": "queued"}), Outcome.IN_DOUBT, None),
+    ("200 with no status", answer(200, {"data": "x"}), Outcome.IN_DOUBT, None),
+    ("200 with a JSON list", answer(200, ["success"]), Outcome.IN_DOUBT, None),
+    (
+        "200 with a message but no error status",
+        answer(200, {"status": "pending", "message": "reinstall queued"}),
+        Outcome.IN_DOUBT,
+        None,
+    ),
+    (
+        "200 in the {error, code} shape",
+        answer(200, {"error": "Invalid image", "code": 400}),
         Outcome.REJECTED,
         None,
     ),
+    ("202 even with success", answer(202, {"status": "success"}), Outcome.IN_DOUBT, None),
+    ("204", answer(204, b""), Outcome.IN_DOUBT, None),
+    ("TLS certificate does not verify", TransportFailure("tls_verify"), Outcome.REJECTED, None),
+    ("total deadline passed", TransportFailure("deadline"), Outcome.IN_DOUBT, None),
+    (
+        "deadline passed before connecting",
+        TransportFailure("connect_deadline"),
+        Outcome.NOT_SENT,
+        None,
+    ),
+    ("answer over the size cap", TransportFailure("oversized"), Outcome.IN_DOUBT, None),
+    ("answer body cannot be decoded", TransportFailure("undecodable"), Outcome.IN_DOUBT, None),
     ("404 non-JSON", answer(404, b"Not Found"), Outcome.REJECTED, None),
 ]
 
@@ -166,10 +201,16 @@ def test_non_json_error_text_is_quoted_in_the_message() -> None:
         ("", None),
         ("0", 0.0),
         ("120", 120.0),
-        ("-5", 0.0),
+        ("-5", None),
+        ("+5", None),
+        ("\u0663", None),  # an Arabic-Indic digit is not delta-seconds
+        ("9" * 400, 600.0),  # clamped to MAX_RETRY_AFTER, not an OverflowError
+        ("100000", 600.0),
         ("soon", None),
         (email.utils.formatdate(NOW - 50, usegmt=True), 0.0),
-        (email.utils.formatdate(NOW + 3600, usegmt=True), 3600.0),
+        (email.utils.formatdate(NOW + 90, usegmt=True), 90.0),
+        (email.utils.formatdate(NOW + 3600, usegmt=True), 600.0),
+        ("Fri, 01 Jan 99999 00:00:00 GMT", None),
     ],
 )
 def test_retry_after_parsing(value: str | None, expected: float | None) -> None:

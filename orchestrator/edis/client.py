@@ -11,50 +11,65 @@ One ``EdisClient`` serves one run. It holds two aiohttp sessions:
   mean "sent, fate unknown", so it is honestly *in doubt*.
 
 Redirects are never followed (aiohttp would re-send the form, with the signature and the root
-password, to wherever ``Location`` points). Each attempt is classified by
-``orchestrator.edis.outcome.classify`` and a failure is raised as the matching ``ApiError``
-subclass. The client does not retry: that is the retry policy's job.
+password, to wherever ``Location`` points). Every exchange is bounded (``orchestrator.edis.wire``:
+a total deadline and a cap on the decompressed body). Each attempt is classified by
+``orchestrator.edis.outcome.classify`` (which cleans the server's text) and a failure is raised as
+the matching ``ApiError`` subclass; the message has every secret of the call masked in all its
+encodings, and is withheld whole when it quotes a long run of the user data sent. The client does
+not retry: that is the retry policy's job.
 """
 
 from __future__ import annotations
 
-import email.utils
+import asyncio
+import dataclasses
 import ssl
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
 import aiohttp
 
 from orchestrator.clock import SystemClock
+from orchestrator.edis.auth import AuthResult, VpsCredentials, http_date, parse_entries
 from orchestrator.edis.hosts import HostPolicy
 from orchestrator.edis.outcome import (
     Classification,
     HttpAnswer,
     TransportFailure,
-    TransportKind,
     classify,
 )
+from orchestrator.edis.text import quotes
+from orchestrator.edis.wire import ExchangeLimits, Progress, failure_of, read_body, tracing
 from orchestrator.errors import (
     ApiError,
     AuthenticationError,
-    HostNotAllowedError,
     InDoubtError,
     NotSentError,
     RejectedError,
     SessionExpiredError,
     ThrottledError,
+    TlsVerificationError,
+    UnexpectedAnswerError,
 )
 from orchestrator.model import Attempt, Clock, Outcome
-from orchestrator.secrets import Secret
+from orchestrator.secrets import Redactor, Secret
 from orchestrator.version import __version__
+
+__all__ = ["AuthResult", "EdisClient", "ExchangeLimits", "VpsCredentials"]
 
 AUTH = "get/auth"
 IMAGES = "get/images"
 REINSTALL = "set/reinstall"
 POWER = "get/power"
 DETAILS = "get/details"
+
+# The fields of the session a per-VPS form carries; an endpoint's own fields never replace them.
+_SESSION_FIELDS = frozenset({"signature", "kvm_id", "valid_until"})
+# Statuses at which a refusal of the auth call means the credentials themselves were refused
+# (API-NOTES: 400 or 401 with an error body; 403 for a locked account; a 200 error body).
+_CREDENTIAL_STATUSES = frozenset({200, 400, 401, 403})
+_WITHHELD = "server text withheld: it quotes the user data sent"
 
 _ERROR_FOR: dict[Outcome, type[ApiError]] = {
     Outcome.NOT_SENT: NotSentError,
@@ -65,52 +80,14 @@ _ERROR_FOR: dict[Outcome, type[ApiError]] = {
 }
 
 
-@dataclass(frozen=True)
-class VpsCredentials:
-    """What one VPS's entry of the auth answer gives: where to call and with what signature.
-
-    ``base_url`` is ``scheme://api_host``, already checked against the host allowlist.
-    """
-
-    kvm_id: str
-    api_host: str
-    base_url: str
-    signature: Secret
-    valid_until: int
-    suspended: bool
-    description: str = ""
-
-    def form(self) -> dict[str, str]:
-        """Return the session fields every per-VPS call sends."""
-        return {
-            "signature": self.signature.reveal(),
-            "kvm_id": self.kvm_id,
-            "valid_until": str(self.valid_until),
-        }
-
-
-@dataclass(frozen=True)
-class AuthResult:
-    """The answer of one auth call.
-
-    ``credentials`` holds the usable entries; ``unusable`` maps the kvm ids whose entry could
-    not be used (api_host not allowed, malformed entry) to the reason. ``server_time`` is the
-    answer's ``Date`` header as Unix seconds (None when absent), ``local_time`` our clock when
-    the answer arrived: together they give the clock skew.
-    """
-
-    credentials: Mapping[str, VpsCredentials]
-    unusable: Mapping[str, str]
-    server_time: float | None
-    local_time: float
-
-
 class EdisClient:
     """Async client for the EDIS Management API. Use as ``async with EdisClient(...) as c:``.
 
     ``allowed_hosts`` widens the api_host allowlist beyond ``*.edisglobal.com`` (host globs
     or CIDR networks). ``ca_file`` adds a private CA; ``ssl_context`` replaces the TLS set-up
-    entirely. ``on_attempt`` is called after every attempt with a secret-free ``Attempt``.
+    entirely. ``limits`` bounds every exchange (total deadline, decompressed body caps; see
+    ``orchestrator.edis.wire``). ``on_attempt`` is called after every attempt with a
+    secret-free ``Attempt``.
     Raises ``HostNotAllowedError`` at construction for a session URL that is not allowed.
     """
 
@@ -127,6 +104,7 @@ class EdisClient:
         read_timeout: float = 60.0,
         keepalive_timeout: float = 2.0,
         max_connections: int = 100,
+        limits: ExchangeLimits | None = None,
         clock: Clock | None = None,
         on_attempt: Callable[[Attempt], None] | None = None,
     ) -> None:
@@ -141,6 +119,7 @@ class EdisClient:
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
         )
+        self._limits = limits or ExchangeLimits()
         self._keepalive = keepalive_timeout
         self._max_connections = max_connections
         self._reads: aiohttp.ClientSession | None = None
@@ -178,8 +157,14 @@ class EdisClient:
             connector=connector,
             timeout=self._timeout,
             cookie_jar=aiohttp.DummyCookieJar(),
-            headers={"User-Agent": f"edis-fleet/{__version__}"},
-            auto_decompress=True,
+            headers={
+                "User-Agent": f"edis-fleet/{__version__}",
+                # Only what wire.read_body inflates, with its cap.
+                "Accept-Encoding": "gzip, deflate",
+            },
+            # Decompression happens in wire.read_body, bounded while reading.
+            auto_decompress=False,
+            trace_configs=[tracing()],
         )
 
     # -- calls -------------------------------------------------------------------------
@@ -188,8 +173,10 @@ class EdisClient:
         """Create a session for the whole account, or for one ``kvm_id``.
 
         Raises ``AuthenticationError`` when the email/password (or the kvm_id scope) is
-        refused — never worth a retry — and the other ``ApiError`` subclasses for transport
-        failures and throttling.
+        clearly refused — never worth a retry; ``UnexpectedAnswerError`` (final) for an
+        answer whose shape the API does not describe, saying what arrived;
+        ``TlsVerificationError`` (final) for a certificate that does not verify; and the
+        other ``ApiError`` subclasses for transport failures and throttling.
         """
         form = {"email": self._email, "pw": self._password.reveal()}
         if kvm_id is not None:
@@ -197,16 +184,32 @@ class EdisClient:
         answer, result = await self._post(
             AUTH, self._session_base, form, kvm_id=kvm_id, destructive=False, secrets=(form["pw"],)
         )
-        if result.outcome in (Outcome.SESSION, Outcome.REJECTED):
+        self._raise_for_auth(result, kvm_id)
+        assert answer is not None  # accepted implies an HTTP answer
+        return self._parse_auth(result.data, answer, kvm_id)
+
+    @staticmethod
+    def _raise_for_auth(result: Classification, kvm_id: str | None) -> None:
+        """Raise the error an auth attempt's classification calls for (nothing if accepted)."""
+        outcome, status = result.outcome, result.status
+        if outcome in (Outcome.SESSION, Outcome.REJECTED) and status in _CREDENTIAL_STATUSES:
             raise AuthenticationError(
                 f"the account credentials were refused: {result.message}",
                 endpoint=AUTH,
                 kvm_id=kvm_id,
-                status=result.status,
+                status=status,
             )
-        self._raise_unless_accepted(result, AUTH, kvm_id)
-        assert answer is not None  # accepted implies an HTTP answer
-        return self._parse_auth(result.data, answer, kvm_id)
+        unexpected = outcome is Outcome.IN_DOUBT and status is not None and status < 500
+        if unexpected or (outcome in (Outcome.SESSION, Outcome.REJECTED) and status is not None):
+            # A 2xx of unknown shape, a redirect, a 404 (a wrong session_url): not a verdict
+            # on the credentials, and asking again will not change it.
+            raise UnexpectedAnswerError(
+                f"the session server sent an answer of unexpected shape: {result.message}",
+                endpoint=AUTH,
+                kvm_id=kvm_id,
+                status=status,
+            )
+        EdisClient._raise_unless_accepted(result, AUTH, kvm_id)
 
     async def images(self, cred: VpsCredentials) -> list[str]:
         """Return the image names this VPS may be reinstalled with. Raises ``ApiError``."""
@@ -264,8 +267,7 @@ class EdisClient:
         destructive: bool = False,
     ) -> object:
         base = self._checked_base(cred)
-        form = cred.form()
-        form.update(extra)
+        form = _vps_form(cred, extra)
         secrets = (
             form["signature"],
             extra.get("password", ""),
@@ -303,21 +305,21 @@ class EdisClient:
         started = self._clock.monotonic()
         attempt: HttpAnswer | TransportFailure
         answer: HttpAnswer | None = None
+        progress = Progress()
+        deadline = self._limits.deadline
         try:
-            async with session.post(url, data=form, allow_redirects=False) as resp:
-                body = await resp.read()
-                answer = HttpAnswer(resp.status, body, resp.headers)
-                attempt = answer
-        except aiohttp.ClientError as exc:
-            attempt = TransportFailure(_transport_kind(exc), _describe(exc))
-        except TimeoutError as exc:
-            attempt = TransportFailure("read_timeout", _describe(exc))
-        result = classify(attempt, now=self._clock.time())
-        message = _redact(result.message, secrets)
-        if message is not result.message:
-            result = Classification(
-                result.outcome, message, result.status, result.retry_after, result.data
-            )
+            async with asyncio.timeout(deadline):
+                async with session.post(
+                    url, data=form, allow_redirects=False, trace_request_ctx=progress
+                ) as resp:
+                    body = await read_body(resp, self._limits.cap(endpoint))
+                    answer = HttpAnswer(resp.status, body, resp.headers)
+                    attempt = answer
+        except Exception as exc:
+            # asyncio.timeout turns its own expiry into TimeoutError; a cancellation from
+            # outside (CancelledError is no Exception) is never swallowed.
+            attempt = failure_of(exc, progress, deadline=deadline)
+        result = _scrubbed(classify(attempt, now=self._clock.time()), secrets)
         if self._on_attempt is not None:
             self._on_attempt(
                 Attempt(
@@ -335,7 +337,10 @@ class EdisClient:
     def _raise_unless_accepted(result: Classification, endpoint: str, kvm_id: str | None) -> None:
         if result.outcome is Outcome.ACCEPTED:
             return
-        raise _ERROR_FOR[result.outcome](
+        error = _ERROR_FOR[result.outcome]
+        if result.transport == "tls_verify":
+            error = TlsVerificationError
+        raise error(
             result.message,
             endpoint=endpoint,
             kvm_id=kvm_id,
@@ -346,86 +351,49 @@ class EdisClient:
     def _parse_auth(self, data: object, answer: HttpAnswer, scope: str | None) -> AuthResult:
         local_time = self._clock.time()
         if not isinstance(data, dict):
-            raise InDoubtError("auth answer has no account data", endpoint=AUTH, kvm_id=scope)
-        credentials: dict[str, VpsCredentials] = {}
-        unusable: dict[str, str] = {}
-        for key, entry in data.items():
-            kvm_id = str(key)
-            try:
-                cred = self._parse_entry(kvm_id, entry)
-            except (ValueError, HostNotAllowedError) as exc:
-                # One bad entry must not hide the others; asking for it later says why.
-                unusable[kvm_id] = str(exc)
-                continue
-            credentials[kvm_id] = cred
+            raise UnexpectedAnswerError(
+                "the session server said success but sent no account data "
+                f"(data is {'missing' if data is None else 'a ' + type(data).__name__})",
+                endpoint=AUTH,
+                kvm_id=scope,
+                status=answer.status,
+            )
+        credentials, unusable = parse_entries(data, self._policy)
+        for cred in credentials.values():
+            self._allowed_bases[cred.api_host] = cred.base_url
         return AuthResult(
             credentials=credentials,
             unusable=unusable,
-            server_time=_http_date(answer.headers.get("Date")),
+            server_time=http_date(answer.headers.get("Date")),
             local_time=local_time,
         )
 
-    def _parse_entry(self, kvm_id: str, entry: object) -> VpsCredentials:
-        if not isinstance(entry, dict):
-            raise ValueError("entry is not an object")
-        api_host = entry.get("api_host")
-        signature = entry.get("signature")
-        valid_until = entry.get("valid_until")
-        if not isinstance(api_host, str) or not api_host:
-            raise ValueError("entry has no api_host")
-        if not isinstance(signature, str) or not signature:
-            raise ValueError("entry has no signature")
-        if isinstance(valid_until, bool) or not isinstance(valid_until, int | str):
-            raise ValueError("entry has no valid_until")
-        base = self._policy.api_base(api_host)  # raises HostNotAllowedError
-        self._allowed_bases[api_host] = base
-        description = entry.get("description")
-        return VpsCredentials(
-            kvm_id=str(entry.get("kvm_id") or kvm_id),
-            api_host=api_host,
-            base_url=base,
-            signature=Secret(signature),
-            valid_until=int(valid_until),
-            suspended=entry.get("suspended", "n") != "n",
-            description=description if isinstance(description, str) else "",
+
+def _vps_form(cred: VpsCredentials, extra: dict[str, str]) -> dict[str, str]:
+    """Build the form of a per-VPS call: the session fields of ``cred`` plus ``extra``.
+
+    The single place a per-VPS form is built. Raises ``RejectedError`` (nothing sent) if the
+    form would carry a kvm_id, signature or valid_until other than ``cred``'s own.
+    """
+    clash = _SESSION_FIELDS.intersection(extra)
+    form = {**extra, **cred.form()}
+    if clash or form["kvm_id"] != cred.kvm_id or not cred.kvm_id:
+        raise RejectedError(
+            "refusing to send: the request would carry another VPS's session fields",
+            endpoint="form",
+            kvm_id=cred.kvm_id,
         )
+    return form
 
 
-def _transport_kind(exc: aiohttp.ClientError) -> TransportKind:
-    """Map an aiohttp exception to how far the request got. Order matters: subclasses first."""
-    if isinstance(exc, aiohttp.ClientConnectorDNSError):
-        return "dns"
-    if isinstance(exc, aiohttp.ClientSSLError):
-        return "tls"
-    if isinstance(exc, aiohttp.ConnectionTimeoutError):
-        return "connect_timeout"
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.InvalidURL):
-        return "refused"
-    if isinstance(exc, aiohttp.ServerTimeoutError):
-        return "read_timeout"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "disconnected"
-    # ClientPayloadError, ClientOSError (ECONNRESET), malformed responses, anything else
-    # after the connection was made: the request may have been processed.
-    return "reset"
-
-
-def _describe(exc: BaseException) -> str:
-    # The exception text names the URL (host and path, no secrets: they travel in the body).
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _redact(message: str, secrets: Sequence[str]) -> str:
-    for secret in secrets:
-        if len(secret) >= 4 and secret in message:
-            message = message.replace(secret, "***")
-    return message
-
-
-def _http_date(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return email.utils.parsedate_to_datetime(value).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
+def _scrubbed(result: Classification, secrets: Sequence[str]) -> Classification:
+    """Return ``result`` with every secret of the call masked in its message (in all the
+    encodings ``Redactor`` knows), and the message withheld if it quotes the user data."""
+    if result.outcome is Outcome.ACCEPTED:
+        return result
+    message = Redactor(s for s in secrets if s)(result.message)
+    if any(len(s) > 64 and quotes(message, s) for s in secrets):
+        message = _WITHHELD
+    if message == result.message:
+        return result
+    return dataclasses.replace(result, message=message)

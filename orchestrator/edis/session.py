@@ -13,8 +13,9 @@ One auth call returns a signature and a ``valid_until`` for every VPS of the acc
 - on a refused signature refreshes once (unless another worker already did since that
   credential was issued) and replays the call once;
 - names the VPS in a ``SessionUnavailableError`` when the account has no usable entry for it
-  (missing, api_host not allowed, malformed) or when its session is already expired on
-  arrival — never a refresh loop.
+  (missing, api_host not allowed, malformed, an inner kvm_id naming another VPS) or when its
+  session is already expired on arrival — never a refresh loop; and never hands out a
+  credential whose kvm_id is not the one asked for.
 """
 
 from __future__ import annotations
@@ -115,7 +116,7 @@ class SessionBook:
         seen = self._generation
         entry = self._entries.get(kvm_id)
         if entry is not None and self.server_now() < entry.refresh_at:
-            return entry.cred
+            return self._selected(kvm_id, entry.cred)
         if entry is None and seen > 0:
             # The current session has nothing usable for it (missing from the account,
             # host not allowed, expired on arrival): another auth call would not help.
@@ -124,7 +125,18 @@ class SessionBook:
         entry = self._entries.get(kvm_id)
         if entry is None:
             raise self._unavailable(kvm_id)
-        return entry.cred
+        return self._selected(kvm_id, entry.cred)
+
+    def _selected(self, kvm_id: str, cred: VpsCredentials) -> VpsCredentials:
+        # The client keys credentials by the id they were selected by; a credential for
+        # another VPS must never be handed out, whoever built it.
+        if cred.kvm_id != kvm_id:
+            raise SessionUnavailableError(
+                f"no usable session for {kvm_id}: its credentials name another VPS",
+                endpoint=SESSION,
+                kvm_id=kvm_id,
+            )
+        return cred
 
     async def call(self, kvm_id: str, fn: Callable[[VpsCredentials], Awaitable[T]]) -> T:
         """Run ``fn`` with fresh credentials; on a refused signature refresh once, replay once.
