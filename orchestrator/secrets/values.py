@@ -6,7 +6,11 @@ value calls ``reveal()`` at the last moment (the HTTP form body), and nowhere el
 
 from __future__ import annotations
 
+import base64
+import html
+import json
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 
@@ -39,13 +43,22 @@ class Secret:
 
 
 class Redactor:
-    """Replaces every known secret value in a text by ``***``.
+    """Replaces every known secret value in a text by ``***``, in every encoding it travels in.
+
+    A secret goes out form-encoded and may come back quoted by a server or a proxy, so each
+    registered value is matched raw and as: percent/form encoding (``+`` or ``%20`` for a
+    space, upper- or lower-case hex), JSON string escaping (with and without ``\\/`` and
+    ``\\uXXXX``), HTML entities, and base64 of the whole value (standard and URL-safe, with
+    or without padding). A line that still decodes (percent, HTML or JSON unescaping) to a
+    text containing a secret is replaced whole, for the encodings not enumerated here.
 
     Secrets shorter than 4 characters are not registered: replacing them would mangle
-    ordinary text and they would not be secret anyway.
+    ordinary text and they would not be secret anyway. This is the one redaction rule of
+    edis-fleet: the API client, the journal, the reports and the terminal all use it.
     """
 
     MIN_LEN = 4
+    WITHHELD = "*** (a line quoting a secret was withheld)"
 
     def __init__(self, secrets: Iterable[str | Secret] = ()) -> None:
         self._values: set[str] = set()
@@ -58,12 +71,72 @@ class Redactor:
             value = s.reveal() if isinstance(s, Secret) else s
             if len(value) >= self.MIN_LEN:
                 self._values.add(value)
+        forms = {form for value in self._values for form in encodings(value)}
         # Longest first, so a secret that contains another is replaced whole.
-        ordered = sorted(self._values, key=len, reverse=True)
-        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        ordered = sorted(forms, key=len, reverse=True)
+        self._pattern = (
+            re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE) if ordered else None
+        )
 
     def __call__(self, text: str) -> str:
-        """Return ``text`` with every registered secret replaced by ``***``."""
+        """Return ``text`` with every registered secret, in any known encoding, masked."""
         if self._pattern is None:
             return text
-        return self._pattern.sub("***", text)
+        text = self._pattern.sub("***", text)
+        if not _ENCODED.search(text):
+            return text
+        lines = text.split("\n")
+        for i, line in enumerate(lines):
+            if _ENCODED.search(line) and any(
+                self._pattern.search(decoded) for decoded in _decodings(line)
+            ):
+                lines[i] = self.WITHHELD
+        return "\n".join(lines)
+
+
+# Characters that start an escape in one of the encodings _decodings undoes.
+_ENCODED = re.compile(r"[%+&\\]")
+
+
+def encodings(value: str) -> set[str]:
+    """Return ``value`` and the forms it takes when form-, JSON-, HTML- or base64-encoded."""
+    forms = {value}
+    for safe in ("", "/", "~", "-_.!~*'()"):
+        forms.add(urllib.parse.quote(value, safe=safe))
+        forms.add(urllib.parse.quote_plus(value, safe=safe))
+    for ascii_only in (True, False):
+        escaped = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
+        forms.add(escaped)
+        forms.add(escaped.replace("/", "\\/"))
+    for quote in (True, False):
+        forms.add(html.escape(value, quote=quote))
+    forms.add(html.escape(value).replace("&#x27;", "&#39;"))
+    raw = value.encode("utf-8")
+    for encoded in (base64.b64encode(raw), base64.urlsafe_b64encode(raw)):
+        text = encoded.decode("ascii")
+        forms.update((text, text.rstrip("=")))
+    return {f for f in forms if len(f) >= Redactor.MIN_LEN}
+
+
+def _decodings(line: str) -> list[str]:
+    """Return ``line`` undone from percent/form, HTML and JSON escaping (each and chained)."""
+    out = []
+    for decoded in (
+        urllib.parse.unquote_plus(line),
+        urllib.parse.unquote(line),
+        html.unescape(line),
+        html.unescape(urllib.parse.unquote_plus(line)),
+        urllib.parse.unquote_plus(html.unescape(line)),
+    ):
+        out.append(decoded)
+        out.append(_json_unescape(decoded))
+    return out
+
+
+def _json_unescape(text: str) -> str:
+    # Undo \n, \", \/ and \uXXXX escapes; anything unreadable is left as it was.
+    try:
+        result = json.loads(f'"{text}"')
+    except (ValueError, RecursionError):
+        return text.replace("\\/", "/")
+    return result if isinstance(result, str) else text
