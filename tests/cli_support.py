@@ -23,7 +23,8 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -144,3 +145,13 @@ def run_cli_process(
         check=False,
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def wait_until(what: str, predicate: Callable[[], bool], *, timeout: float = 60.0) -> None:
+    """Poll ``predicate`` until it holds; fail naming ``what`` after ``timeout`` seconds (a
+    bound against a hang on a loaded machine, not a speed check)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"never reached: {what}")
+        time.sleep(0.01)

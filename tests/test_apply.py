@@ -1,22 +1,22 @@
-"""``edis-fleet apply`` end to end: the real CLI in a subprocess against the simulator.
+"""``edis-fleet apply`` end to end against the simulator.
 
-The simulator runs in this test's event loop, so the CLI is started with ``anyio`` process
-calls that keep the loop serving. Every test checks the simulator's counters.
+The command runs in-process (``main(argv)`` in the test's thread) and the simulator serves
+from a background thread; the SIGINT drain runs the real command in a process. Every test
+checks the simulator's counters.
 """
 
 from __future__ import annotations
 
 import json
 import signal
-import sys
+import subprocess
 from pathlib import Path
 
-import anyio
 import pytest
-from anyio.streams.text import TextReceiveStream
 
 from orchestrator.simulator import Simulator
-from tests.conftest import SimFactory
+from tests.cli_support import cli_argv, process_env, run_cli, wait_until
+from tests.conftest import ThreadSims
 from tests.test_plan import MARKER_ROOT, manifest
 
 FAST = """\
@@ -37,6 +37,9 @@ def fleet(
         f"  - {{id: {kvm_id}, hostname: host-{i}}}"
         for i, kvm_id in enumerate(sim.vps_ids[first : first + count])
     ]
+    # The default 5 requests/s would make the runs here wait on the rate limit, not work.
+    if "rate:" not in rollout:
+        rollout += "  rate: 200/s\n"
     path = manifest(sim, tmp, "\n".join(lines) + extra_vps, extra=rollout)
     text = path.read_text().replace("  readiness: {mode: api}\n", FAST)
     path.write_text(text)
@@ -52,24 +55,30 @@ def env_for(sim: Simulator) -> dict[str, str]:
     }
 
 
-async def apply(sim: Simulator, path: Path, *args: str) -> tuple[int, str, str]:
-    done = await anyio.run_process(
-        [sys.executable, "-m", "orchestrator", "apply", str(path), *args],
-        env=env_for(sim),
-        cwd=path.parent,
-        check=False,
+@pytest.fixture
+def sim(thread_sim: Simulator) -> Simulator:
+    """The commands run in-process: the simulator serves from a background thread."""
+    return thread_sim
+
+
+def apply(
+    sim: Simulator, path: Path, *args: str, stdin: str = "", tty: bool = False
+) -> tuple[int, str, str]:
+    """``edis-fleet apply PATH ARGS`` in-process, in the manifest's folder."""
+    done = run_cli(
+        ["apply", str(path), *args], cwd=path.parent, env=env_for(sim), stdin=stdin, tty=tty
     )
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
+    return done.returncode, done.stdout, done.stderr
 
 
 def received(sim: Simulator) -> int:
     return sum(sim.counters.reinstall_received.values())
 
 
-async def test_healthy_run_reinstalls_each_vps_once(make_sim: SimFactory, tmp_path: Path) -> None:
-    async with make_sim(vps_count=6, time_scale=0.002) as sim:
+def test_healthy_run_reinstalls_each_vps_once(make_thread_sim: ThreadSims, tmp_path: Path) -> None:
+    with make_thread_sim(vps_count=6, time_scale=0.002) as sim:
         path = fleet(sim, tmp_path, 6)
-        code, out, err = await apply(sim, path)
+        code, out, err = apply(sim, path)
         assert code == 0, err
         assert "done" in out
         for kvm_id in sim.vps_ids:
@@ -82,100 +91,84 @@ async def test_healthy_run_reinstalls_each_vps_once(make_sim: SimFactory, tmp_pa
             assert sim.password not in produced
 
 
-async def test_guard_refuses_a_large_run_without_a_terminal_or_yes(
-    make_sim: SimFactory, tmp_path: Path
+def test_guard_refuses_a_large_run_without_a_terminal_or_yes(
+    make_thread_sim: ThreadSims, tmp_path: Path
 ) -> None:
-    async with make_sim(vps_count=12, time_scale=0.002) as sim:
+    with make_thread_sim(vps_count=12, time_scale=0.002) as sim:
         path = fleet(sim, tmp_path, 12)
-        code, _, err = await apply(sim, path)
+        code, _, err = apply(sim, path)
         assert code == 2
         assert "would wipe 12 VPS(es)" in err
         assert "--confirm-count 12" in err
-        code, _, err = await apply(sim, path, "--confirm-count", "11")
+        code, _, err = apply(sim, path, "--confirm-count", "11")
         assert code == 2
         assert "does not match" in err
         assert sum(sim.counters.requests.values()) == 0
-        code, _, err = await apply(sim, path, "--confirm-count", "12")
+        code, _, err = apply(sim, path, "--confirm-count", "12")
         assert code == 0, err
         assert received(sim) == 12
 
 
-async def test_a_protected_vps_needs_confirmation(sim: Simulator, tmp_path: Path) -> None:
+def test_a_protected_vps_needs_confirmation(sim: Simulator, tmp_path: Path) -> None:
     path = fleet(
         sim,
         tmp_path,
         1,
         extra_vps=f"\n  - {{id: {sim.vps_ids[4]}, hostname: guarded, protected: true}}",
     )
-    code, _, err = await apply(sim, path, "--include-protected")
+    code, _, err = apply(sim, path, "--include-protected")
     assert code == 2
     assert "1 of them protected" in err
     assert sum(sim.counters.requests.values()) == 0
 
 
-async def test_a_stale_plan_is_refused(sim: Simulator, tmp_path: Path) -> None:
+def test_a_stale_plan_is_refused(sim: Simulator, tmp_path: Path) -> None:
     path = fleet(sim, tmp_path, 2)
-    done = await anyio.run_process(
-        [sys.executable, "-m", "orchestrator", "plan", str(path), "-o", "plan.json"],
-        env=env_for(sim),
-        cwd=tmp_path,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr.decode()
+    done = run_cli(["plan", str(path), "-o", "plan.json"], cwd=tmp_path, env=env_for(sim))
+    assert done.returncode == 0, done.stderr
     template = tmp_path / "templates" / "base.yaml.j2"
     template.write_text(template.read_text() + "\n# edited after the plan\n")
-    code, _, err = await apply(sim, path, "--plan", "plan.json")
+    code, _, err = apply(sim, path, "--plan", "plan.json")
     assert code == 2
     assert "stale" in err
     assert received(sim) == 0
 
 
-async def test_an_image_withdrawn_between_plan_and_apply_stops_before_any_wipe(
+def test_an_image_withdrawn_between_plan_and_apply_stops_before_any_wipe(
     sim: Simulator, tmp_path: Path
 ) -> None:
     path = fleet(sim, tmp_path, 3)
-    done = await anyio.run_process(
-        [sys.executable, "-m", "orchestrator", "plan", str(path), "-o", "plan.json"],
-        env=env_for(sim),
-        cwd=tmp_path,
-        check=False,
-    )
-    assert done.returncode == 0
+    done = run_cli(["plan", str(path), "-o", "plan.json"], cwd=tmp_path, env=env_for(sim))
+    assert done.returncode == 0, done.stderr
     sim.set_images(sim.vps_ids[1], ["debian-bullseye"])
-    code, _, err = await apply(sim, path, "--plan", "plan.json")
+    code, _, err = apply(sim, path, "--plan", "plan.json")
     assert code == 2
     assert "not offered" in err
     assert "nothing was sent" in err
     assert received(sim) == 0
 
 
-async def test_a_suspended_vps_stops_the_run_before_any_wipe(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_a_suspended_vps_stops_the_run_before_any_wipe(sim: Simulator, tmp_path: Path) -> None:
     sim.set_suspended(sim.vps_ids[2], True)
-    code, _, err = await apply(sim, fleet(sim, tmp_path, 3))
+    code, _, err = apply(sim, fleet(sim, tmp_path, 3))
     assert code == 2
     assert "suspended" in err
     assert received(sim) == 0
 
 
-async def test_budget_tripping_in_the_canary_aborts_with_exit_3(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_budget_tripping_in_the_canary_aborts_with_exit_3(sim: Simulator, tmp_path: Path) -> None:
     sim.set_install_outcome(sim.vps_ids[0], "fail")
     path = fleet(sim, tmp_path, 4)
     path.write_text(path.read_text().replace("deadline: 1m", "deadline: 2s"))
-    code, out, err = await apply(sim, path)
+    code, out, err = apply(sim, path)
     assert code == 3, out + err
     assert "wave 1 failure budget (0) exceeded" in err
     assert received(sim) == 1  # the canary only
 
 
-async def test_lost_response_is_reported_in_doubt_with_exit_4(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_lost_response_is_reported_in_doubt_with_exit_4(sim: Simulator, tmp_path: Path) -> None:
     sim.set_faults(script={"set/reinstall": ["lost"]})
-    code, out, _ = await apply(
+    code, out, _ = apply(
         sim, fleet(sim, tmp_path, 3, rollout="  failure_budget: {wave: 1, run: 1}\n")
     )
     assert code == 4, out
@@ -183,12 +176,12 @@ async def test_lost_response_is_reported_in_doubt_with_exit_4(
     assert sim.counters.reinstall_received[sim.vps_ids[0]] == 1  # never resent
 
 
-async def test_flaky_profile_every_vps_once_or_reported(
-    make_sim: SimFactory, tmp_path: Path
+def test_flaky_profile_every_vps_once_or_reported(
+    make_thread_sim: ThreadSims, tmp_path: Path
 ) -> None:
-    async with make_sim(vps_count=10, time_scale=0.002, profile="flaky", seed=7) as sim:
+    with make_thread_sim(vps_count=10, time_scale=0.002, profile="flaky", seed=7) as sim:
         path = fleet(sim, tmp_path, 10, rollout="  failure_budget: {wave: 100%, run: 100%}\n")
-        code, out, err = await apply(sim, path)
+        code, out, err = apply(sim, path)
         assert code in (0, 1, 4), out + err
         journal = tmp_path / ".edis-fleet" / "journal.sqlite"
         assert journal.exists()
@@ -200,28 +193,35 @@ async def test_flaky_profile_every_vps_once_or_reported(
                 assert accepted == 1, (kvm_id, out)
 
 
-async def test_sigint_drains_and_exits_130_with_the_resume_command(
-    make_sim: SimFactory, tmp_path: Path
+@pytest.mark.subprocess
+def test_sigint_drains_and_exits_130_with_the_resume_command(
+    make_thread_sim: ThreadSims, tmp_path: Path
 ) -> None:
-    async with make_sim(vps_count=8, time_scale=0.05) as sim:
+    # Installs take 15 s here and wave 2 waits for the canary: the SIGINT always comes while
+    # the run is busy, however slow the machine.
+    with make_thread_sim(vps_count=8, time_scale=0.05) as sim:
         path = fleet(sim, tmp_path, 8, rollout="  concurrency: 1\n  rate: 2/s\n")
-        async with await anyio.open_process(
-            [sys.executable, "-m", "orchestrator", "apply", str(path)],
-            env=env_for(sim),
+        proc = subprocess.Popen(
+            cli_argv("apply", str(path)),
+            env=process_env(env_for(sim)),
             cwd=tmp_path,
-        ) as proc:
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
             # Wait for the first accepted reinstall, then interrupt.
-            with anyio.fail_after(30):
-                while sum(sim.counters.reinstall_accepted.values()) == 0:  # noqa: ASYNC110
-                    await anyio.sleep(0.02)
+            wait_until(
+                "a reinstall accepted", lambda: sum(sim.counters.reinstall_accepted.values()) > 0
+            )
             proc.send_signal(signal.SIGINT)
-            assert proc.stderr is not None
-            err = ""
-            with anyio.fail_after(30):
-                async for chunk in TextReceiveStream(proc.stderr):
-                    err += chunk
-            await proc.wait()
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         assert proc.returncode == 130, err
+        assert "draining: no new reinstall is sent" in err
         assert "edis-fleet resume" in err
         sent = received(sim)
         assert 1 <= sent < 8
@@ -229,13 +229,27 @@ async def test_sigint_drains_and_exits_130_with_the_resume_command(
             assert n <= 1
 
 
+def test_a_terminal_is_asked_to_type_the_count(make_thread_sim: ThreadSims, tmp_path: Path) -> None:
+    """On a terminal, a guarded run lists its targets and goes ahead only on the typed count."""
+    with make_thread_sim(vps_count=12, time_scale=0.002) as sim:
+        path = fleet(sim, tmp_path, 12)
+        code, _, err = apply(sim, path, stdin="11\n", tty=True)
+        assert code == 2
+        assert "this run would wipe 12 VPS(es):" in err
+        assert f"  {sim.vps_ids[0]}  host-0  cloudinit_debian-bookworm" in err
+        assert "type 12 to wipe them" in err
+        assert "not confirmed. Nothing was sent." in err
+        assert received(sim) == 0
+        code, _, err = apply(sim, path, stdin="12\n", tty=True)
+        assert code == 0, err
+        assert received(sim) == 12
+
+
 @pytest.mark.parametrize("flag", ["--only", "--limit"])
-async def test_plan_and_selection_flags_do_not_mix(
-    sim: Simulator, tmp_path: Path, flag: str
-) -> None:
+def test_plan_and_selection_flags_do_not_mix(sim: Simulator, tmp_path: Path, flag: str) -> None:
     path = fleet(sim, tmp_path, 1)
     (tmp_path / "plan.json").write_text(json.dumps({"content_hash": "x"}))
     value = "tag=web" if flag == "--only" else sim.vps_ids[0]
-    code, _, err = await apply(sim, path, "--plan", "plan.json", flag, value)
+    code, _, err = apply(sim, path, "--plan", "plan.json", flag, value)
     assert code == 2
     assert "own selection" in err

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
 
-import anyio
 import pytest
 
 from orchestrator.fleet import Rollout
 from orchestrator.run.plan import resolve_waves
 from orchestrator.simulator import Simulator
 from orchestrator.units import CountOrFraction
+from tests.cli_support import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER_ROOT = "root-MARKER-5521"
@@ -51,26 +50,27 @@ def vps_lines(sim: Simulator, count: int) -> str:
     )
 
 
-async def plan(sim: Simulator, path: Path, *args: str) -> tuple[int, str, str]:
+@pytest.fixture
+def sim(thread_sim: Simulator) -> Simulator:
+    """The commands run in-process: the simulator serves from a background thread."""
+    return thread_sim
+
+
+def plan(sim: Simulator, path: Path, *args: str) -> tuple[int, str, str]:
+    """``edis-fleet plan PATH ARGS`` in-process (the simulator serves from its own thread)."""
     env = {
         "EDIS_EMAIL": sim.email,
         "EDIS_PASSWORD": sim.password,
         "EDIS_ROOT_PASSWORD": MARKER_ROOT,
         "PATH": "/usr/bin:/bin",
     }
-    # Run without blocking the loop: the simulator answers from this very event loop.
-    done = await anyio.run_process(
-        [sys.executable, "-m", "orchestrator", "plan", str(path), *args],
-        env=env,
-        cwd=path.parent,
-        check=False,
-    )
-    return done.returncode, done.stdout.decode(), done.stderr.decode()
+    done = run_cli(["plan", str(path), *args], cwd=path.parent, env=env)
+    return done.returncode, done.stdout, done.stderr
 
 
-async def test_plan_prints_waves_and_writes_a_plan_file(sim: Simulator, tmp_path: Path) -> None:
+def test_plan_prints_waves_and_writes_a_plan_file(sim: Simulator, tmp_path: Path) -> None:
     path = manifest(sim, tmp_path, vps_lines(sim, 4))
-    code, out, err = await plan(sim, path, "-o", "plan.json")
+    code, out, err = plan(sim, path, "-o", "plan.json")
     assert code == 0, err
     assert "4 VPS(es) will be WIPED" in out
     assert "wave 1: 1 VPS(es)" in out
@@ -83,18 +83,16 @@ async def test_plan_prints_waves_and_writes_a_plan_file(sim: Simulator, tmp_path
     assert sim.counters.auth_calls == 1
 
 
-async def test_plan_hash_binds_the_rendered_user_data(sim: Simulator, tmp_path: Path) -> None:
+def test_plan_hash_binds_the_rendered_user_data(sim: Simulator, tmp_path: Path) -> None:
     path = manifest(sim, tmp_path, vps_lines(sim, 2))
-    _, first, _ = await plan(sim, path, "--format", "json")
+    _, first, _ = plan(sim, path, "--format", "json")
     template = tmp_path / "templates" / "base.yaml.j2"
     template.write_text(template.read_text() + "\n# changed\n")
-    _, second, _ = await plan(sim, path, "--format", "json")
+    _, second, _ = plan(sim, path, "--format", "json")
     assert json.loads(first)["content_hash"] != json.loads(second)["content_hash"]
 
 
-async def test_missing_vps_suspended_vps_and_image_not_offered(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_missing_vps_suspended_vps_and_image_not_offered(sim: Simulator, tmp_path: Path) -> None:
     a, b, c, d = sim.vps_ids[:4]
     sim.set_suspended(b, True)
     sim.set_images(c, ["debian-bullseye", "cloudinit_debian-trixie"])
@@ -108,7 +106,7 @@ async def test_missing_vps_suspended_vps_and_image_not_offered(
         ]
     )
     path = manifest(sim, tmp_path, vps)
-    code, out, err = await plan(sim, path)
+    code, out, err = plan(sim, path)
     assert code == 2, out
     assert f"{b} is suspended" in err
     assert f"{c}: image 'cloudinit_debian-bookworm' is not offered for this VPS" in err
@@ -121,14 +119,12 @@ async def test_missing_vps_suspended_vps_and_image_not_offered(
     assert sum(sim.counters.reinstall_received.values()) == 0
 
 
-async def test_wrong_account_password_exits_3_after_one_auth_call(
-    sim: Simulator, tmp_path: Path
-) -> None:
+def test_wrong_account_password_exits_3_after_one_auth_call(sim: Simulator, tmp_path: Path) -> None:
     path = manifest(sim, tmp_path, vps_lines(sim, 1))
     sim_password = sim.password
     sim.password = "changed-on-the-server"  # type: ignore[misc]
     try:
-        code, _, err = await plan(sim, path)
+        code, _, err = plan(sim, path)
     finally:
         sim.password = sim_password  # type: ignore[misc]
     assert code == 3
@@ -144,11 +140,9 @@ async def test_wrong_account_password_exits_3_after_one_auth_call(
         ("  - {id: kvm_100001_200001, hostname: a}", "  rate: fast\n"),
     ],
 )
-async def test_a_bad_manifest_sends_nothing(
-    sim: Simulator, tmp_path: Path, vps: str, extra: str
-) -> None:
+def test_a_bad_manifest_sends_nothing(sim: Simulator, tmp_path: Path, vps: str, extra: str) -> None:
     path = manifest(sim, tmp_path, vps, extra=extra)
-    code, _, err = await plan(sim, path)
+    code, _, err = plan(sim, path)
     assert code == 2
     assert "fleet.yaml:" in err
     assert sum(sim.counters.requests.values()) == 0
