@@ -41,6 +41,9 @@ _SCALAR_TAGS = frozenset(
 # Aliases can make a small file expand exponentially ("billion laughs"); no real manifest
 # comes anywhere near this many values.
 MAX_NODES = 2_000_000
+# Nesting deeper than this is refused before the builder (which recurses per level) could
+# run out of stack; real manifests and cloud-configs nest a handful of levels.
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,6 +206,7 @@ class _Builder:
         self._resolvers = loader.yaml_implicit_resolvers
         self._anchors: dict[str, tuple[Any, Shadow, int]] = {}
         self._count = 0
+        self._depth = 0
         self.problems: list[YamlProblem] = []
 
     def _problem(self, mark: Any, path: FieldPath, message: str) -> None:
@@ -250,10 +254,21 @@ class _Builder:
             return anchored[0], anchored[1]
         else:
             before = self._count
+            self._depth += 1
+            if self._depth > MAX_DEPTH:
+                # Fatal: the rest of the document cannot be read without going deeper.
+                raise YamlSyntaxError(
+                    YamlProblem(
+                        _pos(event.start_mark),
+                        (),
+                        f"values nested more than {MAX_DEPTH} levels deep; refused",
+                    )
+                )
             if isinstance(event, yaml.SequenceStartEvent):
                 value, shadow = self._sequence(event, path)
             else:
                 value, shadow = self._mapping(event, path)
+            self._depth -= 1
             if event.anchor is not None:
                 self._anchors[event.anchor] = (value, shadow, self._count - before)
             return value, shadow

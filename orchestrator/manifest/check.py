@@ -18,6 +18,14 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from orchestrator import fleet as f
+from orchestrator.localfiles import (
+    MAX_CREDENTIAL_FILE_BYTES,
+    MAX_TEMPLATE_BYTES,
+    LocalFileError,
+    check_regular,
+    read_text,
+    resolve_inside,
+)
 from orchestrator.manifest.messages import describe_error
 from orchestrator.manifest.schema import (
     AccountPasswordSource,
@@ -116,6 +124,8 @@ class Sources:
         self.redactor = Redactor()
         self._files: dict[str, f.TemplateSource | None] = {}
         self._resolved: dict[str, str] = {}
+        # Why a template file could not be used, by its key.
+        self._unreadable: dict[str, str] = {}
         self._inline: dict[FieldPath, f.TemplateSource] = {}
         self._missing_reported: set[tuple[str, FieldPath]] = set()
         self._passwords: dict[tuple[str | None, ...], sources.PasswordSource] = {}
@@ -134,13 +144,14 @@ class Sources:
         if source.file is not None:
             resolved = self._resolved.get(source.file)
             if resolved is None:
-                resolved = self._resolved[source.file] = os.path.normpath(self.base / source.file)
+                resolved = self._resolved[source.file] = self._resolve(source.file)
             if resolved not in self._files:
-                self._files[resolved] = self._read(source.file, Path(resolved))
+                self._files[resolved] = self._read(source.file, resolved)
             result = self._files[resolved]
             if result is None and (resolved, path) not in self._missing_reported:
                 self._missing_reported.add((resolved, path))
-                self._report_unreadable(source.file, Path(resolved), path)
+                why = self._unreadable.get(resolved, "cannot be read")
+                self.reporter.problem(path, f"template file {self.shown_path(source.file)} {why}")
         else:
             assert source.inline is not None
             result = self._inline.get(path)
@@ -159,25 +170,27 @@ class Sources:
             self.named_templates.setdefault(result.key, (result, path))
         return result
 
-    def _read(self, written: str, resolved: Path) -> f.TemplateSource | None:
+    def _resolve(self, written: str) -> str:
+        """Return the key of a template file: its resolved path, or ``!written`` (with the
+        reason kept) when it is outside the manifest's tree."""
         try:
-            text = resolved.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
+            return str(resolve_inside(self.base, written))
+        except LocalFileError as exc:
+            key = "!" + written
+            self._unreadable[key] = str(exc)
+            return key
+
+    def _read(self, written: str, resolved: str) -> f.TemplateSource | None:
+        if resolved in self._unreadable:
+            return None
+        try:
+            text = read_text(Path(resolved), max_bytes=MAX_TEMPLATE_BYTES)
+        except LocalFileError as exc:
+            self._unreadable[resolved] = str(exc)
             return None
         return f.TemplateSource(
-            kind="file", text=text, name=self.shown_path(written), path=resolved
+            kind="file", text=text, name=self.shown_path(written), path=Path(resolved)
         )
-
-    def _report_unreadable(self, written: str, resolved: Path, path: FieldPath) -> None:
-        shown = self.shown_path(written)
-        if not resolved.exists():
-            self.reporter.problem(path, f"template file {shown} not found")
-        elif resolved.is_dir():
-            self.reporter.problem(path, f"template {shown} is a directory, expected a file")
-        else:
-            self.reporter.problem(
-                path, f"template file {shown} cannot be read (permissions, or not UTF-8 text)"
-            )
 
     # ---------------------------------------------------------------- passwords
 
@@ -221,25 +234,30 @@ class Sources:
     def check_env(self, name: str, path: FieldPath, *, secret: bool = True) -> bool:
         """Report an unset or empty variable (by name only); register its value as secret."""
         value = self.env.get(name)
-        if secret and value:
-            self.redactor.add(value)
         if value is None:
             self.reporter.problem(path, f"environment variable {name} is not set")
             return False
         if not value:
             self.reporter.problem(path, f"environment variable {name} is set but empty")
             return False
+        if len(value) > sources.MAX_SECRET_CHARS:
+            self.reporter.problem(
+                path,
+                f"environment variable {name} holds {len(value):,} characters; at most "
+                f"{sources.MAX_SECRET_CHARS} are accepted",
+            )
+            return False
+        if secret:
+            self.redactor.add(value)
         return True
 
     def check_file(self, source: sources.FilePassword, path: FieldPath) -> bool:
-        """Report a missing, empty or non-regular password file; warn if others can read it."""
+        """Report a missing, empty, oversized or non-regular credential file (never waiting on
+        a FIFO); warn if others can read it."""
         try:
-            st = source.path.stat()
-        except OSError:
-            self.reporter.problem(path, f"file {source.shown} not found")
-            return False
-        if not stat.S_ISREG(st.st_mode):
-            self.reporter.problem(path, f"{source.shown} is not a regular file")
+            st = check_regular(source.path, max_bytes=MAX_CREDENTIAL_FILE_BYTES)
+        except LocalFileError as exc:
+            self.reporter.problem(path, f"file {source.shown} {exc}")
             return False
         if st.st_size == 0:
             self.reporter.problem(path, f"file {source.shown} is empty")
@@ -252,29 +270,11 @@ class Sources:
         return True
 
     def check_output(self, source: sources.GeneratedPassword, path: FieldPath) -> bool:
-        """Check the generated-passwords file could be written safely (nothing is written).
-
-        Missing directories are fine (the run creates them, mode 0700) as long as the nearest
-        existing one is a directory; an existing file must be private (0600).
-        """
-        ancestor = source.output.parent
-        while not ancestor.exists() and ancestor != ancestor.parent:
-            ancestor = ancestor.parent
-        if not ancestor.is_dir():
-            self.reporter.problem(
-                path, f"cannot create {source.shown}: {ancestor.name} is not a directory"
-            )
+        """Check the generated-passwords file could be written safely (nothing is written):
+        the rules of ``sources.write_generated_passwords`` (no symbolic link, owned by the
+        current user, private; a directory others cannot write)."""
+        problem = sources.generated_output_problem(source.output, source.shown)
+        if problem is not None:
+            self.reporter.problem(path, problem)
             return False
-        if source.output.exists():
-            mode = source.output.stat().st_mode
-            if not stat.S_ISREG(mode):
-                self.reporter.problem(path, f"{source.shown} exists and is not a regular file")
-                return False
-            if mode & 0o077:
-                self.reporter.problem(
-                    path,
-                    f"{source.shown} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                    "generated passwords are only written to a 0600 file: chmod 600 it",
-                )
-                return False
         return True

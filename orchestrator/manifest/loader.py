@@ -31,6 +31,13 @@ from pydantic import ValidationError
 
 from orchestrator import fleet as f
 from orchestrator.errors import ManifestError
+from orchestrator.localfiles import (
+    MAX_CA_FILE_BYTES,
+    MAX_MANIFEST_BYTES,
+    LocalFileError,
+    check_regular,
+    read_text,
+)
 from orchestrator.manifest.check import Reporter, Sources
 from orchestrator.manifest.messages import unknown_key_message
 from orchestrator.manifest.rollout import check_waves, read_rollout
@@ -135,11 +142,9 @@ class _Checker:
         """Check the file; return the report (with the fleet when nothing is wrong)."""
         shown = self.report.shown
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return ManifestReport(None, [f"{shown}: cannot read the manifest: not found"])
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            text = read_text(self.path, max_bytes=MAX_MANIFEST_BYTES)
+        except LocalFileError as exc:
+            why = str(exc).removeprefix("cannot be read: ")
             return ManifestReport(None, [f"{shown}: cannot read the manifest: {why}"])
         try:
             doc, yaml_problems = load_yaml(text)
@@ -254,9 +259,11 @@ class _Checker:
         ca_file = None
         if model.ca_file is not None:
             ca_file = self.sources.base / model.ca_file
-            if not ca_file.is_file():
+            try:
+                check_regular(ca_file, max_bytes=MAX_CA_FILE_BYTES)
+            except LocalFileError as exc:
                 shown = self.sources.shown_path(model.ca_file)
-                self.report.problem((*base, "ca_file"), f"CA file {shown} not found")
+                self.report.problem((*base, "ca_file"), f"CA file {shown} {exc}")
         hosts = tuple(dict.fromkeys((*f.DEFAULT_ALLOWED_API_HOSTS, *model.allowed_api_hosts)))
         return f.Account(
             email=email,

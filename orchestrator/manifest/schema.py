@@ -152,7 +152,7 @@ Duration = Annotated[float, PlainValidator(_custom(units.parse_duration))]
 # A VPS deadline or poll interval of zero would mean "give up at once" or "poll without pause".
 PositiveDuration = Annotated[float, PlainValidator(_custom(_duration(minimum=1.0)))]
 PollInterval = Annotated[
-    float, PlainValidator(_custom(_duration(minimum=1.0, maximum=units.ONE_HOUR_S)))
+    float, PlainValidator(_custom(_duration(minimum=0.1, maximum=units.ONE_HOUR_S)))
 ]
 Rate = Annotated[float, PlainValidator(_custom(units.parse_rate))]
 Size = Annotated[int, PlainValidator(_custom(units.parse_size))]

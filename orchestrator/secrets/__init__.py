@@ -7,6 +7,7 @@ from orchestrator.secrets.sources import (
     GeneratedPassword,
     PasswordBook,
     PasswordSource,
+    generated_output_problem,
     read_source,
     write_generated_passwords,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "PasswordSource",
     "Redactor",
     "Secret",
+    "generated_output_problem",
     "read_source",
     "write_generated_passwords",
 ]

@@ -7,6 +7,7 @@ and ``write_generated_passwords`` keeps generated ones in their 0600 file.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import stat
@@ -16,7 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from orchestrator.localfiles import MAX_CREDENTIAL_FILE_BYTES, LocalFileError, read_text
 from orchestrator.secrets.values import Secret
+
+# The longest credential accepted (a password, an e-mail): far above any real one, and small
+# enough that redacting it and rendering it stay cheap.
+MAX_SECRET_CHARS = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,18 +78,28 @@ CredentialSource = EnvPassword | FilePassword | LiteralValue
 def read_source(source: EnvPassword | FilePassword | LiteralValue, env: Mapping[str, str]) -> str:
     """Return the value behind a source.
 
-    Raises ``KeyError`` (variable unset), ``OSError`` (file unreadable) or ``ValueError``
-    (empty); none of those messages contain the value.
+    A file must be a regular file of at most 64 KiB (``localfiles``); the value (a file's
+    first line) at most ``MAX_SECRET_CHARS`` characters. Raises ``KeyError`` (variable
+    unset), ``OSError`` (file unreadable or unsuitable) or ``ValueError`` (empty, too long);
+    none of those messages contain the value.
     """
     if isinstance(source, LiteralValue):
         return source.value
     if isinstance(source, EnvPassword):
         value = env[source.name]
     else:
-        text = source.path.read_text(encoding="utf-8")
+        try:
+            text = read_text(source.path, max_bytes=MAX_CREDENTIAL_FILE_BYTES)
+        except LocalFileError as exc:
+            raise LocalFileError(f"{source.describe()} {exc}") from None
         value = text.splitlines()[0] if text else ""
     if not value:
         raise ValueError(f"{source.describe()} is empty")
+    if len(value) > MAX_SECRET_CHARS:
+        raise ValueError(
+            f"{source.describe()} holds a value of {len(value):,} characters; "
+            f"at most {MAX_SECRET_CHARS} are accepted"
+        )
     return value
 
 
@@ -138,19 +154,97 @@ class PasswordBook:
         return self._read[source]
 
 
-def write_generated_passwords(path: Path, passwords: Mapping[str, Secret]) -> None:
+# The file of generated passwords. Others must not be able to read it, replace it, or make
+# the tool write into a file of theirs: the file is opened with O_NOFOLLOW (a symbolic link
+# is refused), must be a regular file owned by the current user with no group or other
+# permissions, and its directory must be owned by the current user or root and not be
+# writable by group or others unless it has the sticky bit (like /tmp: there nobody else can
+# remove or replace the file, and a file planted in advance is refused by its owner).
+
+
+def _directory_problem(st: os.stat_result, shown: str) -> str | None:
+    if not stat.S_ISDIR(st.st_mode):
+        return f"{shown} is not a directory"
+    if st.st_uid not in (os.geteuid(), 0):
+        return f"directory {shown} belongs to another user (uid {st.st_uid})"
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        mode = stat.S_IMODE(st.st_mode)
+        return (
+            f"directory {shown} is writable by group or others (mode {mode:04o}), who could "
+            "replace the file; use a private directory (chmod go-w, or 0700)"
+        )
+    return None
+
+
+def _file_problem(st: os.stat_result, shown: str) -> str | None:
+    if stat.S_ISLNK(st.st_mode):
+        return f"{shown} is a symbolic link; generated passwords are never written through one"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{shown} exists and is not a regular file"
+    if st.st_uid != os.geteuid():
+        return f"{shown} belongs to another user (uid {st.st_uid}); it is never appended to"
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        mode = stat.S_IMODE(st.st_mode)
+        return (
+            f"{shown} is accessible by group or others (mode {mode:04o}); generated "
+            "passwords are only written to a private file: chmod 600 it"
+        )
+    return None
+
+
+def generated_output_problem(path: Path, shown: str) -> str | None:
+    """Say why generated passwords could not be written safely to ``path``, or None.
+
+    Writes nothing: used by ``validate``. Missing directories are fine (they are created
+    with mode 0700) when the nearest existing one passes the directory rules.
+    """
+    ancestor = path.parent
+    try:
+        while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
+            ancestor = ancestor.parent
+        at = (os.path.dirname(shown) or ".") if ancestor == path.parent else str(ancestor)
+        problem = _directory_problem(os.stat(ancestor), at)
+        if problem is not None or ancestor != path.parent:
+            return problem
+        if not os.path.lexists(path):
+            return None
+        return _file_problem(os.lstat(path), shown)
+    except OSError as exc:
+        return f"cannot check {shown}: {exc.strerror or type(exc).__name__}"
+
+
+def write_generated_passwords(
+    path: Path, passwords: Mapping[str, Secret], *, shown: str | None = None
+) -> None:
     """Append ``kvm_id<TAB>password`` lines to ``path``, creating it with mode 0600 (and
     missing directories with mode 0700).
 
-    Raises ``PermissionError`` when an existing file is readable by group or others (the
-    passwords would leak), or ``OSError`` from the file system.
+    The rules above are checked on the opened directory and file (not on names that could
+    change in between). Raises ``PermissionError`` saying which rule the file or its
+    directory breaks, or ``OSError`` from the file system; nothing is written then.
     """
+    name = shown or str(path)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        mode = os.fstat(fd).st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise PermissionError(f"{path} is accessible by group or others; chmod 600 it first")
+        problem = _directory_problem(os.fstat(dir_fd), os.path.dirname(name) or ".")
+        if problem is not None:
+            raise PermissionError(problem)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(path.name, flags | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                raise PermissionError(
+                    f"{name} is a symbolic link; generated passwords are never written through one"
+                ) from None
+            raise
+    finally:
+        os.close(dir_fd)
+    try:
+        problem = _file_problem(os.fstat(fd), name)
+        if problem is not None:
+            raise PermissionError(problem)
         data = "".join(f"{k}\t{v.reveal()}\n" for k, v in passwords.items())
         os.write(fd, data.encode("utf-8"))
     finally:
