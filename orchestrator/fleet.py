@@ -45,8 +45,21 @@ DEFAULT_READY_PORT = 22
 # A VPS that answers right after an accepted reinstall has not started installing yet.
 DEFAULT_MIN_INSTALL_S = 60.0
 DEFAULT_POLL_INTERVAL_S = 15.0
-ReadinessMode = Literal["api", "tcp", "none"]
-DEFAULT_READY_MODE: ReadinessMode = "tcp"
+
+
+class ReadinessMode(enum.StrEnum):
+    """How to tell that a reinstalled VPS is back (``orchestrator.run.readiness`` waits).
+
+    ``API``: the power state through the API; ``TCP``: a TCP port on the VPS's IP answers
+    again; ``NONE``: accepted is enough. The values are the manifest's words.
+    """
+
+    API = "api"
+    TCP = "tcp"
+    NONE = "none"
+
+
+DEFAULT_READY_MODE = ReadinessMode.TCP
 
 
 # --------------------------------------------------------------------------- images
@@ -55,6 +68,11 @@ DEFAULT_READY_MODE: ReadinessMode = "tcp"
 def is_windows_image(image: str) -> bool:
     """Return whether an image is a Windows image (its name contains ``windows``)."""
     return "windows" in image.lower()
+
+
+def default_ready_deadline(image: str) -> float:
+    """Return the default readiness deadline in seconds: 40 min for Windows images, else 20."""
+    return WINDOWS_READY_DEADLINE_S if is_windows_image(image) else LINUX_READY_DEADLINE_S
 
 
 def takes_cloud_init(image: str) -> bool:
@@ -106,8 +124,11 @@ class Readiness:
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
 
 
-class InDoubtPolicy(enum.Enum):
-    """What to do with a reinstall that may or may not have been processed."""
+class InDoubtPolicy(enum.StrEnum):
+    """What to do with a reinstall that may or may not have been processed.
+
+    The values are the manifest's words, and what plans and the journal store.
+    """
 
     REPORT = "report"
     RESEND_AFTER_WINDOW = "resend-after-window"

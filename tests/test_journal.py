@@ -27,6 +27,7 @@ from orchestrator.errors import (
     NotSentError,
     RejectedError,
 )
+from orchestrator.fleet import InDoubtPolicy
 from orchestrator.journal.journal import Journal, RunStatus, TargetSpec, TargetState
 from orchestrator.journal.schema import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION, migrate
 from orchestrator.journal.sink import JournalSink
@@ -295,12 +296,27 @@ async def test_outcomes_and_attempts_are_recorded(open_journal: Any) -> None:
     assert targets["kvm0002"].state is TargetState.IN_DOUBT
     attempts = await j.attempts(run_id)
     assert [(a.kvm_id, a.outcome, a.http_status) for a in attempts] == [
-        ("kvm0000", "accepted", 200),
-        ("kvm0001", "rejected", 400),
-        ("kvm0002", "in_doubt", None),
+        ("kvm0000", Outcome.ACCEPTED, 200),
+        ("kvm0001", Outcome.REJECTED, 400),
+        ("kvm0002", Outcome.IN_DOUBT, None),
     ]
     assert [a.message for a in await j.attempts(run_id, "kvm0001")] == ["bad image"]
     assert j.ignored_outcomes == []
+
+
+async def test_an_unknown_attempt_outcome_in_the_journal_is_a_journal_error(
+    open_journal: Any, db: Path
+) -> None:
+    j = open_journal()
+    run_id = await new_run(j, ids(1))
+    await j.record_attempt(
+        run_id, Attempt("set/reinstall", "kvm0000", Outcome.ACCEPTED, 200, "ok", 0.25)
+    )
+    await j.flush()
+    with sqlite3.connect(db) as conn:  # written by another version, or by hand
+        conn.execute("UPDATE attempts SET outcome = 'exploded'")
+    with pytest.raises(JournalError, match=r"kvm0000 .* unknown outcome 'exploded'"):
+        await j.attempts(run_id)
 
 
 async def test_an_outcome_that_does_not_fit_is_not_applied(open_journal: Any) -> None:
@@ -602,8 +618,8 @@ class ScriptedAPI:
         return None
 
 
-@pytest.mark.parametrize("policy", ["report", "resend-after-window"])
-async def test_the_scheduler_through_journal_sink(open_journal: Any, policy: str) -> None:
+@pytest.mark.parametrize("policy", list(InDoubtPolicy))
+async def test_the_scheduler_through_journal_sink(open_journal: Any, policy: InDoubtPolicy) -> None:
     def err(cls: type[Exception], kvm_id: str) -> Exception:
         return cls("scripted", endpoint="set/reinstall", kvm_id=kvm_id)
 
@@ -635,7 +651,7 @@ async def test_the_scheduler_through_journal_sink(open_journal: Any, policy: str
     result = await scheduler.run([WaveSpec(0, jobs, budget=10)])
     await j.flush()
     got = {t.kvm_id: (t.state, t.sends) for t in await j.targets(run_id)}
-    doubt = (TargetState.IN_DOUBT, 1) if policy == "report" else (TargetState.READY, 2)
+    doubt = (TargetState.IN_DOUBT, 1) if policy is InDoubtPolicy.REPORT else (TargetState.READY, 2)
     assert got == {
         "ok": (TargetState.READY, 1),
         "flaky": (TargetState.READY, 3),  # two attempts not sent, each closed as pending

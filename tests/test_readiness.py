@@ -18,11 +18,9 @@ from orchestrator.errors import (
     SessionUnavailableError,
     ThrottledError,
 )
+from orchestrator.fleet import DEFAULT_MIN_INSTALL_S, ReadinessMode, default_ready_deadline
 from orchestrator.run.readiness import (
-    DEFAULT_MIN_INSTALL_SECONDS,
-    ReadinessMode,
     ReadyResult,
-    default_deadline,
     is_powered_on,
     primary_ipv4,
     tcp_connect,
@@ -84,8 +82,8 @@ async def test_api_does_not_poll_before_the_minimum_install_time() -> None:
     clock = FakeClock()
     script = Script(clock, [ON])  # "powered on" right after acceptance proves nothing
     result = await wait_ready("api", clock=clock, power=script.power, **EXACT)
-    assert result == ReadyResult(True, "powered on", DEFAULT_MIN_INSTALL_SECONDS, 1)
-    assert script.times == [DEFAULT_MIN_INSTALL_SECONDS]
+    assert result == ReadyResult(True, "powered on", DEFAULT_MIN_INSTALL_S, 1)
+    assert script.times == [DEFAULT_MIN_INSTALL_S]
 
 
 @pytest.mark.parametrize(
@@ -254,9 +252,9 @@ async def test_bad_arguments_raise_value_error(kwargs: dict[str, Any], message: 
 
 
 def test_default_deadlines_and_power_words() -> None:
-    assert default_deadline("cloudinit_debian-bookworm") == 1200.0
-    assert default_deadline("windows-server-2022") == 2400.0
-    assert default_deadline("custom-Windows-11") == 2400.0
+    assert default_ready_deadline("cloudinit_debian-bookworm") == 1200.0
+    assert default_ready_deadline("windows-server-2022") == 2400.0
+    assert default_ready_deadline("custom-Windows-11") == 2400.0
     assert is_powered_on("Server Powered On")
     assert is_powered_on("running")
     assert not is_powered_on(BUSY)

@@ -15,12 +15,12 @@ import anyio
 
 from orchestrator.clock import SystemClock
 from orchestrator.edis.session import SessionBook
+from orchestrator.fleet import InDoubtPolicy, ReadinessMode
 from orchestrator.model import TargetEvent, TargetState
 from orchestrator.run.api import EdisFleetAPI, LimitedAuth
 from orchestrator.run.limits import Limits
 from orchestrator.run.retry import RetryPolicy
 from orchestrator.run.scheduler import (
-    RESEND_AFTER_WINDOW,
     Job,
     RunResult,
     RunSettings,
@@ -62,7 +62,7 @@ def jobs_for(
             image=image,
             password=Secret("root-pass-1234"),
             user_data=None,
-            readiness="api",
+            readiness=ReadinessMode.API,
             port=22,
             deadline_s=20.0,
             min_install_s=0.0,
@@ -151,7 +151,7 @@ async def test_lost_response_under_report_policy_is_in_doubt_and_not_resent(
 async def test_lost_response_under_resend_after_window_is_resent_once(sim: Simulator) -> None:
     victim = sim.vps_ids[0]
     sim.set_faults(script={"set/reinstall": ["lost"]})
-    cfg = settings(run_budget=5, in_doubt=RESEND_AFTER_WINDOW)
+    cfg = settings(run_budget=5, in_doubt=InDoubtPolicy.RESEND_AFTER_WINDOW)
     async with scheduler_for(sim, cfg, concurrency=1) as (sched, _):
         result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids, window=0.4), budget=5)])
     assert result.states[victim] is TargetState.READY
@@ -270,7 +270,9 @@ async def test_tcp_readiness_through_the_scheduler(make_sim: SimFactory) -> None
         scheduler_for(sim, settings()) as (sched, _),
     ):
         jobs = tuple(
-            dataclasses.replace(job, readiness="tcp", port=sim.ssh_port, min_install_s=0.1)
+            dataclasses.replace(
+                job, readiness=ReadinessMode.TCP, port=sim.ssh_port, min_install_s=0.1
+            )
             for job in jobs_for(sim.vps_ids)
         )
         result = await sched.run([WaveSpec(1, jobs, budget=0)])

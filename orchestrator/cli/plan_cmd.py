@@ -168,9 +168,9 @@ def render_text(plan: Plan, found: PreflightReport, warnings: list[str]) -> str:
         + (f", {plan.protected} of them protected" if plan.protected else ""),
         f"  account:      {found.account_size} VPSes; every selected one exists, is not "
         "suspended and offers its image",
-        f"  rollout:      concurrency {plan.rollout['concurrency']}, "
-        f"{plan.rollout['rate_per_s']:g} requests/s, soak {plan.rollout['soak_s']:g}s between "
-        f"waves, in-doubt policy {plan.rollout['in_doubt']}",
+        f"  rollout:      concurrency {plan.rollout.concurrency}, "
+        f"{plan.rollout.rate_per_s:g} requests/s, soak {plan.rollout.soak_s:g}s between "
+        f"waves, in-doubt policy {plan.rollout.in_doubt.value}",
         f"  budgets:      run {plan.run_budget} failure(s); per wave as listed. A failure one "
         "past a budget stops new sends; reinstalls already in flight finish and are recorded "
         "(so the final count can exceed the budget by at most the concurrency).",

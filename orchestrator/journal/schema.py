@@ -67,7 +67,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.errors import JournalError
-from orchestrator.model import TargetState
+from orchestrator.model import Outcome, TargetState
 
 SCHEMA_VERSION = 1
 # "EDIS" in ASCII: marks the file as an edis-fleet journal for `file(1)` and for us.
@@ -304,7 +304,7 @@ class AttemptRecord:
     kvm_id: str | None
     at: float
     endpoint: str
-    outcome: str
+    outcome: Outcome
     http_status: int | None
     message: str
     seconds: float
@@ -420,8 +420,34 @@ def run_from_row(row: sqlite3.Row) -> RunRecord:
     )
 
 
-def target_from_row(row: sqlite3.Row) -> TargetRecord:
-    """Build a ``TargetRecord`` from a ``SELECT * FROM targets`` row."""
+def attempt_from_row(row: sqlite3.Row | Mapping[str, Any]) -> AttemptRecord:
+    """Build an ``AttemptRecord`` from a row of ``attempts`` (the record's columns).
+
+    Raises ``JournalError`` for an outcome this version does not know (a journal written by
+    another version, or edited by hand): a report must not guess what such an attempt meant.
+    """
+    try:
+        outcome = Outcome(row["outcome"])
+    except ValueError:
+        raise JournalError(
+            f"journal attempt of {row['kvm_id'] or 'the account'} at {row['at']} has an "
+            f"unknown outcome {row['outcome']!r}; expected one of "
+            f"{', '.join(o.value for o in Outcome)}"
+        ) from None
+    return AttemptRecord(
+        run_id=row["run_id"],
+        kvm_id=row["kvm_id"],
+        at=row["at"],
+        endpoint=row["endpoint"],
+        outcome=outcome,
+        http_status=row["http_status"],
+        message=row["message"],
+        seconds=row["seconds"],
+    )
+
+
+def target_from_row(row: sqlite3.Row | Mapping[str, Any]) -> TargetRecord:
+    """Build a ``TargetRecord`` from a ``SELECT * FROM targets`` row (SQLite row or a mapping)."""
     fields = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a Mapping
     fields["state"] = TargetState(fields["state"])
     return TargetRecord(**fields)

@@ -30,6 +30,7 @@ from orchestrator.journal.schema import (
     RunRecord,
     RunStatus,
     TargetRecord,
+    attempt_from_row,
     migrate,
     run_from_row,
     sql_list,
@@ -364,7 +365,7 @@ class Store:
         args: tuple[str, ...] = (run_id,) if kvm_id is None else (run_id, kvm_id)
         where = "" if kvm_id is None else " AND kvm_id = ?"
         sql = f"SELECT {cols} FROM attempts WHERE run_id = ?{where} ORDER BY id"  # noqa: S608
-        return self._tx(lambda c: [AttemptRecord(*r) for r in c.execute(sql, args)], write=False)
+        return self._tx(lambda c: [attempt_from_row(r) for r in c.execute(sql, args)], write=False)
 
     def locks(self) -> list[LockRecord]:
         """Every lock row, by kvm id."""

@@ -56,7 +56,7 @@ def describe_error(model: type[BaseModel], err: ErrorDetails) -> str:
         if kind == "string_type" and isinstance(value, bool):
             hint = " (YAML reads yes/no/on/off/true/false as booleans: quote the value)"
         return f"expected {_TYPE_WORDS[kind]}{got}{hint}"
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         expected = err.get("ctx", {}).get("expected", "")
         return f"expected {expected}{got}"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):

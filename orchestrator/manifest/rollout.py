@@ -39,7 +39,7 @@ def read_rollout(report: Reporter, data: dict[Any, Any]) -> f.Rollout | CountOrF
     if not model.waves:
         report.problem(("rollout", "waves"), "give at least one wave, e.g. [1, '100%']")
         return None
-    if model.in_doubt == "report" and model.in_doubt_window is not None:
+    if model.in_doubt is f.InDoubtPolicy.REPORT and model.in_doubt_window is not None:
         report.warn(
             ("rollout", "in_doubt_window"),
             "has no effect with in_doubt: report (it applies to resend-after-window)",
@@ -52,7 +52,7 @@ def read_rollout(report: Reporter, data: dict[Any, Any]) -> f.Rollout | CountOrF
         wave_budget=model.failure_budget.wave,
         run_budget=model.failure_budget.run,
         vps_deadline_s=model.vps_deadline,
-        in_doubt=f.InDoubtPolicy(model.in_doubt),
+        in_doubt=model.in_doubt,
         in_doubt_window_s=model.in_doubt_window,
     )
 

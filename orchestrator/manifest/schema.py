@@ -12,7 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -28,6 +28,10 @@ from orchestrator import fleet, units
 from orchestrator.units import CountOrFraction
 
 T = TypeVar("T")
+
+# An enum field that takes the enum's values as written in YAML (strict mode alone would take
+# only enum members); a wrong word reads "expected 'a', 'b' or 'c'" (``manifest.messages``).
+_Enum = Annotated[T, Field(strict=False)]
 
 # Full-match, ASCII-only patterns (``$`` would let a trailing newline through).
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
@@ -275,7 +279,7 @@ class CloudInitSource(_Model):
 class ReadinessModel(_Model):
     """How to tell a reinstalled VPS is back; every field falls through when not set."""
 
-    mode: Literal["api", "tcp", "none"] | None = None
+    mode: _Enum[fleet.ReadinessMode] | None = None
     port: Annotated[int, Field(ge=1, le=65535)] | None = None
     deadline: Duration | None = None
     min_install: Duration | None = None
@@ -338,7 +342,7 @@ class RolloutModel(_Model):
     soak: Duration = 0.0
     failure_budget: BudgetModel = BudgetModel()
     vps_deadline: PositiveDuration | None = None
-    in_doubt: Literal["report", "resend-after-window"] = "report"
+    in_doubt: _Enum[fleet.InDoubtPolicy] = fleet.InDoubtPolicy.REPORT
     in_doubt_window: Duration | None = None
 
 

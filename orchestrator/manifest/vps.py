@@ -253,14 +253,14 @@ class VpsResolver:
             min_install = r.min_install if r.min_install is not None else min_install
             poll_interval = r.poll_interval if r.poll_interval is not None else poll_interval
         windows = f.is_windows_image(image)
-        if mode in (None, "tcp") and port is None and windows:
+        if mode in (None, f.ReadinessMode.TCP) and port is None and windows:
             self.reporter.warn(
                 path,
                 f"image {image} is a Windows image, which does not answer on port 22: set "
                 "readiness.port (3389 for RDP) or readiness.mode: api",
             )
         if deadline is None:
-            deadline = f.WINDOWS_READY_DEADLINE_S if windows else f.LINUX_READY_DEADLINE_S
+            deadline = f.default_ready_deadline(image)
         if min_install is not None and min_install >= deadline:
             self.reporter.problem(
                 (*path, "readiness", "min_install"),

@@ -38,8 +38,7 @@ machine-readable form, checked by the tests)::
       "percentiles": {"time_to_ready_s": {"count": int, "p50", "p95", "max"} (null: no VPS
                       was ready)},
       "attempts": {"total": int, and one int per outcome class: "not_sent", "throttled",
-                   "session", "rejected", "accepted", "in_doubt" (plus any other outcome
-                   text found in the journal)}
+                   "session", "rejected", "accepted", "in_doubt"}
     }
 
 NDJSON events (``ndjson_events`` after the run, ``NdjsonSink`` live): one JSON object per line

@@ -122,8 +122,7 @@ def summarize(
         wave = waves.setdefault(r.record.wave, {s.value: 0 for s in TargetState})
         wave[r.record.state.value] += 1
     counted = Counter(a.outcome for a in attempts)
-    outcomes = {o.value: counted.pop(o.value, 0) for o in Outcome}
-    outcomes.update(sorted(counted.items()))
+    outcomes = {o.value: counted[o] for o in Outcome}
     ready = [r.time_to_ready_s for r in rows if r.time_to_ready_s is not None]
     end = run.ended_at if run.ended_at is not None else run.updated_at
     return Summary(

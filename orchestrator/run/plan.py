@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.fleet import Rollout, VpsEntry, is_windows_image
+from orchestrator.fleet import InDoubtPolicy, ReadinessMode, Rollout, VpsEntry, is_windows_image
 from orchestrator.manifest import SelectedFleet, Selection
 
 PLAN_FORMAT = 1
@@ -66,6 +66,47 @@ class Wave:
 
 
 @dataclass(frozen=True)
+class PlanRollout:
+    """The rollout settings a plan was made with, as the plan file writes them.
+
+    Waves and budgets stay in the manifest's words (``"1"``, ``"10%"``): a plan says what was
+    asked for; the resolved sizes are in ``Plan.waves`` and ``Plan.run_budget``.
+    """
+
+    concurrency: int
+    rate_per_s: float
+    waves: tuple[str, ...]
+    soak_s: float
+    wave_budget: str
+    run_budget: str
+    vps_deadline_s: float | None
+    in_doubt: InDoubtPolicy
+    in_doubt_window_s: float | None
+
+    @classmethod
+    def of(cls, rollout: Rollout) -> PlanRollout:
+        """Return the plan's record of a fleet's ``Rollout``."""
+        return cls(
+            concurrency=rollout.concurrency,
+            rate_per_s=rollout.rate_per_s,
+            waves=tuple(str(w) for w in rollout.waves),
+            soak_s=rollout.soak_s,
+            wave_budget=str(rollout.wave_budget),
+            run_budget=str(rollout.run_budget),
+            vps_deadline_s=rollout.vps_deadline_s,
+            in_doubt=rollout.in_doubt,
+            in_doubt_window_s=rollout.in_doubt_window_s,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the settings as plain JSON data (the plan file's and the hash's form)."""
+        data = asdict(self)
+        data["waves"] = list(self.waves)
+        data["in_doubt"] = self.in_doubt.value
+        return data
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a run will do. Build it with ``build_plan``; write it with ``to_json``."""
 
@@ -73,7 +114,7 @@ class Plan:
     manifest_path: str
     manifest_sha256: str
     selection: Mapping[str, Any]
-    rollout: Mapping[str, Any]
+    rollout: PlanRollout
     targets: tuple[PlannedVps, ...]
     waves: tuple[Wave, ...]
     run_budget: int
@@ -85,6 +126,7 @@ class Plan:
     def to_json(self) -> dict[str, Any]:
         """Return the plan as plain JSON data (it holds no secrets)."""
         data = asdict(self)
+        data["rollout"] = self.rollout.to_json()
         data["format"] = PLAN_FORMAT
         return data
 
@@ -173,22 +215,12 @@ def build_plan(
             )
         )
     soak = rollout.soak_s * max(0, len(waves) - 1)
-    rollout_json = {
-        "concurrency": rollout.concurrency,
-        "rate_per_s": rollout.rate_per_s,
-        "waves": [str(w) for w in rollout.waves],
-        "soak_s": rollout.soak_s,
-        "wave_budget": str(rollout.wave_budget),
-        "run_budget": str(rollout.run_budget),
-        "vps_deadline_s": rollout.vps_deadline_s,
-        "in_doubt": rollout.in_doubt.value,
-        "in_doubt_window_s": rollout.in_doubt_window_s,
-    }
+    planned = PlanRollout.of(rollout)
     chosen = selection_json(selection)
     body = {
         "manifest_sha256": manifest_hash,
         "selection": chosen,
-        "rollout": rollout_json,
+        "rollout": planned.to_json(),
         "targets": [[t.kvm_id, t.hostname, t.image, t.wave, t.user_data_sha256] for t in targets],
     }
     content_hash = hashlib.sha256(
@@ -199,7 +231,7 @@ def build_plan(
         manifest_path=str(selected.fleet.path),
         manifest_sha256=manifest_hash,
         selection=chosen,
-        rollout=rollout_json,
+        rollout=planned,
         targets=tuple(targets),
         waves=tuple(waves),
         run_budget=rollout.run_budget.resolve(len(entries), round_up=False),
@@ -216,5 +248,7 @@ def _wave_eta(members: Sequence[VpsEntry], rollout: Rollout) -> float:
         return 0.0
     per_second = min(rollout.rate_per_s, rollout.concurrency / TYPICAL_REQUEST_S)
     send = len(members) / per_second
-    waits = [install_seconds(e.image) for e in members if e.readiness.mode != "none"]
+    waits = [
+        install_seconds(e.image) for e in members if e.readiness.mode is not ReadinessMode.NONE
+    ]
     return send + (max(waits) if waits else 0.0)

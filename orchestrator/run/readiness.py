@@ -11,11 +11,12 @@ event, so completion is observed from outside (API-NOTES, "Reinstall"). Three mo
   then accept connections again.
 - ``none``: ready at once; nothing is checked.
 
-Every mode ends at a per-VPS deadline counted from acceptance (``default_deadline``: 20 min
-for Linux images, 40 min for Windows). Nothing here does I/O of its own except the default TCP
-probe: time comes from a ``Clock`` and the power query is an injected callable, so the
-scheduler can wrap it in its session book and rate limiter, and tests can script it. The
-deadline is checked between probes, so a run can overshoot it by one probe's own timeout.
+Every mode ends at a per-VPS deadline counted from acceptance (by default 20 min for Linux
+images, 40 min for Windows: ``fleet.default_ready_deadline``). Nothing here does I/O of its own
+except the default TCP probe: time comes from a ``Clock`` and the power query is an injected
+callable, so the scheduler can wrap it in its session book and rate limiter, and tests can
+script it. The deadline is checked between probes, so a run can overshoot it by one probe's
+own timeout.
 """
 
 from __future__ import annotations
@@ -23,25 +24,23 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import anyio
 
 from orchestrator.errors import ApiError, AuthenticationError, SessionUnavailableError
+from orchestrator.fleet import (
+    DEFAULT_MIN_INSTALL_S,
+    DEFAULT_POLL_INTERVAL_S,
+    DEFAULT_READY_PORT,
+    LINUX_READY_DEADLINE_S,
+    ReadinessMode,
+)
 from orchestrator.model import Clock
 
-ReadinessMode = Literal["api", "tcp", "none"]
-READINESS_MODES: tuple[ReadinessMode, ...] = ("api", "tcp", "none")
-
-# Same values as the manifest's defaults (fleet.py); readiness imports only model and errors.
-LINUX_DEADLINE_SECONDS = 20 * 60.0
-WINDOWS_DEADLINE_SECONDS = 40 * 60.0
-DEFAULT_MIN_INSTALL_SECONDS = 60.0
-DEFAULT_POLL_INTERVAL = 15.0
 # Each wait between probes is the interval times 1 ± this, so thousands of VPSes accepted
 # together do not poll in lockstep.
 DEFAULT_JITTER = 0.1
-DEFAULT_PORT = 22
 DEFAULT_CONNECT_TIMEOUT = 3.0
 
 PowerQuery = Callable[[], Awaitable[str]]
@@ -68,12 +67,6 @@ class ReadyResult:
     seconds: float
     polls: int
     errors: int = 0
-
-
-def default_deadline(image: str) -> float:
-    """Return the default readiness deadline in seconds for ``image``: 2400 for images whose
-    name contains ``windows`` (any case), else 1200."""
-    return WINDOWS_DEADLINE_SECONDS if "windows" in image.lower() else LINUX_DEADLINE_SECONDS
 
 
 def is_powered_on(state: str) -> bool:
@@ -117,13 +110,13 @@ async def wait_ready(
     mode: ReadinessMode,
     *,
     clock: Clock,
-    deadline_seconds: float = LINUX_DEADLINE_SECONDS,
-    min_install_seconds: float = DEFAULT_MIN_INSTALL_SECONDS,
-    poll_interval: float = DEFAULT_POLL_INTERVAL,
+    deadline_seconds: float = LINUX_READY_DEADLINE_S,
+    min_install_seconds: float = DEFAULT_MIN_INSTALL_S,
+    poll_interval: float = DEFAULT_POLL_INTERVAL_S,
     accepted_at: float | None = None,
     power: PowerQuery | None = None,
     host: str | None = None,
-    port: int = DEFAULT_PORT,
+    port: int = DEFAULT_READY_PORT,
     connect: TcpProbe = tcp_connect,
     jitter: float = DEFAULT_JITTER,
     rng: random.Random | None = None,
@@ -142,8 +135,8 @@ async def wait_ready(
     a zero interval, a minimum install time beyond the deadline). Other exceptions of
     ``power`` propagate.
     """
+    mode = _parse_mode(mode)
     _check_args(
-        mode=mode,
         deadline=deadline_seconds,
         minimum=min_install_seconds,
         interval=poll_interval,
@@ -160,9 +153,9 @@ async def wait_ready(
         jitter=jitter,
         rng=rng if rng is not None else random.Random(0),
     )
-    if mode == "none":
+    if mode is ReadinessMode.NONE:
         return ReadyResult(True, "readiness not checked", waiter.elapsed(), 0)
-    if mode == "api":
+    if mode is ReadinessMode.API:
         if power is None:
             raise ValueError("readiness mode 'api' needs a power query")
         return await _wait_api(waiter, power, deadline_seconds)
@@ -171,11 +164,18 @@ async def wait_ready(
     return await _wait_tcp(waiter, connect, host, port, deadline_seconds)
 
 
+def _parse_mode(mode: ReadinessMode | str) -> ReadinessMode:
+    """Return ``mode`` as a ``ReadinessMode``; raise ``ValueError`` for anything else."""
+    try:
+        return ReadinessMode(mode)
+    except ValueError:
+        names = ", ".join(repr(m.value) for m in ReadinessMode)
+        raise ValueError(f"readiness mode must be one of {names}, not {mode!r}") from None
+
+
 def _check_args(
-    *, mode: str, deadline: float, minimum: float, interval: float, jitter: float, port: int
+    *, deadline: float, minimum: float, interval: float, jitter: float, port: int
 ) -> None:
-    if mode not in READINESS_MODES:
-        raise ValueError(f"readiness mode must be one of {READINESS_MODES}, not {mode!r}")
     if not deadline >= 0:
         raise ValueError("deadline_seconds must be >= 0")
     if not 0 <= minimum <= deadline:

@@ -33,6 +33,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from orchestrator.errors import ApiError, InDoubtError
+from orchestrator.fleet import InDoubtPolicy, ReadinessMode
 from orchestrator.model import (
     Clock,
     EventSink,
@@ -42,14 +43,11 @@ from orchestrator.model import (
     TargetState,
 )
 from orchestrator.run.limits import Limits
-from orchestrator.run.readiness import ReadinessMode, ReadyResult, wait_ready
+from orchestrator.run.readiness import ReadyResult, wait_ready
 from orchestrator.run.retry import RetryBudget, RetryPolicy, call_with_retries
 from orchestrator.secrets import Secret
 
 T = TypeVar("T")
-
-REPORT = "report"
-RESEND_AFTER_WINDOW = "resend-after-window"
 
 
 @dataclass(frozen=True)
@@ -89,7 +87,7 @@ class RunSettings:
 
     run_budget: int
     soak_s: float = 0.0
-    in_doubt: str = REPORT
+    in_doubt: InDoubtPolicy = InDoubtPolicy.REPORT
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -238,7 +236,7 @@ class Scheduler:
                 )
             await self._send(job)
         except InDoubtError as exc:
-            if self._settings.in_doubt != RESEND_AFTER_WINDOW or self.stopping:
+            if self._settings.in_doubt is not InDoubtPolicy.RESEND_AFTER_WINDOW or self.stopping:
                 self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
                 return "over"
             self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, "waiting out the install window")
@@ -332,7 +330,7 @@ class Scheduler:
 
     async def _readiness(self, job: Job, deadline: float) -> ReadyResult:
         host: str | None = None
-        if job.readiness == "tcp":
+        if job.readiness is ReadinessMode.TCP:
             host = await self._polled(lambda: self._api.address(job.kvm_id))
             if host is None:
                 return ReadyResult(False, "no IP address known for the tcp probe", 0.0, 0)

@@ -122,7 +122,7 @@ def build_spec(
         settings=RunSettings(
             run_budget=plan.run_budget,
             soak_s=rollout.soak_s,
-            in_doubt=rollout.in_doubt.value,
+            in_doubt=rollout.in_doubt,
             retry=RetryPolicy(),
         ),
         concurrency=rollout.concurrency,
@@ -135,7 +135,7 @@ def build_spec(
         # on the simulator must never be resumed against the real account by accident).
         options={
             "selection": dict(plan.selection),
-            "rollout": dict(plan.rollout),
+            "rollout": plan.rollout.to_json(),
             "session_url": args.session_url or account.session_url,
             "allow_api_host": list(args.allow_api_host),
         },
