@@ -39,7 +39,7 @@ from orchestrator.edis.outcome import (
     TransportFailure,
     classify,
 )
-from orchestrator.edis.text import quotes
+from orchestrator.edis.text import clean, quotes
 from orchestrator.edis.wire import ExchangeLimits, Progress, failure_of, read_body, tracing
 from orchestrator.errors import (
     ApiError,
@@ -212,13 +212,17 @@ class EdisClient:
         EdisClient._raise_unless_accepted(result, AUTH, kvm_id)
 
     async def images(self, cred: VpsCredentials) -> list[str]:
-        """Return the image names this VPS may be reinstalled with. Raises ``ApiError``."""
+        """Return the image names this VPS may be reinstalled with. Raises ``ApiError``.
+
+        Names that are not clean one-line text (control characters, over 200 characters)
+        are left out: no manifest can select them, and they would reach the terminal.
+        """
         data = await self._vps_call(IMAGES, cred, {})
         if not isinstance(data, list) or not all(isinstance(i, str) for i in data):
             raise InDoubtError(
                 "image list is not a list of names", endpoint=IMAGES, kvm_id=cred.kvm_id
             )
-        return list(data)
+        return [name for name in data if name and clean(name, 200) == name]
 
     async def reinstall(
         self,
@@ -247,7 +251,7 @@ class EdisClient:
         data = await self._vps_call(POWER, cred, {})
         if not isinstance(data, str):
             raise InDoubtError("power state is not a text", endpoint=POWER, kvm_id=cred.kvm_id)
-        return data
+        return clean(data, 100)
 
     async def details(self, cred: VpsCredentials) -> dict[str, Any]:
         """Return the VPS's basic details (hostname, ip, hw, suspended). Raises ``ApiError``."""
