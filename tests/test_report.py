@@ -166,7 +166,12 @@ async def test_text_report_counts_reasons_and_advice(rec: Recorded) -> None:
     assert table["in"] == ["doubt", "1", "0", "1"]
     assert table["skipped"] == ["1", "0", "1"]
     assert table["all"] == ["6", "3", "3"]
-    assert "Time to ready (queued → ready, 3 of 6 VPSes): p50 1m22s, p95 2m02s, max 2m02s" in text
+    # Sent at +1 s, ready at +62, +82, +122 s: recovery counts from the first send; queue →
+    # ready includes the wait before the send, send → ready does not.
+    assert "Recovery (first send → last ready): 2m01s" in text
+    assert "Per VPS, send → ready (3 of 6): p50 1m21s, p95 2m01s, max 2m01s" in text
+    assert "Per VPS, queue → ready (3 of 6): p50 1m22s, p95 2m02s, max 2m02s" in text
+    assert "RTO" not in text  # none was set
     assert f"Failed (1):\n  d host-d (wave 1): {NASTY}\n" in text
     assert "In doubt (1): the reinstall may have run; it was not resent.\n" in text
     assert "  e host-e (wave 2): read timeout\n" in text
@@ -187,7 +192,7 @@ async def test_text_report_names_unfinished_vpses(unfinished: Recorded) -> None:
     assert "g host-g (wave 1): never sent" in text
     assert "In doubt (1)" in text
     assert "h host-h (wave 1): sent, but no outcome" in text
-    assert "Time to ready: no VPS became ready." in text
+    assert "Recovery: no VPS became ready." in text
 
 
 async def test_text_report_without_per_vps_timings(rec: Recorded) -> None:
@@ -276,10 +281,12 @@ async def test_junit_parses_with_counts_and_one_testcase_per_vps(rec: Recorded) 
         assert counts == {
             "tests": "6", "failures": "2", "errors": "0", "skipped": "1", "time": "122.000",
         }  # fmt: skip
-    assert suite.get("name") == f"prod/{rec.run.id}"
+    assert suite.get("name") == "prod"  # the run id is a property, not part of any name
     cases = {c.get("name"): c for c in suite.findall("testcase")}
     assert list(cases) == [f"{k} host-{k}" for k in ("a", "b", "d", "c", "e", "f")]
-    assert {c.get("classname") for c in cases.values()} == {f"prod/{rec.run.id}"}
+    assert {n: c.get("classname") for n, c in cases.items()} == {
+        f"{k} host-{k}": f"prod.wave{1 if k in 'abd' else 2}" for k in "abdcef"
+    }
     assert cases["a host-a"].get("time") == "62.000"
     assert list(cases["a host-a"]) == []
     failure = cases["d host-d"].find("failure")

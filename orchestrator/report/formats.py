@@ -18,7 +18,9 @@ percentile is the smallest observed value with at least p % of the values at or 
 every percentile is an observed time. The phases of one VPS are ``queued_at`` → ``sent_at``
 (its latest intent) → ``accepted_at`` → ``ready_at``; ``ended_at`` is when it reached its
 final state (the journal keeps the latest time of each phase: a VPS sent twice shows its
-second send, and ``sends`` says how many there were).
+second send, and ``sends`` says how many there were). **send to ready** is ``ready_at -
+sent_at``, the true cost of one reinstall, and the run's **recovery time** is its first send →
+last ready (``orchestrator.report.recovery``; checked against the RTO recorded with the run).
 
 JSON report, schema ``edis-fleet/report/v1`` (``REPORT_SCHEMA`` in ``report_schema`` is the
 machine-readable form, checked by the tests)::
@@ -28,7 +30,9 @@ machine-readable form, checked by the tests)::
       "run": {"id", "status" (RunStatus value), "fleet" (manifest file name without suffix),
               "manifest_path", "manifest_sha256", "plan_sha256", "started_at", "ended_at"
               (null while running), "duration_s", "failures", "retries",
-              "counters" {name: int, e.g. throttles, session_refreshes}},
+              "counters" {name: int, e.g. throttles, session_refreshes},
+              "verdict" (the status refined by the RTO: ok, failed, in-doubt, aborted,
+              interrupted, running, rto-missed), "rto_s" (null: no RTO)},
       "totals": {"targets": int, and one int per TargetState value: "pending", "intent",
                  "accepted", "ready", "failed", "in_doubt", "skipped"},
       "waves": [{"wave": int, "targets": int, and one int per TargetState value}],
@@ -36,7 +40,13 @@ machine-readable form, checked by the tests)::
                    "sends", "timings": {"queued_at", "sent_at", "accepted_at", "ready_at",
                    "ended_at", "time_to_ready_s"} (numbers or null)}],   # wave, position order
       "percentiles": {"time_to_ready_s": {"count": int, "p50", "p95", "max"} (null: no VPS
-                      was ready)},
+                      was ready), the same for "queue_to_ready_s" (= time to ready) and
+                      "send_to_ready_s" (latest send → ready), and "install_s_by_image"
+                      {image: {...}} (accepted → ready)},
+      "recovery": {"first_send_at", "last_ready_at", "recovery_s" (first send → last ready),
+                   "rto_s", "rto_met" (true/false, null: no RTO or not judged),
+                   "waves": [{"wave", "first_send_at", "last_ready_at", "recovery_s",
+                              "send_to_ready_s": {"count", "p50", "p95", "max"}}]},
       "attempts": {"total": int, and one int per outcome class: "not_sent", "throttled",
                    "session", "rejected", "accepted", "in_doubt"}
     }
@@ -59,6 +69,7 @@ from typing import Any, TextIO
 
 from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import TargetEvent, TargetState
+from orchestrator.report.recovery import recovery
 from orchestrator.report.schema import REPORT_SCHEMA, SCHEMA_ID
 from orchestrator.report.summary import (
     Redact,
@@ -116,11 +127,14 @@ def json_report(
     """Return the JSON report (schema ``edis-fleet/report/v1``, see the module docstring) as
     JSON-ready data; ``json.dumps`` it to write it. Raises nothing for consistent records."""
     s = summarize(run, targets, attempts, redact=redact)
+    rec = recovery(run, targets)
     return {
         "schema": SCHEMA_ID,
         "run": {
             "id": run.id,
             "status": run.status.value,
+            "verdict": rec.verdict.value,
+            "rto_s": rec.rto_s,
             "fleet": s.fleet,
             "manifest_path": run.manifest_path,
             "manifest_sha256": run.manifest_sha256,
@@ -139,8 +153,12 @@ def json_report(
         ],
         "targets": [_target_json(r) for r in s.rows],
         "percentiles": {
-            "time_to_ready_s": {"count": s.ttr_count, **{k: _r3(v) for k, v in s.ttr.items()}}
+            "time_to_ready_s": {"count": s.ttr_count, **{k: _r3(v) for k, v in s.ttr.items()}},
+            "queue_to_ready_s": rec.queue_to_ready.to_json(),
+            "send_to_ready_s": rec.send_to_ready.to_json(),
+            "install_s_by_image": {k: v.to_json() for k, v in rec.install_by_image.items()},
         },
+        "recovery": rec.to_json(),
         "attempts": {"total": sum(s.attempts.values()), **s.attempts},
     }
 

@@ -71,6 +71,49 @@ _TARGET: dict[str, Any] = {
     },
 }  # fmt: skip
 
+_SPREAD: dict[str, Any] = {
+    "type": "object",
+    "required": ["count", "p50", "p95", "max"],
+    "additionalProperties": False,
+    "properties": {"count": _COUNT, "p50": _SECONDS, "p95": _SECONDS, "max": _SECONDS},
+}
+
+# Added in v1 without a new id (optional: reports written before them stay valid).
+VERDICTS = ["ok", "failed", "in-doubt", "aborted", "interrupted", "running", "rto-missed"]
+_RECOVERY: dict[str, Any] = {
+    "type": "object",
+    "required": ["first_send_at", "last_ready_at", "recovery_s", "rto_s", "rto_met", "waves"],
+    "additionalProperties": False,
+    "properties": {
+        "first_send_at": _TIME,
+        "last_ready_at": _TIME,
+        "recovery_s": _SECONDS,
+        "rto_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "rto_met": {"type": ["boolean", "null"]},
+        "waves": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "wave",
+                    "first_send_at",
+                    "last_ready_at",
+                    "recovery_s",
+                    "send_to_ready_s",
+                ],
+                "additionalProperties": False,
+                "properties": {
+                    "wave": {"type": "integer"},
+                    "first_send_at": _TIME,
+                    "last_ready_at": _TIME,
+                    "recovery_s": _SECONDS,
+                    "send_to_ready_s": _SPREAD,
+                },
+            },
+        },
+    },
+}
+
 REPORT_SCHEMA: Final[dict[str, Any]] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "edis-fleet run report",
@@ -97,6 +140,8 @@ REPORT_SCHEMA: Final[dict[str, Any]] = {
                 "failures": _COUNT,
                 "retries": _COUNT,
                 "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
+                "verdict": {"enum": VERDICTS},
+                "rto_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
             },
         },
         "totals": {**_counts("targets"), "additionalProperties": False},
@@ -116,9 +161,13 @@ REPORT_SCHEMA: Final[dict[str, Any]] = {
                         "p95": _SECONDS,
                         "max": _SECONDS,
                     },
-                }
+                },
+                "queue_to_ready_s": _SPREAD,
+                "send_to_ready_s": _SPREAD,
+                "install_s_by_image": {"type": "object", "additionalProperties": _SPREAD},
             },
         },
+        "recovery": _RECOVERY,
         "attempts": {
             "type": "object",
             "required": ["total", *_OUTCOMES],

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 
 from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import TargetState
+from orchestrator.report.recovery import Recovery, recovery
 from orchestrator.report.summary import Redact, Summary, TargetRow, summarize
 
 IN_DOUBT_ADVICE = (
@@ -113,14 +114,7 @@ def text_report(
         calls = ", ".join(f"{k} {v}" for k, v in s.attempts.items() if v)
         out.append(f"API calls: {sum(s.attempts.values())}" + (f" ({calls})" if calls else ""))
     out += ["", *_state_table(s), ""]
-    if s.ttr_count:
-        t = s.ttr
-        out.append(
-            f"Time to ready (queued → ready, {s.ttr_count} of {len(s.rows)} VPSes): "
-            f"p50 {duration(t['p50'])}, p95 {duration(t['p95'])}, max {duration(t['max'])}"
-        )
-    else:
-        out.append("Time to ready: no VPS became ready.")
+    out += _recovery_lines(recovery(run, targets), len(s.rows))
     out += _sections(s)
     if per_vps and s.rows:
         out += [
@@ -130,6 +124,32 @@ def text_report(
         ]
         out += ["  " + line for line in _timings(s.rows)]
     return "\n".join(out) + "\n"
+
+
+def _recovery_lines(rec: Recovery, total: int) -> list[str]:
+    """Recovery time (first send → last ready) with the RTO, then per VPS send → ready and
+    queue → ready (the latter includes waiting for earlier waves and soaks)."""
+    if rec.recovery_s is None:
+        out = ["Recovery: no VPS became ready."]
+    else:
+        out = [f"Recovery (first send → last ready): {duration(rec.recovery_s)}"]
+    if rec.rto_s is not None:
+        met = rec.rto_met
+        target = f"RTO {duration(rec.rto_s)}: "
+        if met is None:
+            out.append(target + "not judged (the run did not reach its end, or nothing was ready)")
+        elif met:
+            out.append(target + "met")
+        else:
+            over = duration((rec.recovery_s or 0.0) - rec.rto_s)
+            out.append(target + f"MISSED by {over} (verdict {rec.verdict.value})")
+    for name, sp in (("send → ready", rec.send_to_ready), ("queue → ready", rec.queue_to_ready)):
+        if sp.count:
+            out.append(
+                f"Per VPS, {name} ({sp.count} of {total}): p50 {duration(sp.p50)}, "
+                f"p95 {duration(sp.p95)}, max {duration(sp.max)}"
+            )
+    return out
 
 
 def _state_table(s: Summary) -> list[str]:
@@ -216,6 +236,17 @@ def _outcome(row: TargetRow) -> tuple[str, str, str, str] | None:
     return None
 
 
+def _rto_outcome(rec: Recovery) -> tuple[str, str, str, str] | None:
+    """The RTO case's ``(element, type, message, body)``, None when it was met."""
+    target = duration(rec.rto_s)
+    if rec.rto_met is None:
+        return "skipped", "", f"RTO {target} not judged: the run did not reach its end", ""
+    if rec.rto_met:
+        return None
+    message = f"recovery took {duration(rec.recovery_s)}, over the RTO of {target}"
+    return "failure", "rto_missed", message, f"{message} (first send → last ready)"
+
+
 def junit_report(
     run: RunRecord,
     targets: Sequence[TargetRecord],
@@ -226,22 +257,33 @@ def junit_report(
 ) -> str:
     """Return JUnit XML for CI test-report parsers (GitHub, GitLab, Jenkins).
 
-    One ``<testsuite>`` named ``FLEET/RUN_ID`` (``fleet`` defaults to the manifest's file name
-    without suffix) with one ``<testcase>`` per VPS (``classname`` the suite name, ``name``
+    One ``<testsuite>`` named ``FLEET`` (``fleet`` defaults to the manifest's file name
+    without suffix) with one ``<testcase>`` per VPS (``classname`` ``FLEET.waveN``, ``name``
     ``"KVM_ID HOSTNAME"``, ``time`` its time to ready, or queued → final state when it did
-    not become ready). ``failed`` is a ``<failure type="failed">`` with the server's reason;
+    not become ready). Names and class names never carry the run id (it is a property), so
+    a CI server keeps one history per VPS across runs. A run with an RTO gets one more
+    case, ``FLEET.rto`` / ``recovery within RTO``: a ``<failure type="rto_missed">`` when
+    the recovery time exceeded it, ``<skipped>`` when it could not be judged.
+    ``failed`` is a ``<failure type="failed">`` with the server's reason;
     ``in_doubt`` — and a send without a recorded outcome — a ``<failure type="in_doubt">``
     with what to do; accepted but not confirmed ready, ``<failure type="not_ready">``;
     ``skipped`` and never sent, ``<skipped>``. ``errors`` is always 0. Text is escaped by
     ElementTree; characters XML cannot hold are replaced. Raises nothing.
     """
     s = summarize(run, targets, attempts, redact=redact)
-    suite_name = _x(f"{fleet or s.fleet}/{run.id}")
+    rec = recovery(run, targets)
+    suite_name = _x(fleet or s.fleet)
     outcomes = [_outcome(r) for r in s.rows]
+    cases = [(f"{suite_name}.wave{r.record.wave}", f"{r.record.kvm_id} {r.record.hostname}",
+              r.elapsed_s or 0.0, o) for r, o in zip(s.rows, outcomes, strict=True)]  # fmt: skip
+    if rec.rto_s is not None:
+        cases.append((f"{suite_name}.rto", "recovery within RTO", rec.recovery_s or 0.0,
+                      _rto_outcome(rec)))  # fmt: skip
+    outcomes = [c[3] for c in cases]
     failures = sum(1 for o in outcomes if o is not None and o[0] == "failure")
     skipped = sum(1 for o in outcomes if o is not None and o[0] == "skipped")
     counts = {
-        "tests": str(len(s.rows)),
+        "tests": str(len(cases)),
         "failures": str(failures),
         "errors": "0",
         "skipped": str(skipped),
@@ -259,14 +301,15 @@ def junit_report(
         ("status", run.status.value),
         ("manifest_sha256", run.manifest_sha256),
         ("plan_sha256", run.plan_sha256),
+        ("verdict", rec.verdict.value),
+        ("recovery_s", "" if rec.recovery_s is None else f"{rec.recovery_s:.3f}"),
+        ("rto_s", "" if rec.rto_s is None else f"{rec.rto_s:g}"),
     ):
         ET.SubElement(props, "property", name=name, value=_x(value))
-    for row, outcome in zip(s.rows, outcomes, strict=True):
-        t = row.record
+    for classname, name, seconds, outcome in cases:
         case = ET.SubElement(
-            suite, "testcase", classname=suite_name, name=_x(f"{t.kvm_id} {t.hostname}"),
-            time=f"{row.elapsed_s or 0.0:.3f}",
-        )  # fmt: skip
+            suite, "testcase", classname=classname, name=_x(name), time=f"{seconds:.3f}"
+        )
         if outcome is not None:
             element, kind, message, body = outcome
             attrs = {"message": _x(message)}
