@@ -1,4 +1,4 @@
-"""Rate limits: window bound, long-run rate, poll share, AIMD, cooldown, concurrency bundle.
+"""Rate limits: window bound, long-run rate, poll share, the adaptive rate, pauses, concurrency.
 
 The pure ``TokenBucket`` is driven with explicit times; the async ``RateLimiter`` runs on a
 ``FakeClock`` (only its leader ever sleeps, so fake time stays exact with many waiters).
@@ -16,7 +16,10 @@ import anyio.lowlevel
 import pytest
 
 from orchestrator.clock import FakeClock
-from orchestrator.run.limits import Kind, Limits, RateLimiter, TokenBucket
+from orchestrator.errors import ApiError
+from orchestrator.model import Outcome
+from orchestrator.run.adaptive import AdaptiveRate, Signal
+from orchestrator.run.limits import Kind, Limits, RateLimiter, TokenBucket, signal_of
 
 
 def busiest_second(times: Sequence[float]) -> int:
@@ -75,65 +78,179 @@ def test_the_burst_at_start_is_bounded() -> None:
         bucket.take(0.2)  # the token of 0.2 s went just now
 
 
-def test_a_429_cuts_the_rate_and_it_recovers_additively() -> None:
-    bucket = TokenBucket(10.0, burst=3, decrease=0.5, increase=0.05)
-    assert bucket.throttle(10.0, retry_after=2.0) == 12.0
-    assert bucket.rate(11.0) == 5.0  # cut in half, flat during the cooldown
-    assert bucket.rate(12.0) == 5.0
-    assert bucket.rate(13.0) == pytest.approx(5.5)  # +5 % of 10/s per second
-    assert bucket.rate(16.0) == pytest.approx(7.0)
-    assert bucket.rate(22.0) == pytest.approx(10.0)
-    assert bucket.rate(1000.0) == 10.0  # never above the configured rate
-    # A new episode cuts from where the recovery got to.
-    bucket.throttle(16.0, retry_after=0.0)
-    assert bucket.rate(16.0) == pytest.approx(3.5)
-    assert (bucket.throttles, bucket.cuts) == (2, 2)
+def overload(bucket: TokenBucket, now: float, retry_after: float | None, n: int = 40) -> None:
+    """Report ``n`` throttles at ``now``: a storm, well over the sustained-overload ratio."""
+    for _ in range(n):
+        bucket.observe(now, Signal.THROTTLE, retry_after)
+
+
+def test_a_storm_pauses_the_fleet_and_cuts_the_rate_to_what_was_accepted() -> None:
+    bucket = TokenBucket(10.0, burst=3)
+    for i in range(60):  # a calm minute at 1/s: the server accepted 1 request a second
+        bucket.observe(float(i), Signal.OK)
+    overload(bucket, 60.0, retry_after=4.0)
+    assert bucket.cooldown_until == 64.0
+    assert bucket.rate(64.0) == pytest.approx(1.0, rel=0.05)
+    times = drain(bucket, 11, arrivals=[60.0] * 11)
+    assert times[0] >= 64.0  # nothing during the pause
+    assert (times[-1] - times[0]) == pytest.approx(10.0, rel=0.05)  # then at the cut rate
+
+
+def test_pauses_never_add_up_and_take_the_longest_retry_after() -> None:
+    bucket = TokenBucket(10.0)
+    overload(bucket, 100.0, retry_after=5.0)
+    assert bucket.throttle(100.1, retry_after=2.0) == 105.0
+    assert bucket.throttle(100.2, retry_after=None) == 105.0
+    assert bucket.throttle(100.3, retry_after=30.0) == 130.3  # the longest one asked
+    assert bucket.adaptive.pauses == 1
+    assert bucket.adaptive.paused_s == pytest.approx(30.3)
+    assert bucket.ready_at(100.5) == 130.3
+
+
+def test_without_retry_after_pauses_double_and_successes_decay_the_streak() -> None:
+    bucket = TokenBucket(10.0)
+    now, pauses = 0.0, []
+    for _ in range(8):
+        overload(bucket, now, retry_after=None)
+        pauses.append(bucket.cooldown_until - now)
+        now = bucket.cooldown_until + 0.5  # the next storm comes soon after sending resumed
+    assert pauses == [1, 2, 4, 8, 16, 32, 60, 60]
+    for i in range(60 * 8):  # successes, not time, end the streak: one step per 60
+        bucket.observe(now + i * 0.01, Signal.OK)
+    overload(bucket, now + 10.0, retry_after=None)
+    assert bucket.cooldown_until - (now + 10.0) == 1.0
+
+
+def test_retry_after_is_capped() -> None:
+    bucket = TokenBucket(1.0)
+    overload(bucket, 0.0, retry_after=1e9)
+    assert bucket.cooldown_until == 600.0
 
 
 def test_cuts_stop_at_the_floor() -> None:
-    bucket = TokenBucket(100.0, increase=0.0)
-    for i in range(20):
-        bucket.throttle(float(i), retry_after=0.0)
-    assert bucket.rate(20.0) == bucket.min_rate == 5.0
+    bucket = TokenBucket(100.0)
+    now = 0.0
+    for _ in range(20):
+        overload(bucket, now, retry_after=0.0)
+        now += 1.0
+    assert bucket.rate(now) == bucket.min_rate == 5.0
     assert TokenBucket(2.0).min_rate == 0.2
     assert TokenBucket(0.1).min_rate == 0.1  # never above the configured rate
 
 
-def test_the_cut_rate_is_what_goes_out_after_the_cooldown() -> None:
-    bucket = TokenBucket(10.0, burst=3, increase=0.0)
-    drain(bucket, 3)
-    bucket.throttle(0.0, retry_after=4.0)
-    times = drain(bucket, 51)
-    assert times[0] >= 4.0  # nothing during the cooldown
-    measured = (len(times) - 1) / (times[-1] - times[0])
-    assert measured == pytest.approx(5.0, rel=0.01)
+# -- the adaptive rate, from sequences of answers -------------------------------------------
+
+OK, ERR, THR = Signal.OK, Signal.ERROR, Signal.THROTTLE
 
 
-def test_concurrent_throttles_do_not_stack() -> None:
-    bucket = TokenBucket(10.0)
-    assert bucket.throttle(100.0, retry_after=5.0) == 105.0
-    assert bucket.throttle(100.1, retry_after=2.0) == 105.0
-    assert bucket.throttle(100.2, retry_after=None) == 105.0
-    assert bucket.throttle(100.3, retry_after=30.0) == 130.3  # the longest one asked
-    assert bucket.cuts == 1  # one episode, one cut
-    assert bucket.rate(110.0) == 5.0
-    assert bucket.ready_at(100.5) == 130.3
+def play(rate: AdaptiveRate, pattern: Sequence[Signal], n: int, *, per_s: float = 20.0) -> float:
+    """Feed ``n`` answers cycling through ``pattern``, ``per_s`` a second; return the end."""
+    now = 0.0
+    for i in range(n):
+        now = i / per_s
+        rate.observe(now, pattern[i % len(pattern)])
+    return now
 
 
-def test_without_retry_after_the_cooldown_doubles_per_consecutive_throttle() -> None:
-    bucket = TokenBucket(10.0, cooldown_base=1.0, cooldown_cap=60.0)
-    now, pauses = 0.0, []
-    for _ in range(8):
-        end = bucket.throttle(now, retry_after=None)
-        pauses.append(end - now)
-        now = end + 0.5  # the next 429 comes soon after sending resumed
-    assert pauses == [1, 2, 4, 8, 16, 32, 60, 60]
-    # A quiet spell longer than the cap ends the streak.
-    assert bucket.throttle(now + 61.0, retry_after=None) == now + 62.0
+@pytest.mark.parametrize(
+    ("name", "pattern", "rate", "pauses", "cuts"),
+    [
+        # 2% sporadic 5xx / dropped connections: that request's problem only.
+        ("sporadic 5xx at 2%", [ERR] + [OK] * 49, 20.0, 0, 0),
+        # Half the answers are errors: the server is down, so the fleet waits (the rate stays).
+        ("server down", [ERR, OK], 20.0, 1, 0),
+        # A single 429 now and then: cut once, then back with successes; never a pause.
+        ("a 429 every 200 answers", [THR] + [OK] * 199, 20.0, 0, 10),
+    ],
+)
+def test_signal_sequences(
+    name: str, pattern: list[Signal], rate: float, pauses: int, cuts: int
+) -> None:
+    adaptive = AdaptiveRate(20.0)
+    play(adaptive, pattern, 2000)
+    assert adaptive.rate == pytest.approx(rate, rel=0.02), name
+    assert adaptive.pauses == pauses, name
+    assert adaptive.cuts == cuts, name
+    if pauses == 0:
+        assert adaptive.paused_s == 0.0
 
 
-def test_retry_after_is_capped() -> None:
-    assert TokenBucket(1.0, max_retry_after=600.0).throttle(0.0, retry_after=1e9) == 600.0
+def test_a_429_storm_then_a_recovery() -> None:
+    adaptive = AdaptiveRate(20.0)
+    end = play(adaptive, [OK], 200)
+    for i in range(40):  # a storm of 429s without Retry-After
+        adaptive.observe(end + i * 0.01, THR)
+    assert adaptive.pauses == 1
+    assert adaptive.paused_s == 1.0  # 1 s without Retry-After, the first of a streak
+    assert adaptive.rate < 20.0 * 0.7
+    for i in range(3000):  # the provider copes again: the rate climbs back with successes
+        adaptive.observe(end + 2.0 + i * 0.05, OK)
+    assert adaptive.rate == 20.0
+    assert adaptive.pauses == 1
+
+
+def test_background_429s_that_do_not_come_from_our_rate_are_tolerated() -> None:
+    """10% of answers are 429s whatever the rate: after a cut that did not help, the rate
+    is restored and holds."""
+    rng = random.Random(7)
+    adaptive = AdaptiveRate(20.0)
+    rates = []
+    for i in range(5000):
+        adaptive.observe(i / 20.0, THR if rng.random() < 0.10 else OK)
+        rates.append(adaptive.rate)
+    assert adaptive.undone >= 1
+    assert adaptive.tolerance > 0.05
+    assert sum(rates[1000:]) / len(rates[1000:]) > 0.8 * 20.0
+    assert adaptive.pauses == 0
+
+
+@pytest.mark.parametrize("limit", [5.0, 10.0, 15.0])
+def test_behind_a_provider_limit_the_rate_converges_to_it(limit: float) -> None:
+    """A server bucket of ``limit``/s (burst one second's worth) answering 429 when empty:
+    the achieved rate ends near the limit with few 429s, and the tolerance stays 0."""
+    bucket = TokenBucket(20.0, burst=3)
+    server, last = limit, 0.0
+    t, accepted, throttled = 0.0, 0, 0
+    while accepted < 2000:
+        t = bucket.ready_at(t)
+        bucket.take(t)
+        server = min(limit, server + (t - last) * limit)
+        last = t
+        if server >= 1.0:
+            server -= 1.0
+            accepted += 1
+            bucket.observe(t, OK)
+        else:
+            throttled += 1
+            bucket.observe(t, THR, 1.0)
+    assert accepted / t == pytest.approx(limit, rel=0.10)
+    assert throttled / (accepted + throttled) < 0.04
+    assert bucket.adaptive.tolerance == 0.0
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome", "retry_after", "signal"),
+    [
+        (None, None, None, OK),
+        (429, Outcome.THROTTLED, None, THR),
+        (429, Outcome.THROTTLED, 2.0, THR),
+        (503, Outcome.THROTTLED, 2.0, THR),  # a 503 with Retry-After: overload
+        (503, Outcome.THROTTLED, None, ERR),  # a bare 503: that request's problem
+        (200, Outcome.THROTTLED, None, THR),  # "rate limit exceeded" in a 200 body
+        (502, Outcome.IN_DOUBT, None, ERR),
+        (None, Outcome.NOT_SENT, None, ERR),
+        (400, Outcome.REJECTED, None, OK),
+        (401, Outcome.SESSION, None, OK),
+    ],
+)
+def test_what_each_answer_says(
+    status: int | None, outcome: Outcome | None, retry_after: float | None, signal: Signal
+) -> None:
+    error = None
+    if outcome is not None:
+        error = ApiError("x", endpoint="get/images", status=status, retry_after=retry_after)
+        error.outcome = outcome
+    assert signal_of(error) is signal
 
 
 def test_bad_settings_are_refused() -> None:
@@ -203,32 +320,33 @@ async def test_a_cooldown_holds_every_waiting_acquirer() -> None:
     def on_grant(t: float, kind: Kind) -> None:
         if t >= 1.0 and not throttled_at:  # this request's answer is a 429 with Retry-After
             throttled_at.append(clock.monotonic())
-            limiter.throttled(retry_after=5.0)
+            for _ in range(40):  # a storm: sustained overload pauses every acquirer
+                limiter.throttled(retry_after=5.0)
 
     got = await simulate(limiter, {"call": 30, "poll": 30}, grants=200, on_grant=on_grant)
     [start] = throttled_at
     assert not [t for t, _ in got if start < t < start + 5.0]
     assert any(t >= start + 5.0 for t, _ in got)  # sending resumed
-    assert limiter.throttles == limiter.bucket.cuts == 1
-    # Right after the cooldown half the rate went out; 10 s later it had fully recovered.
-    assert limiter.bucket.rate(start + 5.0) == 5.0
-    assert limiter.bucket.rate(start + 15.0) == 10.0
+    assert limiter.throttles == 40
+    assert limiter.bucket.adaptive.pauses == 1
+    assert limiter.cooldown_total == 5.0
 
 
 async def test_throttles_reported_together_do_not_stack_in_the_limiter() -> None:
     clock = FakeClock()
     limiter = RateLimiter(10.0, clock=clock)
-    for retry_after in (3.0, 8.0, None, 2.0):
+    for retry_after in (3.0, 8.0, None, 2.0) * 10:
         limiter.throttled(retry_after)
     assert limiter.cooldown_remaining == 8.0
-    assert limiter.rate == 5.0
+    assert limiter.rate < 10.0
     assert await limiter.acquire() == 8.0
 
 
 async def test_a_cancelled_waiter_gives_its_place_up_and_others_go_on() -> None:
     clock = FakeClock()
     limiter = RateLimiter(1.0, burst=1, clock=clock)
-    limiter.throttled(retry_after=10.0)
+    for _ in range(40):
+        limiter.throttled(retry_after=10.0)
     times: list[float] = []
     with anyio.fail_after(10):
         async with anyio.create_task_group() as tg:

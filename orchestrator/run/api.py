@@ -28,7 +28,8 @@ T = TypeVar("T")
 class ReadRetries:
     """Retries for calls that change nothing (auth, images, details), per ``retry.decide``.
 
-    A throttled answer also starts the limiter's fleet-wide cooldown when a limiter is given.
+    When a limiter is given, every attempt's result is reported to it (``RateLimiter.report``),
+    so overload signals slow the fleet and sporadic errors do not.
     """
 
     def __init__(
@@ -46,18 +47,25 @@ class ReadRetries:
 
     async def __call__(self, fn: Callable[[], Awaitable[T]]) -> T:
         """Await ``fn()`` with retries; raises the last ``ApiError`` when they run out."""
+        limiter = self._limiter
 
-        async def cool(exc: ApiError) -> None:
-            if self._limiter is not None:
-                self._limiter.throttled(exc.retry_after)
+        async def reported() -> T:
+            try:
+                result = await fn()
+            except ApiError as exc:
+                if limiter is not None:
+                    limiter.report(exc)
+                raise
+            if limiter is not None:
+                limiter.report(None)
+            return result
 
         return await call_with_retries(
-            fn,
+            reported,
             destructive=False,
             policy=self._policy,
             budget=self._budget,
             clock=self._clock,
-            on_throttled=cool,
         )
 
 

@@ -1,15 +1,19 @@
-"""Request rate, fleet-wide cooldown after 429/503, and the concurrency cap.
+"""Request rate, adaptive to the server's answers, and the concurrency cap.
 
 ``TokenBucket`` is the pure core: no clock and no awaits; every method takes ``now``
-(monotonic seconds), so tests drive it with explicit times. ``RateLimiter`` is the thin async
-shell that every API request of a run passes through; ``Limits`` bundles it with the
+(monotonic seconds), so tests drive it with explicit times. Its rate is an ``AdaptiveRate``
+(``adaptive.py``, which states the rule: a sporadic 5xx or dropped connection is that
+request's problem; a 429 or a 503 with ``Retry-After`` cuts the fleet's rate; only sustained
+overload pauses the whole fleet). ``RateLimiter`` is the thin async shell that every API
+request of a run passes through and reports its answer to; ``Limits`` bundles it with the
 concurrency cap.
 
 Why not aiolimiter (DESIGN.md names it here): ``AsyncLimiter`` reads ``loop.time()`` and
 schedules wake-ups with ``loop.call_at``, so it cannot run on an injected clock and could only
-be tested by waiting in real time; its rate is fixed at construction (AIMD needs to change it);
-it has no notion of a cooldown that pauses every waiter, nor of a share for status polls.
-Wrapping it would leave all of that to be written anyway, so this small bucket replaces it.
+be tested by waiting in real time; its rate is fixed at construction (an adaptive rate needs to
+change it); it has no notion of a pause that holds every waiter, nor of a share for status
+polls. Wrapping it would leave all of that to be written anyway, so this small bucket
+replaces it.
 
 The bucket holds at most ``burst`` tokens and refills at the current rate (never above the
 configured one), so any one-second window carries at most ``rate + burst`` requests — the
@@ -24,7 +28,9 @@ from typing import Literal
 
 import anyio
 
-from orchestrator.model import Clock
+from orchestrator.errors import ApiError
+from orchestrator.model import Clock, Outcome
+from orchestrator.run.adaptive import AdaptiveRate, Signal, Tuning
 
 Kind = Literal["call", "poll"]
 
@@ -33,69 +39,67 @@ Kind = Literal["call", "poll"]
 _EPS = 1e-9
 
 
+def signal_of(error: ApiError | None) -> Signal:
+    """Return what an attempt's result says about the server: ``None`` (success), a refusal
+    or a session error is ``OK``; a 429, a 503 *with* ``Retry-After`` or a rate-limit text is
+    ``THROTTLE``; a 503 without ``Retry-After``, any other 5xx and a failed transport are
+    ``ERROR`` (that request's problem, not the fleet's)."""
+    if error is None:
+        return Signal.OK
+    if error.outcome is Outcome.THROTTLED:
+        if error.status == 503 and error.retry_after is None:
+            return Signal.ERROR
+        return Signal.THROTTLE
+    if error.outcome in (Outcome.IN_DOUBT, Outcome.NOT_SENT):
+        return Signal.ERROR
+    return Signal.OK
+
+
 class TokenBucket:
-    """A token bucket with AIMD and a cooldown, on explicit times.
+    """A token bucket whose rate adapts to the answers (``adaptive.py``), on explicit times.
 
     - Starts full (``burst`` tokens): the burst at start is bounded by ``burst``.
-    - AIMD: ``throttle`` multiplies the rate by ``decrease`` (floor ``min_rate``: 5% of the
-      configured rate but at least 0.2/s, never above the configured rate); after the
-      cooldown the rate grows by ``increase`` × configured rate per second, up to configured.
-    - Cooldown: ``throttle`` pauses everything for ``retry_after`` seconds when given (capped
-      at ``max_retry_after``), else 1 s doubling per consecutive throttle up to
-      ``cooldown_cap``. Throttles during an active cooldown are the same episode: they cut the
-      rate no further and only extend the end to the latest one asked, never add up.
-    - No tokens accrue during a cooldown, and a throttle leaves at most one, so sending
-      resumes with one request, then at the cut rate.
+    - ``observe`` passes one answer to the ``AdaptiveRate``. A cut or a pause leaves at most
+      one token, so sending goes on with one request, then at the new rate.
+    - No tokens accrue during a fleet-wide pause (``cooldown_until``).
 
     Raises ``ValueError`` for a rate that is not above zero or a burst below one.
     """
 
     def __init__(
-        self,
-        rate: float,
-        *,
-        burst: int = 3,
-        now: float = 0.0,
-        decrease: float = 0.5,
-        increase: float = 0.05,
-        cooldown_base: float = 1.0,
-        cooldown_cap: float = 60.0,
-        max_retry_after: float = 600.0,
+        self, rate: float, *, burst: int = 3, now: float = 0.0, tuning: Tuning | None = None
     ) -> None:
-        if not rate > 0:
-            raise ValueError("rate must be above zero")
         if burst < 1:
             raise ValueError("burst must be at least 1")
+        self.adaptive = AdaptiveRate(rate, tuning=tuning)
         self.configured = rate
         self.burst = burst
-        self.min_rate = min(rate, max(0.05 * rate, 0.2))
-        self._decrease = decrease
-        self._increase = increase * rate
-        self._cooldown_base = cooldown_base
-        self._cooldown_cap = cooldown_cap
-        self._max_retry_after = max_retry_after
+        self.min_rate = self.adaptive.min_rate
         self._tokens = float(burst)
         self._updated = now
-        self._base = rate  # the rate right after the last cut
-        self.cooldown_until = now
-        self._streak = 0
-        self.throttles = 0
-        """Throttles reported."""
-        self.cuts = 0
-        """Rate cuts (one per throttle episode)."""
+
+    @property
+    def cooldown_until(self) -> float:
+        """When the current fleet-wide pause ends (in the past when there is none)."""
+        return self.adaptive.pause_until
+
+    @property
+    def throttles(self) -> int:
+        """Overload signals reported."""
+        return self.adaptive.throttles
+
+    @property
+    def cuts(self) -> int:
+        """Rate cuts (one per overload episode)."""
+        return self.adaptive.cuts
 
     def rate(self, now: float) -> float:
-        """Return the rate in requests/second at ``now``."""
-        since = now - self.cooldown_until
-        if since <= 0:
-            return self._base
-        return min(self.configured, self._base + self._increase * since)
+        """Return the rate in requests/second at ``now`` (it changes only with answers)."""
+        return self.adaptive.rate
 
     def _refill(self, now: float) -> None:
         start = max(self._updated, self.cooldown_until)
         if now > start:
-            # The rate at the start of the interval: it only grows while recovering, so this
-            # under-counts slightly, never over.
             self._tokens = min(float(self.burst), self._tokens + (now - start) * self.rate(start))
         self._updated = max(self._updated, now)
 
@@ -114,23 +118,18 @@ class TokenBucket:
             raise ValueError("no request may go yet")
         self._tokens -= 1.0
 
-    def throttle(self, now: float, retry_after: float | None) -> float:
-        """Record a 429/503 seen at ``now``; return when the cooldown ends."""
+    def observe(self, now: float, signal: Signal, retry_after: float | None = None) -> None:
+        """Record one answer seen at ``now`` (refilled first, at the rate before it)."""
         self._refill(now)
-        self.throttles += 1
-        if now >= self.cooldown_until:  # a new episode, not an echo of the current one
-            if now - self.cooldown_until > self._cooldown_cap:
-                self._streak = 0  # a quiet minute ends a run of consecutive throttles
-            self._streak += 1
-            self._base = max(self.min_rate, self.rate(now) * self._decrease)
-            self.cuts += 1
+        cuts = self.adaptive.cuts
+        self.adaptive.observe(now, signal, retry_after)
+        if self.adaptive.cuts != cuts:
             self._tokens = min(self._tokens, 1.0)
-        if retry_after is not None:
-            pause = min(max(retry_after, 0.0), self._max_retry_after)
-        else:
-            doubling = self._cooldown_base * 2 ** min(self._streak - 1, 32)
-            pause = min(self._cooldown_cap, doubling)
-        self.cooldown_until = max(self.cooldown_until, now + pause)
+
+    def throttle(self, now: float, retry_after: float | None) -> float:
+        """Record an overload signal (a 429) seen at ``now``; return when the fleet-wide pause
+        ends (in the past when this one started none)."""
+        self.observe(now, Signal.THROTTLE, retry_after)
         return self.cooldown_until
 
 
@@ -182,22 +181,46 @@ class RateLimiter:
         return self.bucket.rate(self._clock.monotonic())
 
     @property
+    def configured(self) -> float:
+        """The configured (highest) rate in requests/second."""
+        return self.bucket.configured
+
+    @property
     def throttles(self) -> int:
-        """How many 429/503 answers were reported with ``throttled``."""
+        """How many overload signals (429, 503 with ``Retry-After``) were reported."""
         return self.bucket.throttles
 
     @property
+    def errors(self) -> int:
+        """How many sporadic server errors (other 5xx, failed transports) were reported."""
+        return self.bucket.adaptive.errors
+
+    @property
     def cooldown_remaining(self) -> float:
-        """Seconds until the current cooldown ends (0 when none)."""
+        """Seconds until the current fleet-wide pause ends (0 when none)."""
         return max(0.0, self.bucket.cooldown_until - self._clock.monotonic())
+
+    @property
+    def cooldown_total(self) -> float:
+        """Seconds of fleet-wide pause so far in this run."""
+        return self.bucket.adaptive.paused_s
+
+    def per_minute(self) -> tuple[int, int]:
+        """Return (errors, throttles) reported in the last 60 seconds."""
+        return self.bucket.adaptive.per_minute(self._clock.monotonic())
+
+    def report(self, error: ApiError | None) -> None:
+        """Report one attempt's result (``None`` for success), as ``signal_of`` reads it."""
+        retry_after = error.retry_after if error is not None else None
+        self.bucket.observe(self._clock.monotonic(), signal_of(error), retry_after)
 
     def waiting(self, kind: Kind) -> int:
         """How many acquirers of ``kind`` are waiting."""
         return len(self._queues[kind])
 
     def throttled(self, retry_after: float | None) -> None:
-        """Report a 429/503: cut the rate and pause every acquirer until the cooldown ends
-        (``retry_after`` seconds when the server said, else a doubling backoff)."""
+        """Report an overload signal (a 429): the rate is cut once per episode, and every
+        acquirer pauses when overload is sustained (``adaptive.py``)."""
         self.bucket.throttle(self._clock.monotonic(), retry_after)
 
     def _pick(self) -> Kind:

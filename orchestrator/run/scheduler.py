@@ -306,6 +306,7 @@ class Scheduler:
                         job.kvm_id, image=job.image, password=job.password, user_data=job.user_data
                     )
                 except ApiError as exc:
+                    self._limits.requests.report(exc)
                     self._in_flight.pop(job.kvm_id, None)
                     if exc.outcome in (Outcome.NOT_SENT, Outcome.THROTTLED):
                         # Not processed: back to pending until the retry's new intent.
@@ -314,10 +315,10 @@ class Scheduler:
                 # Not in a finally: a send cancelled mid-flight must stay in _in_flight so
                 # the run records it in doubt.
                 self._in_flight.pop(job.kvm_id, None)
+                self._limits.requests.report(None)
 
-            async def cool(exc: ApiError) -> None:
-                self._limits.requests.throttled(exc.retry_after)
-
+            # The limiter hears every answer (report above): it alone decides whether a
+            # throttle slows or pauses the fleet; the retry only waits for this request.
             await call_with_retries(
                 attempt,
                 destructive=True,
@@ -325,7 +326,6 @@ class Scheduler:
                 budget=self._budget,
                 clock=self._clock,
                 rng=self._rng,
-                on_throttled=cool,
             )
 
     async def _readiness(self, job: Job, deadline: float) -> ReadyResult:
@@ -353,7 +353,13 @@ class Scheduler:
 
     async def _polled(self, fn: Callable[[], Awaitable[T]]) -> T:
         await self._limits.requests.acquire("poll")
-        return await fn()
+        try:
+            result = await fn()
+        except ApiError as exc:
+            self._limits.requests.report(exc)
+            raise
+        self._limits.requests.report(None)
+        return result
 
     # -- bookkeeping -----------------------------------------------------------------
 
