@@ -1,5 +1,8 @@
-"""The SQLite journal: schema and migrations, durable intents, group commit, resume, locks,
-file modes and secrecy. Every test uses a real SQLite file in ``tmp_path``; no mocks."""
+"""The journal contract: schema and migrations, durable intents, group commit, resume, locks,
+takeovers, file modes and secrecy. No mocks: each test runs against a real SQLite file in
+``tmp_path`` and — the ones that are not about SQLite's files — against a fresh journal on the
+suite's throwaway PostgreSQL server too (``location`` is parametrized; see
+``tests/pg_support.py``). PostgreSQL's own schema checks are in ``test_journal_pg.py``."""
 
 from __future__ import annotations
 
@@ -47,14 +50,41 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "work" / ".edis-fleet" / "journal.sqlite"
 
 
+# Tests about SQLite's own files and locking: they run on SQLite only.
+SQLITE_ONLY = {
+    "test_new_journal_has_schema_version_wal_and_tables",
+    "test_an_empty_v0_file_is_migrated",
+    "test_a_failed_commit_refuses_intents_and_keeps_outcomes",
+    "test_files_are_private",
+    "test_no_secret_reaches_the_file",
+}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run every test that uses ``location`` on both backends (SQLITE_ONLY: on SQLite)."""
+    if "location" in metafunc.fixturenames:
+        only = metafunc.definition.originalname in SQLITE_ONLY
+        backends = ["sqlite"] if only else ["sqlite", "postgresql"]
+        metafunc.parametrize("location", backends, indirect=True)
+
+
 @pytest.fixture
-def open_journal(db: Path) -> Any:
-    """A factory ``open_journal(**kwargs)`` for journals on ``db``; all closed after the test
-    (a journal may also be abandoned without ``close`` to play a crash)."""
+def location(request: pytest.FixtureRequest, db: Path) -> Path | str:
+    """Where the journal under test lives: ``db`` (SQLite) or a fresh PostgreSQL journal."""
+    if request.param == "sqlite":
+        return db
+    url: str = request.getfixturevalue("pg_url")
+    return url
+
+
+@pytest.fixture
+def open_journal(location: Path | str) -> Any:
+    """A factory ``open_journal(**kwargs)`` for journals on ``location``; all closed after the
+    test (a journal may also be abandoned without ``close`` to play a crash)."""
     opened: list[Journal] = []
 
     def factory(**kwargs: Any) -> Journal:
-        j = Journal(kwargs.pop("path", db), **kwargs)
+        j = Journal(kwargs.pop("path", location), **kwargs)
         opened.append(j)
         return j
 
@@ -100,11 +130,22 @@ async def new_run(j: Journal, kvm_ids: list[str], *, lock: bool = True) -> str:
     return run_id
 
 
-def states(path: Path, run_id: str) -> dict[str, str]:
+def sql(location: Path | str, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Run ``query`` (``?`` placeholders) on a second, independent connection to the journal
+    and commit; return its rows."""
+    if isinstance(location, Path):
+        with sqlite3.connect(location) as conn:
+            return conn.execute(query, args).fetchall()
+    import psycopg
+
+    with psycopg.connect(location) as pg, pg.cursor() as cur:
+        cur.execute(query.replace("?", "%s"), args)  # type: ignore[arg-type]
+        return cur.fetchall() if cur.description else []
+
+
+def states(location: Path | str, run_id: str) -> dict[str, str]:
     """Target states as a second, independent connection sees them."""
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT kvm_id, state FROM targets WHERE run_id = ?", (run_id,))
-        return dict(rows.fetchall())
+    return dict(sql(location, "SELECT kvm_id, state FROM targets WHERE run_id = ?", (run_id,)))
 
 
 SIDE_FILES = ("journal.sqlite", "journal.sqlite-shm", "journal.sqlite-wal")
@@ -193,15 +234,21 @@ def test_a_foreign_database_is_refused(db: Path) -> None:
 # --------------------------------------------------------------------------- intents
 
 
-async def test_intent_is_durable_when_write_intents_returns(open_journal: Any, db: Path) -> None:
+async def test_intent_is_durable_when_write_intents_returns(
+    open_journal: Any, location: Path | str
+) -> None:
     j = open_journal()
     run_id = await new_run(j, ids(3))
     await j.write_intents(run_id, ["kvm0001"])
     # A second, independent connection sees only committed data.
-    assert states(db, run_id) == {"kvm0000": "pending", "kvm0001": "intent", "kvm0002": "pending"}
+    assert states(location, run_id) == {
+        "kvm0000": "pending",
+        "kvm0001": "intent",
+        "kvm0002": "pending",
+    }
 
 
-async def test_concurrent_intents_share_commits(open_journal: Any, db: Path) -> None:
+async def test_concurrent_intents_share_commits(open_journal: Any, location: Path | str) -> None:
     j = open_journal()
     run_id = await new_run(j, ids(200))
     before = j.commits
@@ -210,7 +257,7 @@ async def test_concurrent_intents_share_commits(open_journal: Any, db: Path) -> 
             tg.start_soon(j.write_intents, run_id, [k])
     commits = j.commits - before
     assert commits <= 10, f"{commits} commits for 200 concurrent intents"
-    assert set(states(db, run_id).values()) == {"intent"}
+    assert set(states(location, run_id).values()) == {"intent"}
 
 
 async def test_intents_are_all_or_none_and_refused_when_unsafe(open_journal: Any) -> None:
@@ -250,7 +297,7 @@ async def test_a_resend_after_not_sent_needs_the_outcome_first(open_journal: Any
     assert (t.state, t.sends, t.sent_at) == (TargetState.INTENT, 2, clock.time())
 
 
-async def test_a_cancelled_intent_is_not_written(open_journal: Any, db: Path) -> None:
+async def test_a_cancelled_intent_is_not_written(open_journal: Any, location: Path | str) -> None:
     j = open_journal()
     run_id = await new_run(j, ids(1))
     with anyio.CancelScope() as scope:
@@ -258,7 +305,7 @@ async def test_a_cancelled_intent_is_not_written(open_journal: Any, db: Path) ->
         await j.write_intents(run_id, ["kvm0000"])
     assert scope.cancelled_caught
     await j.flush()
-    assert states(db, run_id) == {"kvm0000": "pending"}
+    assert states(location, run_id) == {"kvm0000": "pending"}
 
 
 # --------------------------------------------------------------------------- outcomes, resume
@@ -305,7 +352,7 @@ async def test_outcomes_and_attempts_are_recorded(open_journal: Any) -> None:
 
 
 async def test_an_unknown_attempt_outcome_in_the_journal_is_a_journal_error(
-    open_journal: Any, db: Path
+    open_journal: Any, location: Path | str
 ) -> None:
     j = open_journal()
     run_id = await new_run(j, ids(1))
@@ -313,8 +360,7 @@ async def test_an_unknown_attempt_outcome_in_the_journal_is_a_journal_error(
         run_id, Attempt("set/reinstall", "kvm0000", Outcome.ACCEPTED, 200, "ok", 0.25)
     )
     await j.flush()
-    with sqlite3.connect(db) as conn:  # written by another version, or by hand
-        conn.execute("UPDATE attempts SET outcome = 'exploded'")
+    sql(location, "UPDATE attempts SET outcome = 'exploded'")  # another version, or by hand
     with pytest.raises(JournalError, match=r"kvm0000 .* unknown outcome 'exploded'"):
         await j.attempts(run_id)
 
@@ -330,7 +376,7 @@ async def test_an_outcome_that_does_not_fit_is_not_applied(open_journal: Any) ->
         await j.record_outcome(run_id, "kvm0000", TargetState.INTENT)
 
 
-async def test_resume_after_a_crash_without_flush(open_journal: Any, db: Path) -> None:
+async def test_resume_after_a_crash_without_flush(open_journal: Any, location: Path | str) -> None:
     crashed = open_journal(clock=FakeClock())
     run_id = await new_run(crashed, ids(6))
     await crashed.write_intents(run_id, ids(4))
@@ -349,7 +395,7 @@ async def test_resume_after_a_crash_without_flush(open_journal: Any, db: Path) -
     assert got.failed == got.in_doubt == got.skipped == ()
 
 
-async def test_resume_after_a_killed_process(open_journal: Any, db: Path) -> None:
+async def test_resume_after_a_killed_process(open_journal: Any, location: Path | str) -> None:
     script = textwrap.dedent("""
         import os, signal, sys
         import anyio
@@ -373,7 +419,7 @@ async def test_resume_after_a_killed_process(open_journal: Any, db: Path) -> Non
     """)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = await anyio.run_process(
-        [sys.executable, "-c", script, str(db)], check=False, env=env, cwd=ROOT
+        [sys.executable, "-c", script, str(location)], check=False, env=env, cwd=ROOT
     )
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
     run_id = proc.stdout.decode().strip()
@@ -425,7 +471,7 @@ async def test_user_data_must_be_a_digest(open_journal: Any) -> None:
 
 
 async def test_buffered_outcomes_are_committed_without_waiting_callers(
-    open_journal: Any, db: Path
+    open_journal: Any, location: Path | str
 ) -> None:
     j = open_journal(max_buffered=3, max_delay=0.05)
     run_id = await new_run(j, ids(4))
@@ -442,7 +488,7 @@ async def test_buffered_outcomes_are_committed_without_waiting_callers(
         tg.start_soon(j.run_flusher)
         await anyio.sleep(0.5)  # ten flush periods
         tg.cancel_scope.cancel()
-    assert states(db, run_id)["kvm0003"] == "in_doubt"
+    assert states(location, run_id)["kvm0003"] == "in_doubt"
     [attempt] = await j.attempts(run_id)
     assert (attempt.kvm_id, attempt.http_status) == ("kvm0003", 502)
 
@@ -525,17 +571,16 @@ async def test_a_lock_without_heartbeat_goes_stale(open_journal: Any) -> None:
     assert (t.previous_run_id, t.why) == (run1, "no heartbeat for 121 s")
 
 
-async def test_close_releases_this_process_locks(open_journal: Any, db: Path) -> None:
+async def test_close_releases_this_process_locks(open_journal: Any, location: Path | str) -> None:
     j = open_journal()
     run_id = await new_run(j, ids(2))
     await j.close()
-    with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM locks").fetchone()[0] == 0
+    assert sql(location, "SELECT count(*) FROM locks") == [(0,)]
     with pytest.raises(JournalError, match="closed"):
         await j.write_intents(run_id, ["kvm0000"])
 
 
-async def test_two_journals_write_at_the_same_time(open_journal: Any, db: Path) -> None:
+async def test_two_journals_write_at_the_same_time(open_journal: Any, location: Path | str) -> None:
     a, b = open_journal(), open_journal()
     run_a = await new_run(a, ids(50)[:25])
     run_b = await new_run(b, ids(50)[25:])
@@ -544,7 +589,9 @@ async def test_two_journals_write_at_the_same_time(open_journal: Any, db: Path) 
             tg.start_soon(a.write_intents, run_a, [k])
         for k in ids(50)[25:]:
             tg.start_soon(b.write_intents, run_b, [k])
-    assert set(states(db, run_a).values()) == set(states(db, run_b).values()) == {"intent"}
+    assert (
+        set(states(location, run_a).values()) == set(states(location, run_b).values()) == {"intent"}
+    )
 
 
 # --------------------------------------------------------------------------- files and secrets

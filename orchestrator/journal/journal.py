@@ -1,4 +1,10 @@
-"""The SQLite journal: runs, targets, attempts; intents before sends; resume; per-VPS locks.
+"""The run journal: runs, targets, attempts; intents before sends; resume; per-VPS locks.
+
+Two backends behind this one API: a SQLite file (``store.py``, the default: one operator, one
+machine) and a PostgreSQL database (``pg_store.py``: runners on several machines share it,
+so its locks and runs hold across machines). ``location.py`` tells them apart and keeps the
+database password out of every message; ``hostlock.py`` adds the host-wide locks that keep two
+runs of one machine apart even when they use different journals.
 
 ``set/reinstall`` wipes a disk and has no idempotency key, so the journal is what makes "resume
 without reinstalling anything twice" possible: an *intent* for a VPS is durable before its POST
@@ -65,13 +71,15 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 import anyio.lowlevel
 
 from orchestrator.clock import SystemClock
 from orchestrator.errors import JournalError, LockedError
+from orchestrator.journal.hostlock import HostLocks
+from orchestrator.journal.location import JournalConfig
 from orchestrator.journal.schema import (
     OUTCOME_FROM,
     AttemptRecord,
@@ -87,6 +95,9 @@ from orchestrator.journal.schema import (
 )
 from orchestrator.journal.store import Batch, IntentRequest, Store
 from orchestrator.model import Attempt, Clock, TargetState
+
+if TYPE_CHECKING:
+    from orchestrator.journal.pg_store import PgStore
 
 __all__ = [
     "Journal",
@@ -121,7 +132,12 @@ class _Ticket:
 
 
 class Journal:
-    """The run journal in one SQLite file. See the module docstring for the protocol.
+    """The run journal in one SQLite file or a PostgreSQL database. See the module docstring
+    for the protocol.
+
+    ``path`` is a SQLite file, a ``postgresql://`` URL or a ``JournalConfig`` (which also
+    gives the host name and, with ``host_locks``, the host-wide locks). ``host_locks``, when
+    given, are taken with the journal's own locks and released on ``close``.
 
     ``clock`` gives timestamps (its wall time) and the age of buffered rows (its monotonic
     time); ``redactor`` (e.g. a ``secrets.Redactor``) filters every server message and reason;
@@ -135,7 +151,7 @@ class Journal:
 
     def __init__(
         self,
-        path: str | os.PathLike[str],
+        path: str | os.PathLike[str] | JournalConfig,
         *,
         clock: Clock | None = None,
         redactor: Callable[[str], str] | None = None,
@@ -145,19 +161,42 @@ class Journal:
         busy_timeout: float = 10.0,
         max_buffered: int = 512,
         max_delay: float = 0.5,
+        host_locks: HostLocks | None = None,
     ) -> None:
-        self.path = Path(path)
+        config = path if isinstance(path, JournalConfig) else JournalConfig(os.fspath(path))
+        self.config = config
+        #: The SQLite file, or the URL of a PostgreSQL journal with its password as ``***``.
+        self.path: Path | str = config.shown if config.is_url else config.path
         self._clock: Clock = clock or SystemClock()
         self._redact: Callable[[str], str] = redactor or str
         self._max_buffered = max_buffered
         self._max_delay = max_delay
-        self._store = Store(
-            self.path,
-            pid=os.getpid() if pid is None else pid,
-            hostname=socket.gethostname() if hostname is None else hostname,
-            busy_timeout=busy_timeout,
-            stale_after=lock_stale_after,
-        )
+        self._host_locks = host_locks
+        me = os.getpid() if pid is None else pid
+        host = hostname or config.hostname or socket.gethostname()
+        self._store: Store | PgStore
+        if config.is_url:
+            # Imported here: psycopg is loaded only when a PostgreSQL journal is opened.
+            from orchestrator.journal.pg_store import PgStore  # noqa: PLC0415
+
+            conninfo, password = config.conninfo()
+            self._store = PgStore(
+                conninfo,
+                shown=config.shown,
+                secrets=[conninfo] + ([password.reveal()] if password else []),
+                pid=me,
+                hostname=host,
+                busy_timeout=busy_timeout,
+                stale_after=lock_stale_after,
+            )
+        else:
+            self._store = Store(
+                config.path,
+                pid=me,
+                hostname=host,
+                busy_timeout=busy_timeout,
+                stale_after=lock_stale_after,
+            )
         # Set while a call runs on the connection; the others wait for it (see ``_hold``).
         self._busy: anyio.Event | None = None
         # Our own thread slot: a thread pool busy with other work never delays a commit.
@@ -169,7 +208,7 @@ class Journal:
         self._closed = False
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], **kwargs: Any) -> Journal:
+    async def open(cls, path: str | os.PathLike[str] | JournalConfig, **kwargs: Any) -> Journal:
         """Construct a journal in a worker thread, keeping the loop free; arguments and errors
         as the constructor."""
         return await anyio.to_thread.run_sync(partial(cls, path, **kwargs))
@@ -529,10 +568,23 @@ class Journal:
         returned. Raises ``LockedError`` naming the holding run(s) and VPSes when another live
         process holds any of them (nothing is taken then), ``JournalError`` for an unknown run,
         ``ValueError`` for repeated ids.
+
+        With ``host_locks``, the host-wide locks are taken first (``LockedError`` when a live
+        run of this machine holds some, whatever journal it uses), and given back if the
+        journal refuses.
         """
         ids = _unique(kvm_ids)
         now = self._clock.time()
-        takeovers = await self._call(partial(self._store.acquire_locks, run_id, ids, now))
+        hosts = self._host_locks
+        if hosts is not None:
+            await self._call(partial(hosts.acquire, run_id, ids))
+        try:
+            takeovers = await self._call(partial(self._store.acquire_locks, run_id, ids, now))
+        except BaseException:
+            if hosts is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._call(partial(hosts.release, ids))
+            raise
         self._held.setdefault(run_id, set()).update(ids)
         for t in takeovers:
             _log.warning(
@@ -581,4 +633,11 @@ class Journal:
             async with self._hold(check=False):
                 self._closed = True
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(self._store.close, limiter=self._limiter)
+                    await anyio.to_thread.run_sync(self._close_all, limiter=self._limiter)
+
+    def _close_all(self) -> None:
+        try:
+            if self._host_locks is not None:
+                self._host_locks.close()
+        finally:
+            self._store.close()

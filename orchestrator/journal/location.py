@@ -21,6 +21,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from orchestrator.errors import JournalError
+from orchestrator.journal.hostlock import HostLocks, account_scope
 from orchestrator.secrets import EnvPassword, FilePassword, Secret, read_source
 
 #: The journal of a run when neither ``--journal`` nor ``EDIS_FLEET_JOURNAL`` says otherwise.
@@ -92,6 +93,13 @@ class JournalConfig:
     def path(self) -> Path:
         """The SQLite file (only for a path location)."""
         return Path(self.location)
+
+    def host_locks(self, endpoint: str, account: str) -> HostLocks | None:
+        """The host-wide locks of a run against ``account`` at ``endpoint`` (``None`` when
+        this config has no host lock directory). Nothing is touched before the first lock."""
+        if self.host_lock_dir is None:
+            return None
+        return HostLocks(self.host_lock_dir, account_scope(endpoint, account), journal=self.shown)
 
     def effective_hostname(self) -> str:
         """The host name locks are taken as."""

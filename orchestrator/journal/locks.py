@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from orchestrator.errors import LockedError
 from orchestrator.journal.schema import LockRecord, LockTakeover
@@ -55,7 +56,9 @@ def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
         yield items[i : i + _CHUNK]
 
 
-def stale_reason(row: sqlite3.Row, now: float, *, hostname: str, stale_after: float) -> str:
+def stale_reason(
+    row: sqlite3.Row | Mapping[str, Any], now: float, *, hostname: str, stale_after: float
+) -> str:
     """Return why another process's lock ``row`` is stale, or ``""`` if it is live.
 
     ``hostname`` is this process's host: only there can a pid be looked up.

@@ -399,8 +399,8 @@ def mask_options(value: Any) -> Any:
     return value
 
 
-def run_from_row(row: sqlite3.Row) -> RunRecord:
-    """Build a ``RunRecord`` from a ``SELECT * FROM runs`` row."""
+def run_from_row(row: sqlite3.Row | Mapping[str, Any]) -> RunRecord:
+    """Build a ``RunRecord`` from a ``SELECT * FROM runs`` row (SQLite row or a mapping)."""
     return RunRecord(
         id=row["id"],
         manifest_path=row["manifest_path"],

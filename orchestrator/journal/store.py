@@ -271,7 +271,7 @@ class Store:
             elif TargetState(row[0]) not in INTENT_FROM:
                 problems.append(f"{kvm_id}: state is {row[0]}; another send could repeat it")
             elif (row[1], row[2], row[3]) != (req.run_id, self.pid, self.hostname):
-                holder = "nobody" if row[1] is None else f"run {row[1]} (pid {row[2]})"
+                holder = "nobody" if row[1] is None else f"run {row[1]} (pid {row[2]} on {row[3]})"
                 problems.append(f"{kvm_id}: locked by {holder}, not by this process")
         return "; ".join(problems)
 

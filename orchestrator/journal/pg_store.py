@@ -1,0 +1,396 @@
+"""The journal's blocking half on PostgreSQL: one connection, one transaction per call.
+
+The same contract as ``store.Store`` (the SQLite one) — ``journal.Journal`` calls either from
+its worker thread, one call at a time — for a database that runners on several machines
+share. psycopg is imported here and only here; ``journal.py`` imports this module when a
+PostgreSQL journal is opened, so the cli starts without loading it.
+
+What differs from SQLite, and why:
+
+- SQLite serialises every writer of the file (``BEGIN IMMEDIATE``); PostgreSQL does not, so
+  the rules that need serialising say so explicitly. Taking locks runs under one
+  transaction-scoped advisory lock (``pg_schema.LOCKS_KEY``): two runs deciding at the same
+  moment whether a VPS is free take turns, and the second sees the first one's rows. An
+  intent's transaction reads the VPS's lock row ``FOR SHARE``: the intent is written only if
+  this process holds the lock *in that same transaction*, and a takeover (an ``UPDATE`` of
+  that row) waits for the intent to commit, or the intent sees the new holder and is refused.
+- A batch costs a handful of round trips whatever its size: outcomes go as one pipelined
+  ``executemany``, intents are checked with one query per run and written with one more.
+- Errors are ``JournalError`` with the URL's password replaced by ``***``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import dict_row
+
+from orchestrator.errors import JournalError
+from orchestrator.journal import pg_locks
+from orchestrator.journal.pg_schema import migrate
+from orchestrator.journal.schema import (
+    INTENT_FROM,
+    OUTCOME_FROM,
+    AttemptRecord,
+    LockRecord,
+    LockTakeover,
+    RunRecord,
+    RunStatus,
+    TargetRecord,
+    attempt_from_row,
+    run_from_row,
+    target_from_row,
+)
+from orchestrator.journal.store import Batch, IntentRequest, new_run_id
+from orchestrator.model import TargetState
+
+_log = logging.getLogger("orchestrator.journal.journal")
+T = TypeVar("T")
+
+# One UPDATE for every outcome state: the phase columns a state stamps, guarded by the states
+# it may follow (``OUTCOME_FROM``); RETURNING tells which ones did not fit.
+_OUTCOME_SQL = """
+    UPDATE targets SET state = %(state)s, reason = %(reason)s,
+        accepted_at = CASE WHEN %(state)s = 'accepted' THEN %(at)s ELSE accepted_at END,
+        ready_at = CASE WHEN %(state)s = 'ready' THEN %(at)s ELSE ready_at END,
+        ended_at = CASE WHEN %(state)s IN ('ready', 'failed', 'in_doubt', 'skipped')
+                        THEN %(at)s ELSE ended_at END
+    WHERE run_id = %(run)s AND kvm_id = %(kvm)s AND state = ANY(%(from)s)
+    RETURNING kvm_id
+"""
+_INSERT_ATTEMPT = """
+    INSERT INTO attempts (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
+    SELECT %s, %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM runs WHERE id = %s)
+"""
+_PROGRESS_COLUMNS = frozenset({"wave_position", "failures", "retries", "counters_json"})
+_FROM = {state: sorted(s.value for s in allowed) for state, allowed in OUTCOME_FROM.items()}
+
+
+class PgStore:
+    """A PostgreSQL journal and its one connection; each public method is one transaction.
+
+    ``conninfo`` is the URL to connect with (it may hold the password: it is never shown);
+    ``shown`` is the URL as it may be printed. Not thread-safe: the caller runs one method at
+    a time. Raises ``JournalError`` from the constructor when the database cannot be reached,
+    is not a journal or is newer than this code, and from every method on database errors
+    (after a rollback).
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        shown: str,
+        secrets: Sequence[str],
+        pid: int,
+        hostname: str,
+        busy_timeout: float,
+        stale_after: float,
+    ) -> None:
+        self.path = shown
+        self.pid = pid
+        self.hostname = hostname
+        self.stale_after = stale_after
+        self._secrets = [s for s in secrets if s]
+        self.commits = 0
+        self.ignored_outcomes: list[tuple[str, str, TargetState, str | None]] = []
+        ms = max(1, int(busy_timeout * 1000))
+        try:
+            self._conn: psycopg.Connection[Any] = psycopg.connect(
+                conninfo,
+                autocommit=True,
+                connect_timeout=max(1, int(busy_timeout)),
+                application_name="edis-fleet",
+            )
+            # A lock another runner holds (a row, the advisory lock) is waited for this long,
+            # then the call fails: never hang a run on a stuck peer. Set here rather than with
+            # ``options=``, which would replace the URL's own (a ``search_path``, say).
+            self._conn.execute(f"SET lock_timeout = {ms}")
+            self._conn.execute("SET idle_in_transaction_session_timeout = 60000")
+        except psycopg.Error as exc:
+            raise JournalError(f"cannot open journal {shown}: {self._clean(exc)}") from None
+        try:
+            self.schema_version = migrate(self._conn)
+        except psycopg.Error as exc:
+            self._conn.close()
+            raise JournalError(f"cannot migrate journal {shown}: {self._clean(exc)}") from None
+        except BaseException:
+            self._conn.close()
+            raise
+
+    def _clean(self, exc: BaseException) -> str:
+        """The error's text with any secret of the connection replaced by ``***``."""
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _tx(self, fn: Callable[[psycopg.Cursor[Any]], T], *, write: bool) -> T:
+        """Run ``fn`` in one transaction; roll back and raise ``JournalError`` on failure."""
+        try:
+            with self._conn.transaction(), self._conn.cursor() as cur:
+                result = fn(cur)
+        except psycopg.Error as exc:
+            raise JournalError(f"journal {self.path}: {self._clean(exc)}") from None
+        if write:
+            self.commits += 1
+        return result
+
+    def _dict_cursor(self) -> psycopg.Cursor[dict[str, Any]]:
+        return self._conn.cursor(row_factory=dict_row)
+
+    def close(self) -> None:
+        """Close the connection."""
+        with contextlib.suppress(psycopg.Error):
+            self._conn.close()
+
+    # ----------------------------------------------------------------- the batch
+
+    def write_batch(self, batch: Batch) -> dict[IntentRequest, str]:
+        """Commit ``batch`` in one transaction: outcomes, attempts, progress, then intents.
+
+        Returns the refused intent requests with the reason; a refused request writes nothing.
+        """
+        return self._tx(lambda cur: self._write_batch(cur, batch), write=True)
+
+    def _write_batch(self, cur: psycopg.Cursor[Any], batch: Batch) -> dict[IntentRequest, str]:
+        if batch.outcomes:
+            params = [
+                {"run": r, "kvm": k, "state": s.value, "reason": why, "at": at, "from": _FROM[s]}
+                for r, k, s, why, at in batch.outcomes
+            ]
+            cur.executemany(_OUTCOME_SQL, params, returning=True)
+            misfits: list[tuple[str, str, TargetState]] = []
+            for run_id, kvm_id, state, _, _ in batch.outcomes:  # one result per outcome
+                if cur.fetchone() is None:
+                    misfits.append((run_id, kvm_id, state))
+                cur.nextset()
+            for run_id, kvm_id, state in misfits:
+                self._ignored(cur, run_id, kvm_id, state)
+        if batch.attempts:
+            cur.executemany(_INSERT_ATTEMPT, [(*a, a[0]) for a in batch.attempts])
+        for run_id, fields in batch.progress.items():
+            cols = [c for c in fields if c in _PROGRESS_COLUMNS]
+            sets = "".join(f"{c} = %({c})s, " for c in cols)
+            cur.execute(
+                f"UPDATE runs SET {sets}updated_at = %(updated_at)s WHERE id = %(run)s",  # noqa: S608
+                {**fields, "run": run_id},
+            )
+        return self._write_intents(cur, batch.intents) if batch.intents else {}
+
+    def _ignored(
+        self, cur: psycopg.Cursor[Any], run_id: str, kvm_id: str, state: TargetState
+    ) -> None:
+        cur.execute("SELECT state FROM targets WHERE run_id = %s AND kvm_id = %s", (run_id, kvm_id))
+        row = cur.fetchone()
+        found = None if row is None else str(row[0])
+        self.ignored_outcomes.append((run_id, kvm_id, state, found))
+        _log.warning("journal: outcome %s for %s not applied (state %s)", state, kvm_id, found)
+
+    def _write_intents(
+        self, cur: psycopg.Cursor[Any], requests: Sequence[IntentRequest]
+    ) -> dict[IntentRequest, str]:
+        """Check every request against its targets and lock rows (read ``FOR SHARE``, so no
+        takeover commits in between), then write the ones that pass."""
+        by_run: dict[str, set[str]] = {}
+        for req in requests:
+            by_run.setdefault(req.run_id, set()).update(req.kvm_ids)
+        states: dict[tuple[str, str], str] = {}
+        for run_id, kvm_ids in by_run.items():
+            cur.execute(
+                "SELECT kvm_id, state FROM targets WHERE run_id = %s AND kvm_id = ANY(%s)"
+                " FOR UPDATE",
+                (run_id, sorted(kvm_ids)),
+            )
+            states.update(((run_id, k), s) for k, s in cur.fetchall())
+        every = sorted(set().union(*by_run.values()))
+        cur.execute(
+            "SELECT kvm_id, run_id, pid, hostname FROM locks WHERE kvm_id = ANY(%s)"
+            " ORDER BY kvm_id FOR SHARE",
+            (every,),
+        )
+        holders = {k: (r, p, h) for k, r, p, h in cur.fetchall()}
+        refused: dict[IntentRequest, str] = {}
+        writes: list[tuple[float, str, list[str]]] = []
+        for req in requests:
+            problems: list[str] = []
+            for kvm_id in req.kvm_ids:
+                state = states.get((req.run_id, kvm_id))
+                holder = holders.get(kvm_id)
+                if state is None:
+                    problems.append(f"{kvm_id}: not a target of run {req.run_id}")
+                elif TargetState(state) not in INTENT_FROM:
+                    problems.append(f"{kvm_id}: state is {state}; another send could repeat it")
+                elif holder != (req.run_id, self.pid, self.hostname):
+                    who = (
+                        "nobody"
+                        if holder is None
+                        else f"run {holder[0]} (pid {holder[1]} on {holder[2]})"
+                    )
+                    problems.append(f"{kvm_id}: locked by {who}, not by this process")
+            if problems:
+                refused[req] = "; ".join(problems)
+                continue
+            writes.append((req.at, req.run_id, list(req.kvm_ids)))
+            for kvm_id in req.kvm_ids:  # a later request in this batch sees this one
+                states[(req.run_id, kvm_id)] = TargetState.INTENT.value
+        if writes:
+            cur.executemany(
+                "UPDATE targets SET state = 'intent', sent_at = %s, sends = sends + 1,"
+                " reason = '' WHERE run_id = %s AND kvm_id = ANY(%s)",
+                writes,
+            )
+        return refused
+
+    # ----------------------------------------------------------------- runs and targets
+
+    def create_run(
+        self, manifest_path: str, manifest_sha256: str, plan_sha256: str, options: str, now: float
+    ) -> str:
+        """Insert a ``running`` run with a fresh id; return the id."""
+        rest = (manifest_path, manifest_sha256, plan_sha256, options, self.pid, self.hostname, now)
+
+        def tx(cur: psycopg.Cursor[Any]) -> str:
+            for _ in range(20):
+                run_id = new_run_id(now)
+                cur.execute(
+                    "INSERT INTO runs (id, manifest_path, manifest_sha256, plan_sha256,"
+                    " options_json, pid, hostname, started_at, updated_at, status)"
+                    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, 'running')"
+                    " ON CONFLICT (id) DO NOTHING",
+                    (run_id, *rest, now),
+                )
+                if cur.rowcount == 1:
+                    return run_id
+            raise JournalError("could not draw a free run id")
+
+        return self._tx(tx, write=True)
+
+    def add_targets(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert ``(run_id, kvm_id, wave, position, image, hostname, user_data_sha256,
+        queued_at)`` rows; raise ``JournalError`` for an unknown run or a repeated VPS."""
+
+        def tx(cur: psycopg.Cursor[Any]) -> None:
+            cur.executemany(
+                "INSERT INTO targets (run_id, kvm_id, wave, position, image, hostname,"
+                " user_data_sha256, queued_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                rows,
+            )
+
+        try:
+            self._tx(tx, write=True)
+        except JournalError as exc:
+            raise JournalError(f"cannot add targets: {exc}") from None
+
+    def set_run_status(self, run_id: str, status: RunStatus, now: float) -> RunRecord:
+        """Set a run's status (``running`` also takes it over for this process); return it."""
+
+        def tx(cur: psycopg.Cursor[Any]) -> RunRecord:
+            if status is RunStatus.RUNNING:
+                cur.execute(
+                    "UPDATE runs SET status = 'running', ended_at = NULL, pid = %s,"
+                    " hostname = %s, updated_at = %s WHERE id = %s",
+                    (self.pid, self.hostname, now, run_id),
+                )
+            else:
+                cur.execute(
+                    "UPDATE runs SET status = %s, ended_at = %s, updated_at = %s WHERE id = %s",
+                    (status.value, now, now, run_id),
+                )
+            return self._run(run_id)
+
+        return self._tx(tx, write=True)
+
+    # ----------------------------------------------------------------- reading
+
+    def _run(self, run_id: str) -> RunRecord:
+        with self._dict_cursor() as cur:
+            cur.execute("SELECT * FROM runs WHERE id = %s", (run_id,))
+            row = cur.fetchone()
+        if row is None:
+            raise JournalError(f"no run {run_id} in the journal")
+        return run_from_row(row)
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        with self._dict_cursor() as cur:
+            cur.execute(sql, args)
+            return cur.fetchall()
+
+    def runs(self) -> list[RunRecord]:
+        """Every run, oldest first (ids sort by start time)."""
+        sql = "SELECT * FROM runs ORDER BY id"
+        return self._tx(lambda _: [run_from_row(r) for r in self._rows(sql)], write=False)
+
+    def run(self, run_id: str) -> RunRecord:
+        """One run; ``JournalError`` when there is none."""
+        return self._tx(lambda _: self._run(run_id), write=False)
+
+    def targets(self, run_id: str) -> list[TargetRecord]:
+        """The run's targets in wave and position order."""
+        sql = "SELECT * FROM targets WHERE run_id = %s ORDER BY wave, position, kvm_id"
+        return self._tx(
+            lambda _: [target_from_row(r) for r in self._rows(sql, (run_id,))], write=False
+        )
+
+    def attempts(self, run_id: str, kvm_id: str | None) -> list[AttemptRecord]:
+        """The run's attempts (only ``kvm_id``'s when given), oldest first."""
+        cols = "run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds"
+        args: tuple[str, ...] = (run_id,) if kvm_id is None else (run_id, kvm_id)
+        where = "" if kvm_id is None else " AND kvm_id = %s"
+        sql = f"SELECT {cols} FROM attempts WHERE run_id = %s{where} ORDER BY id"  # noqa: S608
+        return self._tx(
+            lambda _: [attempt_from_row(r) for r in self._rows(sql, args)],
+            write=False,
+        )
+
+    def locks(self) -> list[LockRecord]:
+        """Every lock row, by kvm id."""
+        return self._tx(pg_locks.read_locks, write=False)
+
+    def lock_takeovers(self, run_id: str) -> list[LockTakeover]:
+        """The stale locks run ``run_id`` took over, oldest first."""
+        return self._tx(lambda c: pg_locks.read_takeovers(c, run_id), write=False)
+
+    # ----------------------------------------------------------------- locks
+
+    def acquire_locks(self, run_id: str, kvm_ids: Sequence[str], now: float) -> list[LockTakeover]:
+        """Take all of ``kvm_ids`` for this run and process, or none (``LockedError``); see
+        ``pg_locks.acquire``. Raises ``JournalError`` for an unknown run."""
+
+        def tx(cur: psycopg.Cursor[Any]) -> list[LockTakeover]:
+            self._run(run_id)
+            return pg_locks.acquire(
+                cur,
+                run_id,
+                kvm_ids,
+                now,
+                pid=self.pid,
+                hostname=self.hostname,
+                stale_after=self.stale_after,
+            )
+
+        return self._tx(tx, write=True)
+
+    def heartbeat(self, run_id: str, expected: set[str], now: float) -> dict[str, list[str]]:
+        """Refresh this process's locks of ``run_id`` and the run's ``updated_at``; return which
+        of ``expected`` are no longer ours, grouped by their holder now."""
+
+        def tx(cur: psycopg.Cursor[Any]) -> dict[str, list[str]]:
+            lost = pg_locks.heartbeat(
+                cur, run_id, expected, now, pid=self.pid, hostname=self.hostname
+            )
+            cur.execute("UPDATE runs SET updated_at = %s WHERE id = %s", (now, run_id))
+            return lost
+
+        return self._tx(tx, write=True)
+
+    def release_locks(self, run_id: str) -> int:
+        """Delete this process's locks of ``run_id``; return how many there were."""
+        return self._tx(
+            lambda c: pg_locks.release(c, run_id, pid=self.pid, hostname=self.hostname),
+            write=True,
+        )
