@@ -76,9 +76,9 @@ def parse_count_or_percent(value: object, *, minimum: int) -> CountOrFraction:
         raise ValueError(f"got {kind_of(value)}, {expected}")
     if isinstance(value, int):
         if value < minimum:
-            raise ValueError(f"{_short(value)} is below {minimum}; {expected}")
+            raise ValueError(f"{shorten(value)} is below {minimum}; {expected}")
         if value > MAX_COUNT:
-            raise ValueError(f"{_short(value)} is above the maximum of {MAX_COUNT:,}; {expected}")
+            raise ValueError(f"{shorten(value)} is above the maximum of {MAX_COUNT:,}; {expected}")
         return CountOrFraction(count=value)
     if isinstance(value, str):
         m = _PERCENT_RE.fullmatch(value)
@@ -99,6 +99,17 @@ _RATE_RE = re.compile(
     re.IGNORECASE | re.ASCII,
 )
 _DIGITS_RE = re.compile(r"[0-9]+", re.ASCII)
+_LONG_NUMBER_RE = re.compile(r"[0-9]{10,}|\.[0-9]{7,}", re.ASCII)
+
+
+def _too_many_digits(text: str) -> None:
+    if _LONG_NUMBER_RE.search(text):
+        raise ValueError(
+            f"{shorten(text)} is out of range: a number here has at most 9 digits "
+            "(and 6 after the point)"
+        )
+
+
 # Rates: at least one request an hour, at most 100,000 a second (a limit that never binds,
 # for benchmarks; the API itself allows far fewer).
 MIN_RATE_PER_S = 1 / 3600
@@ -120,7 +131,8 @@ def parse_rate(value: object) -> float:
         raise ValueError(f"{value!r} has no unit; {expected}")
     m = _RATE_RE.fullmatch(value)
     if m is None:
-        raise ValueError(f"cannot read rate {_short(value)}; {expected}")
+        _too_many_digits(value)
+        raise ValueError(f"cannot read rate {shorten(value)}; {expected}")
     rate = float(m.group(1)) / _PER[m.group(2).lower()]
     if rate <= 0:
         raise ValueError(f"rate {value!r} must be above zero; {expected}")
@@ -158,14 +170,15 @@ def parse_duration(
         if value == 0:
             seconds = 0.0
         else:
-            raise ValueError(f"{_short(value)} has no unit; {expected}")
+            raise ValueError(f"{shorten(value)} has no unit; {expected}")
     elif _DURATION_RE.fullmatch(value) is None:
-        raise ValueError(f"cannot read duration {_short(value)}; {expected}")
+        _too_many_digits(value)
+        raise ValueError(f"cannot read duration {shorten(value)}; {expected}")
     else:
         seconds = sum(float(n) * _SECONDS[u.lower()] for n, u in _DURATION_PART.findall(value))
     if not minimum <= seconds <= maximum:
         raise ValueError(
-            f"duration {_short(value)} is out of range; expected between "
+            f"duration {shorten(value)} is out of range; expected between "
             f"{format_duration(minimum)} and {format_duration(maximum)}"
         )
     return seconds
@@ -201,16 +214,16 @@ def parse_size(value: object, *, maximum: int = MAX_SIZE) -> int:
     elif isinstance(value, str) and (m := _SIZE_RE.fullmatch(value)) is not None:
         size = int(m.group(1)) * _BYTES[(m.group(2) or "b").lower()]
     else:
-        raise ValueError(f"cannot read size {_short(value)}; {expected}")
+        raise ValueError(f"cannot read size {shorten(value)}; {expected}")
     if size <= 0:
         raise ValueError(f"size must be above zero; {expected}")
     if size > maximum:
-        raise ValueError(f"size {_short(value)} is above the maximum of {maximum} bytes")
+        raise ValueError(f"size {shorten(value)} is above the maximum of {maximum} bytes")
     return size
 
 
-def _short(value: object) -> str:
-    """``repr`` of a value for a message, cut short (a 5,000-digit number is not echoed)."""
+def shorten(value: object) -> str:
+    """Return ``repr`` of a value for a message, cut short (a 5,000-digit id is not echoed)."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
         return "a number of over 30 digits"
     text = repr(value)
@@ -230,5 +243,5 @@ def kind_of(value: object) -> str:
     if isinstance(value, str):
         return f"the string {value!r}" if len(value) <= 40 else "a long string"
     if isinstance(value, int | float):
-        return _short(value)
+        return shorten(value)
     return f"a {type(value).__name__}"

@@ -53,7 +53,8 @@ def _custom(parse: Callable[[Any], T]) -> Callable[[Any], T]:
 def _kvm_id(value: str) -> str:
     if not fleet.KVM_ID_RE.fullmatch(value):
         raise ValueError(
-            f"malformed id {value!r}; expected kvm_<digits>_<digits>, like kvm_100001_200001"
+            f"malformed id {units.shorten(value)}; expected kvm_<digits>_<digits> (1 to 18 "
+            "digits each), like kvm_100001_200001"
         )
     return value
 
@@ -61,7 +62,7 @@ def _kvm_id(value: str) -> str:
 def _hostname(value: str) -> str:
     if not fleet.HOSTNAME_RE.fullmatch(value):
         raise ValueError(
-            f"{value!r} is not a valid host name; expected letters, digits and inner "
+            f"{units.shorten(value)} is not a valid host name; expected letters, digits and inner "
             "hyphens, in dot-separated labels of at most 63 characters"
         )
     return value
@@ -71,7 +72,7 @@ def _name(what: str) -> Callable[[str], str]:
     def check(value: str) -> str:
         if not _NAME_RE.fullmatch(value):
             raise ValueError(
-                f"{what} {value!r} may only hold letters, digits, '_', '.' and '-', "
+                f"{what} {units.shorten(value)} may only hold letters, digits, '_', '.' and '-', "
                 "and must start with a letter or digit"
             )
         return value
@@ -81,7 +82,7 @@ def _name(what: str) -> Callable[[str], str]:
 
 def _env_name(value: str) -> str:
     if not fleet.ENV_NAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not an environment variable name")
+        raise ValueError(f"{units.shorten(value)} is not an environment variable name")
     return value
 
 

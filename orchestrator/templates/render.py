@@ -1,6 +1,8 @@
 """Cloud-init user data: rendering a fleet's templates per VPS.
 
-Templates are Jinja2, rendered in a ``SandboxedEnvironment`` with ``StrictUndefined`` (a
+Templates are Jinja2, rendered in a bounded sandbox (``templates.sandbox``: time, loop
+steps, value sizes and memory are capped; the output stops past the user-data limit) with
+``StrictUndefined`` (a
 misspelt variable is an error, not an empty string), ``trim_blocks`` and ``lstrip_blocks``
 (block tags leave no blank lines or indentation behind, which matters in YAML). The context
 of one render is the VPS's ``id`` (also ``kvm_id``), ``hostname``, ``image``, ``tags``
@@ -13,6 +15,10 @@ size limit). ``templates_check.check_templates`` does that for a whole fleet, wi
 ``cloud-init schema`` (``templates_schema``). No problem text ever contains the root password
 or rendered content: messages are built from the template's own error text and positions, and
 the password is scrubbed from them.
+
+Template files, included, imported or not, are confined to the manifest's directory tree
+(after resolving symbolic links): an absolute path, ``..`` out of the tree or a link that
+points outside is refused, as are files that are not regular or over 1 MiB.
 """
 
 from __future__ import annotations
@@ -24,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-from jinja2.sandbox import SandboxedEnvironment
 
 from orchestrator import fleet
 from orchestrator.errors import ManifestError
 from orchestrator.fleet import TemplateSource, VpsEntry
+from orchestrator.localfiles import MAX_TEMPLATE_BYTES, LocalFileError, read_text, resolve_inside
 from orchestrator.secrets import Redactor, Secret
 from orchestrator.templates.document import (
     TemplateFailure,
@@ -37,27 +43,40 @@ from orchestrator.templates.document import (
     classify,
     parse_cloud_config,
 )
+from orchestrator.templates.sandbox import BoundedEnvironment, BoundExceeded, Budget, memory_bound
 
 __all__ = ["Templates"]
 
 
+class TemplateRefused(jinja2.TemplateNotFound):
+    """An included template outside the manifest's tree, or not a usable file."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        super().__init__(name, f"included template {name!r} {reason}")
+        self.reason = reason
+
+
 class _RelativeLoader(jinja2.BaseLoader):
-    """Finds ``{% include %}``-d templates relative to the manifest's directory."""
+    """Finds ``{% include %}``-d (and imported) templates relative to the manifest's
+    directory, never outside its tree (``localfiles.resolve_inside``)."""
 
     def __init__(self, base: Path, seen: dict[str, str], display_dir: str) -> None:
-        self._base = base
+        self._base = base.resolve()
         self._seen = seen
         self._display_dir = display_dir
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
-        """Return the text and file name of ``template``; raise ``TemplateNotFound``."""
-        path = self._base / template
+        """Return the text and file name of ``template``; raise ``TemplateNotFound`` (or
+        ``TemplateRefused``, one of those, for a path outside the tree or an unusable file)."""
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            raise jinja2.TemplateNotFound(template) from None
+            path = resolve_inside(self._base, template)
+            text = read_text(path, max_bytes=MAX_TEMPLATE_BYTES)
+        except LocalFileError as exc:
+            if str(exc) == "not found":
+                raise jinja2.TemplateNotFound(template) from None
+            raise TemplateRefused(template, str(exc)) from None
         self._seen[str(path)] = os.path.normpath(os.path.join(self._display_dir, template))
         return text, str(path), lambda: True
 
@@ -79,7 +98,7 @@ class Templates:
         self.max_bytes = max_bytes
         # Template file names (as Jinja sees them) -> how messages show them.
         self._display: dict[str, str] = {}
-        self._env = SandboxedEnvironment(
+        self._env = BoundedEnvironment(
             undefined=jinja2.StrictUndefined,
             autoescape=False,  # YAML, not HTML
             trim_blocks=True,
@@ -88,6 +107,9 @@ class Templates:
             loader=_RelativeLoader(base_dir, self._display, display_dir),
         )
         self._compiled: dict[str, jinja2.Template | TemplateFailure] = {}
+        # Templates that went past a render bound for one VPS: the others get the same
+        # problem at once, so that a hostile template costs one bounded render, not one each.
+        self._exhausted: dict[str, TemplateFailure] = {}
 
     @classmethod
     def for_fleet(cls, fleet_: fleet.Fleet) -> Templates:
@@ -181,15 +203,47 @@ class Templates:
             "vars": fleet.thaw(entry.vars),
             "root_password": password.reveal(),
         }
+        exhausted = self._exhausted.get(source.key)
+        if exhausted is not None:
+            raise exhausted
         try:
-            return template.render(context)
+            return self._generate(source, template, context)
         except jinja2.TemplateSyntaxError as exc:  # in an included template
             file, line = self._where(source, exc.filename, exc.lineno)
             raise TemplateFailure(file, line, f"template syntax error: {exc.message}") from None
+        except TemplateFailure:
+            raise
         except Exception as exc:  # any failure inside a template becomes a problem
             file, line = self._runtime_where(source, exc)
             message = Redactor([password])(_runtime_message(exc))
-            raise TemplateFailure(file, line, message) from None
+            failure = TemplateFailure(file, line, message)
+            if isinstance(exc, BoundExceeded | MemoryError | RecursionError):
+                self._exhausted[source.key] = failure
+            raise failure from None
+
+    def _generate(
+        self, source: TemplateSource, template: jinja2.Template, context: dict[str, Any]
+    ) -> str:
+        """Render within the sandbox's bounds, stopping once the output passes the limit."""
+        self._env.budget = Budget()
+        parts: list[str] = []
+        size = 0
+        with memory_bound():
+            for chunk in template.generate(context):
+                parts.append(chunk)
+                size += len(chunk)
+                # Well past the limit: stop (a little past it, ``classify`` says by how much).
+                if size > 2 * self.max_bytes + 65536:
+                    failure = TemplateFailure(
+                        source.name,
+                        1 + source.line_offset,
+                        f"rendered user data is far over the limit of {self.max_bytes} bytes "
+                        "(rendering stopped; raise defaults.user_data_limit if the provider "
+                        "accepts more)",
+                    )
+                    self._exhausted[source.key] = failure
+                    raise failure
+        return "".join(parts)
 
     def _runtime_where(self, source: TemplateSource, exc: BaseException) -> tuple[str, int]:
         """Find the innermost template frame of a render error (Jinja rewrites tracebacks)."""
@@ -205,8 +259,16 @@ class Templates:
 def _runtime_message(exc: BaseException) -> str:
     if isinstance(exc, jinja2.UndefinedError):
         return f"undefined variable: {exc.message}"
+    if isinstance(exc, TemplateRefused):
+        return exc.message or f"included template {exc.name!r} refused"
     if isinstance(exc, jinja2.TemplateNotFound):
         return f"included template not found: {exc.name}"
+    if isinstance(exc, BoundExceeded):
+        return f"template stopped: {exc}"
+    if isinstance(exc, MemoryError):
+        return "template stopped: it needed more memory than a render may use"
+    if isinstance(exc, RecursionError):
+        return "template stopped: macros or includes nested too deeply"
     if isinstance(exc, jinja2.exceptions.SecurityError):
         return f"not allowed in the template sandbox: {exc}"
     return f"template failed: {type(exc).__name__}: {exc}"
