@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator.edis.hosts import HostPolicy, is_loopback
+from orchestrator.edis.hosts import (
+    HostPolicy,
+    host_pattern_problem,
+    is_loopback,
+    session_url_problem,
+)
 from orchestrator.errors import HostNotAllowedError
 
 
@@ -87,3 +92,48 @@ def test_is_loopback() -> None:
     assert is_loopback("::1")
     assert not is_loopback("10.0.0.1")
     assert not is_loopback("localhost.evil.com")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://session.edisglobal.com",
+        "http://127.0.0.1:8765",
+        "http://session.edisglobal.com",
+        "ftp://session.edisglobal.com",
+        "https://user:pw@session.edisglobal.com",
+        "https://session.edisglobal.com/#x",
+        "https://",
+        "https://session.edisglobal.com\n",
+        "https://[::1",
+    ],
+)
+def test_the_client_and_the_manifest_check_apply_one_session_url_rule(url: str) -> None:
+    problem = session_url_problem(url)
+    if problem is None:
+        HostPolicy.for_session_url(url)
+    else:
+        with pytest.raises(HostNotAllowedError) as refused:
+            HostPolicy.for_session_url(url)
+        assert str(refused.value) == f"session URL: {problem}"
+        assert "pw" not in problem  # a URL with user info is not quoted back
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fine"),
+    [
+        ("*.example.org", True),
+        ("api.example.net", True),
+        ("127.0.0.0/8", True),
+        ("*.com", False),
+        ("0.0.0.0/0", False),
+        ("host:443", False),
+    ],
+)
+def test_the_client_and_the_manifest_check_apply_one_pattern_rule(pattern: str, fine: bool) -> None:
+    assert (host_pattern_problem(pattern) is None) is fine
+    if fine:
+        HostPolicy.for_session_url("https://session.edisglobal.com", [pattern])
+    else:
+        with pytest.raises(HostNotAllowedError, match="allowed api host: "):
+            HostPolicy.for_session_url("https://session.edisglobal.com", [pattern])

@@ -96,7 +96,7 @@ def test_malformed_selection(kwargs: dict[str, object], fragment: str) -> None:
     ("kwargs", "fragment"),
     [
         ({"limit": ["kvm_9_9"]}, "--limit: kvm_9_9 is not in"),
-        ({"limit": ["kvm_1_2"]}, "did you mean kvm_"),
+        ({"limit": ["kvm_1_2"]}, "did you mean 'kvm_"),
         ({"exclude": ["kvm_9_9"]}, "--exclude: kvm_9_9 is not in"),
         ({"only": ["tag=wbe"]}, "--only tag=wbe: no such tag"),
         ({"only": ["group=dbs"]}, "no such group in"),

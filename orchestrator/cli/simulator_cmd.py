@@ -126,10 +126,14 @@ def _announce(sim: Simulator, source: str, shell_password: str) -> None:
 
 
 def _write_url(path: Path, url: str) -> None:
-    """Write ``url`` whole, then rename: a script polling for the file never reads half."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(url + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write ``url`` whole (``write_atomic``): a script polling for the file never reads half.
+
+    This is the command's file, not the simulator package's: the package itself stands alone
+    and writes no files.
+    """
+    from orchestrator.atomic import write_atomic
+
+    write_atomic(path, url + "\n", mode=0o644)
 
 
 async def _serve(

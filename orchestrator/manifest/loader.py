@@ -25,11 +25,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
 from orchestrator import fleet as f
+from orchestrator.edis.hosts import session_url_problem
 from orchestrator.errors import ManifestError
 from orchestrator.localfiles import (
     MAX_CA_FILE_BYTES,
@@ -286,20 +286,10 @@ class _Checker:
             self.sources.credential(source, path)
 
     def _session_url(self, url: str, path: FieldPath) -> None:
-        if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
-            # urlsplit would drop a newline or tab, and int() reads non-ASCII digits in a port.
-            self.report.problem(path, "must be printable ASCII without spaces, like https://host")
-            return
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.scheme not in ("https", "http") or not host:
-            self.report.problem(path, f"{url!r} is not a URL; expected https://host")
-        elif parts.username or parts.password or parts.query or parts.fragment:
-            self.report.problem(path, "must not carry user info, a query or a fragment")
-        elif parts.scheme == "http" and not _is_loopback_host(host):
-            self.report.problem(
-                path, f"http:// is only allowed on loopback (the simulator); use https://{host}"
-            )
+        # The client refuses by the same rule (edis.hosts); here it gets the field's line.
+        problem = session_url_problem(url)
+        if problem is not None:
+            self.report.problem(path, problem)
 
     def _defaults(self, data: dict[Any, Any]) -> DefaultsModel | None:
         raw = data.get("defaults")
@@ -379,12 +369,3 @@ class _Checker:
 
 def _parts(problem: Any) -> tuple[Any, FieldPath, str]:
     return problem.position, problem.path, problem.message
-
-
-def _is_loopback_host(host: str) -> bool:
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False

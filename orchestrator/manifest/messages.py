@@ -8,7 +8,6 @@ these sentences in the file.
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from orchestrator.manifest.schema import EmailSource
+from orchestrator.suggest import did_you_mean
 from orchestrator.units import kind_of
 
 _TYPE_WORDS = {
@@ -75,9 +75,9 @@ def describe_error(model: type[BaseModel], err: ErrorDetails) -> str:
 
 def unknown_key_message(key: str, allowed: Sequence[str]) -> str:
     """Say that ``key`` is unknown, with a "did you mean" or the list of allowed keys."""
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"unknown key {key!r}; did you mean {close[0]!r}?"
+    hint = did_you_mean(key, allowed)
+    if hint:
+        return f"unknown key {key!r}{hint}"
     if allowed:
         return f"unknown key {key!r}; expected one of: {', '.join(allowed)}"
     return f"unknown key {key!r}"

@@ -9,7 +9,6 @@ are in ``orchestrator.manifest.loader``. Turning pydantic's errors into plain se
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any, TypeVar
@@ -25,6 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from orchestrator import fleet, units
+from orchestrator.edis.hosts import host_pattern_problem
 from orchestrator.units import CountOrFraction
 
 T = TypeVar("T")
@@ -35,7 +35,6 @@ _Enum = Annotated[T, Field(strict=False)]
 
 # Full-match, ASCII-only patterns (``$`` would let a trailing newline through).
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", re.ASCII)
-_PLAIN_DOMAIN = re.compile(r"[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+", re.ASCII)
 
 
 def _custom(parse: Callable[[Any], T]) -> Callable[[Any], T]:
@@ -108,23 +107,10 @@ def _budget(value: Any) -> CountOrFraction:
 
 
 def _host_pattern(value: str) -> str:
-    if "/" in value:
-        try:
-            network = ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a valid network (CIDR like 127.0.0.0/8)") from None
-        if network.prefixlen == 0:
-            raise ValueError(f"{value!r} would allow every address; name a narrower network")
-        return value
-    if any(c in value for c in "*?[") and not (
-        value.startswith("*.") and _PLAIN_DOMAIN.fullmatch(value[2:])
-    ):
-        raise ValueError(
-            f"host pattern {value!r} is too broad or malformed; use '*.example.com', an exact "
-            "host, or a network like 127.0.0.0/8"
-        )
-    if not any(c in value for c in "*?[") and not fleet.HOSTNAME_RE.fullmatch(value):
-        raise ValueError(f"{value!r} is not a host name, '*.domain' pattern or network")
+    # The client refuses by the same rule (edis.hosts); here it gets the field's line.
+    problem = host_pattern_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
     return value
 
 

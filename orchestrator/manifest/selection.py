@@ -10,12 +10,12 @@ nothing.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.errors import SelectionError
 from orchestrator.fleet import KVM_ID_RE, Fleet, VpsEntry
+from orchestrator.suggest import did_you_mean
 
 ONLY_KEYS = ("tag", "group")
 
@@ -130,13 +130,13 @@ def select(fleet: Fleet, selection: Selection) -> SelectedFleet:
         for kvm_id in ids:
             if fleet.get(kvm_id) is None:
                 problems.append(
-                    f"{option}: {kvm_id} is not in {fleet.path}{_near(kvm_id, known_ids)}"
+                    f"{option}: {kvm_id} is not in {fleet.path}{did_you_mean(kvm_id, known_ids)}"
                 )
     for key, values in selection.only:
         known = fleet.tags if key == "tag" else fleet.groups
         for value in sorted(values - known):
             problems.append(
-                f"--only {key}={value}: no such {key} in {fleet.path}{_near(value, known)}"
+                f"--only {key}={value}: no such {key} in {fleet.path}{did_you_mean(value, known)}"
             )
     limit = None if selection.limit is None else frozenset(selection.limit)
     exclude = frozenset(selection.exclude)
@@ -184,8 +184,3 @@ def _matches(
         if key == "group" and entry.group not in values:
             return False
     return True
-
-
-def _near(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1)
-    return f"; did you mean {close[0]}?" if close else ""

@@ -10,7 +10,6 @@ every entry: the first mistake is reported once, where it is.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from orchestrator import fleet as f
 from orchestrator.manifest.check import Reporter, Sources
 from orchestrator.manifest.schema import DefaultsModel, GroupModel, SettingsModel, VpsModel
+from orchestrator.suggest import did_you_mean
 from orchestrator.units import kind_of
 from orchestrator.yamldoc import FieldPath
 
@@ -135,8 +135,7 @@ class VpsResolver:
         if self.declared and model.tags:
             for j, tag in enumerate(model.tags):
                 if tag not in self.declared:
-                    close = difflib.get_close_matches(tag, self.declared, n=1)
-                    hint = f"; did you mean {close[0]!r}?" if close else ""
+                    hint = did_you_mean(tag, self.declared)
                     self.reporter.problem(
                         (*level.path, "tags", j),
                         f"tag {tag!r} is not declared in the top-level 'tags'{hint}",
@@ -153,9 +152,8 @@ class VpsResolver:
         if group is not None:
             return Level(group, ("groups", name))
         if groups is not None and name not in groups:
-            close = difflib.get_close_matches(name, list(groups), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            known = f" (groups: {', '.join(groups)})" if groups and not close else ""
+            hint = did_you_mean(name, groups)
+            known = f" (groups: {', '.join(groups)})" if groups and not hint else ""
             self.reporter.problem((*path, "group"), f"unknown group {name!r}{hint}{known}")
         return None
 

@@ -61,12 +61,11 @@ run they are derived from the per-phase times (``pending`` at ``queued_at``, ``i
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, TextIO
 
+# Reports are written whole (re-exported: the report API has always offered it).
+from orchestrator.atomic import write_atomic
 from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import TargetEvent, TargetState
 from orchestrator.report.recovery import recovery
@@ -300,20 +299,3 @@ class NdjsonSink:
             self.stream.flush()
         except (OSError, ValueError) as exc:  # a closed pipe or stream: stop, do not crash
             self.error = exc
-
-
-# --------------------------------------------------------------------------- files
-
-
-def write_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same directory and a
-    rename, so a reader (a CI job) never sees half a report. Raises ``OSError``."""
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or Path("."))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

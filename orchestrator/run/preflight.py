@@ -8,8 +8,7 @@ sends a destructive request.
 
 from __future__ import annotations
 
-import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -19,6 +18,7 @@ from orchestrator.edis.session import SessionBook
 from orchestrator.errors import ApiError
 from orchestrator.run.api import ReadRetries
 from orchestrator.run.limits import RateLimiter
+from orchestrator.suggest import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -73,9 +73,8 @@ async def preflight(
         if cred is None:
             why = unusable.get(check.kvm_id)
             if why is None:
-                report.problems.append(
-                    f"{prefix}{check.kvm_id} is not in the account{_near(check.kvm_id, accounts)}"
-                )
+                hint = did_you_mean(check.kvm_id, accounts)
+                report.problems.append(f"{prefix}{check.kvm_id} is not in the account{hint}")
             else:
                 report.problems.append(f"{prefix}{check.kvm_id} cannot be used: {why}")
             continue
@@ -117,11 +116,6 @@ async def preflight(
         if check.image not in images:
             report.problems.append(
                 f"{prefix}{check.kvm_id}: image {check.image!r} is not offered for this VPS"
-                f"{_near(check.image, images)}"
+                f"{did_you_mean(check.image, images)}"
             )
     return report
-
-
-def _near(word: str, choices: Iterable[str]) -> str:
-    matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {matches[0]!r}?)" if matches else ""
