@@ -143,6 +143,8 @@ class Rollout:
     one wave's size, ``run_budget`` of the selected fleet. ``vps_deadline_s`` caps one VPS's
     whole flow (None: no cap beyond readiness). ``in_doubt_window_s`` is how long after an
     in-doubt send a resend may happen (None: the VPS's readiness deadline).
+    ``rto_s`` is the recovery time objective (first send to last ready), checked and
+    reported at the end of a run; it changes nothing in how the run goes (None: no target).
     """
 
     concurrency: int = 10
@@ -155,6 +157,7 @@ class Rollout:
     vps_deadline_s: float | None = None
     in_doubt: InDoubtPolicy = InDoubtPolicy.REPORT
     in_doubt_window_s: float | None = None
+    rto_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ def read_rollout(report: Reporter, data: dict[Any, Any]) -> f.Rollout | CountOrF
         vps_deadline_s=model.vps_deadline,
         in_doubt=model.in_doubt,
         in_doubt_window_s=model.in_doubt_window,
+        rto_s=model.rto,
     )
 
 

@@ -331,6 +331,8 @@ class RolloutModel(_Model):
     vps_deadline: PositiveDuration | None = None
     in_doubt: _Enum[fleet.InDoubtPolicy] = fleet.InDoubtPolicy.REPORT
     in_doubt_window: Duration | None = None
+    # The recovery time objective: first send -> last ready, checked at the end of a run.
+    rto: PositiveDuration | None = None
 
 
 class AccountModel(_Model):

@@ -138,6 +138,9 @@ def build_spec(
             "rollout": plan.rollout.to_json(),
             "session_url": args.session_url or account.session_url,
             "allow_api_host": list(args.allow_api_host),
+            # The recovery time objective (rollout.rto; apply --rto overrides it through
+            # extra_options): reports and resume check the run against it.
+            "rto_s": rollout.rto_s,
         },
         targets=targets if resume is None else (),
         run_id=None if resume is None else resume.run_id,
