@@ -267,17 +267,20 @@ def _problems(s: Summary) -> list[str]:
     if not (failed or doubt or skipped or unfinished):
         return ['<h2 id="problems">Failures and in doubt</h2><p>None: every VPS is ready.</p>']
     if failed:
-        out += [f'<h2 id="failed">Failed ({len(failed)})</h2>', *_listing(failed)]
+        out += [f'<section id="failed"><h2>Failed ({len(failed)})</h2>', *_listing(failed),
+                "</section>"]  # fmt: skip
     if doubt:
-        out += [f'<h2 id="in-doubt">In doubt ({len(doubt)})</h2>',
+        out += [f'<section id="in-doubt"><h2>In doubt ({len(doubt)})</h2>',
                 *_listing(doubt, {TargetState.INTENT: UNRESOLVED}),
-                f'<p class="advice"><b>What to do:</b> {_e(IN_DOUBT_ADVICE)}</p>']  # fmt: skip
+                f'<p class="advice"><b>What to do:</b> {_e(IN_DOUBT_ADVICE)}</p>',
+                "</section>"]  # fmt: skip
     if skipped:
-        out += [f'<h2 id="skipped">Skipped ({len(skipped)}): never sent</h2>', *_listing(skipped)]
+        out += [f'<section id="skipped"><h2>Skipped ({len(skipped)}): never sent</h2>',
+                *_listing(skipped), "</section>"]  # fmt: skip
     if unfinished:
-        out += [f'<h2 id="unfinished">Not finished ({len(unfinished)})</h2>',
+        out += [f'<section id="unfinished"><h2>Not finished ({len(unfinished)})</h2>',
                 *_listing(unfinished, {TargetState.ACCEPTED: NOT_READY,
-                                       TargetState.PENDING: NEVER_SENT})]  # fmt: skip
+                                       TargetState.PENDING: NEVER_SENT}), "</section>"]  # fmt: skip
     return out
 
 
