@@ -1,6 +1,7 @@
 """Secrets never leak: not in stdout, stderr, logs, the journal, reports or exception text.
 
-Each test runs the real CLI in subprocesses against an in-process simulator whose secrets are
+Each test runs the CLI (in-process, ``main(argv)``; the killed run in a real process) against a
+simulator served from a background thread, whose secrets are
 known marker strings: the account password, the root password, a marker that only the
 rendered user data contains, and every signature the simulator issued (read from its
 signature book after the runs). Every byte the commands produced — stdout and stderr of each
@@ -17,7 +18,7 @@ import os
 import signal
 import sqlite3
 import stat
-import sys
+import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,8 @@ import anyio
 import pytest
 
 from orchestrator.simulator import Simulator
-from tests.conftest import SimFactory
+from tests.cli_support import cli_argv, process_env, run_cli, wait_until
+from tests.conftest import ThreadSims
 
 ACCOUNT_PW = "Acct-PW-marker-3b9e1c"
 ROOT_PW = "Root-PW-marker-77d2aa"
@@ -107,22 +109,16 @@ class Produced:
     inputs: set[Path] = field(default_factory=set)
     blobs: dict[str, bytes] = field(default_factory=dict)
 
-    async def run(
+    def run(
         self, *args: str, env: Mapping[str, str], expect: int | tuple[int, ...]
     ) -> tuple[str, str]:
-        """Run ``edis-fleet ARGS`` in ``tmp`` without blocking the simulator's loop; keep its
-        stdout and stderr and check its exit code."""
-        with anyio.fail_after(RUN_TIMEOUT_S):
-            done = await anyio.run_process(
-                [sys.executable, "-m", "orchestrator", *args],
-                env={"PATH": "/usr/bin:/bin", **env},
-                cwd=self.tmp,
-                check=False,
-            )
+        """Run ``edis-fleet ARGS`` in ``tmp`` (in-process); keep its stdout and stderr and
+        check its exit code."""
+        done = run_cli(args, cwd=self.tmp, env={"PATH": "/usr/bin:/bin", **env})
         label = f"{len(self.blobs):02d} {' '.join(args)}"
-        self.blobs[f"{label} [stdout]"] = done.stdout
-        self.blobs[f"{label} [stderr]"] = done.stderr
-        out, err = done.stdout.decode(), done.stderr.decode()
+        self.blobs[f"{label} [stdout]"] = done.stdout.encode()
+        self.blobs[f"{label} [stderr]"] = done.stderr.encode()
+        out, err = done.stdout, done.stderr
         codes = expect if isinstance(expect, tuple) else (expect,)
         assert done.returncode in codes, f"{args}: exit {done.returncode}\n{out}\n{err}"
         return out, err
@@ -178,15 +174,15 @@ async def wait_for(predicate: Callable[[], bool]) -> None:
             await anyio.sleep(0.005)
 
 
-async def test_a_faulty_run_and_every_report_leak_no_secret(
-    make_sim: SimFactory, tmp_path: Path
+def test_a_faulty_run_and_every_report_leak_no_secret(
+    make_thread_sim: ThreadSims, tmp_path: Path
 ) -> None:
     """Two runs with faults on every error path (revoked sessions and 401s, 500, lost
     response, dropped connection, 429 and 503 retries, a failed install), one with JSON logs
     and report/JUnit/event files, one with text logs and events on stdout; then ``plan``,
     ``status``, ``runs`` and ``report`` in every format. No byte of any of it contains the
     account password, the root password, the user-data marker or any issued signature."""
-    async with make_sim(vps_count=12, time_scale=0.001, password=ACCOUNT_PW, email=EMAIL) as sim:
+    with make_thread_sim(vps_count=12, time_scale=0.001, password=ACCOUNT_PW, email=EMAIL) as sim:
         ids = sim.vps_ids[:10]
         failing = ids[6]
         sim.set_install_outcome(failing, "fail")
@@ -198,9 +194,7 @@ async def test_a_faulty_run_and_every_report_leak_no_secret(
         out = Produced(tmp_path, {path, tmp_path / "templates" / "secret.yaml.j2"})
         journal = "journal.sqlite"
 
-        await out.run(
-            "plan", str(path), "--format", "json", "-o", "plan.json", env=env(sim), expect=0
-        )
+        out.run("plan", str(path), "--format", "json", "-o", "plan.json", env=env(sim), expect=0)
 
         # Run 1: JSON logs, report files, events to a file; sessions revoked mid-run.
         scripts = {ids[1]: ["500"], ids[2]: ["lost"], ids[3]: ["503"], ids[4]: ["drop"]}
@@ -222,9 +216,13 @@ async def test_a_faulty_run_and_every_report_leak_no_secret(
                 assert live.exists(), live
                 out.blobs[f"{journal}{side} (mid-run)"] = live.read_bytes()
 
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(revoke_mid_run)
-            await out.run(*args, env=env(sim), expect=1)
+        # The revocation runs on the simulator's loop while the command runs in this thread.
+        revoker = make_thread_sim.portal.start_task_soon(revoke_mid_run)
+        try:
+            out.run(*args, env=env(sim), expect=1)
+        finally:
+            revoker.cancel()
+        assert revoker.exception() is None
         counters = sim.counters
         assert counters.bad_signature_reasons["revoked"] >= 1  # a 401, then a refresh
         for kind in ("http500", "lost_response", "http503", "drop", "throttle_retry_after"):
@@ -237,23 +235,23 @@ async def test_a_faulty_run_and_every_report_leak_no_secret(
             "apply", str(path), "--yes", "--journal", journal, "--log-format", "text",
             "--events", "-", "--report-json", "run2.json", "--junit", "run2.xml",
         ]  # fmt: skip
-        await out.run(*args, env=env(sim), expect=1)
+        out.run(*args, env=env(sim), expect=1)
         assert counters.faults_by_endpoint["get/power"]["invalidate_sessions"] == 1
         assert counters.bad_signature_reasons["revoked"] >= 2
 
-        runs_out, _ = await out.run("runs", "--journal", journal, env={}, expect=0)
+        runs_out, _ = out.run("runs", "--journal", journal, env={}, expect=0)
         run_ids = [line.split()[0] for line in runs_out.strip().splitlines()[1:]]
         assert len(run_ids) == 2
         for run_id in run_ids:
-            await out.run("status", run_id, "--journal", journal, env={}, expect=0)
+            out.run("status", run_id, "--journal", journal, env={}, expect=0)
             for fmt in ("text", "json", "junit", "ndjson"):
-                text, _ = await out.run(
+                text, _ = out.run(
                     "report", run_id, "--format", fmt, "--journal", journal, env={}, expect=0
                 )
                 if fmt == "text":  # the error paths reached the reports
                     assert "in doubt" in text
                     assert "failed" in text
-            await out.run(
+            out.run(
                 "report", run_id, "--format", "json", "-o", f"{run_id}.json",
                 "--journal", journal, env={}, expect=0,
             )  # fmt: skip
@@ -279,16 +277,16 @@ async def test_a_faulty_run_and_every_report_leak_no_secret(
         )
 
 
-async def test_a_refused_login_leaks_no_password(make_sim: SimFactory, tmp_path: Path) -> None:
+def test_a_refused_login_leaks_no_password(make_thread_sim: ThreadSims, tmp_path: Path) -> None:
     """A wrong account password ends ``plan`` and ``apply`` with exit 3 after one auth call;
     neither the password given nor the account's real one appears in what they printed."""
-    async with make_sim(vps_count=3, password=ACCOUNT_PW, email=EMAIL) as sim:
+    with make_thread_sim(vps_count=3, password=ACCOUNT_PW, email=EMAIL) as sim:
         path = write_fleet(sim, tmp_path, vps_lines(sim.vps_ids))
         out = Produced(tmp_path, {path, tmp_path / "templates" / "secret.yaml.j2"})
         wrong = env(sim, password=WRONG_PW)
-        _, err = await out.run("plan", str(path), env=wrong, expect=3)
+        _, err = out.run("plan", str(path), env=wrong, expect=3)
         assert "refused" in err
-        _, err = await out.run("apply", str(path), "--journal", "j.sqlite", env=wrong, expect=3)
+        _, err = out.run("apply", str(path), "--journal", "j.sqlite", env=wrong, expect=3)
         assert "refused" in err
         assert sim.counters.auth_failures == 2
         assert sum(sim.counters.reinstall_received.values()) == 0
@@ -342,13 +340,13 @@ BAD_MANIFESTS = {
 
 
 @pytest.mark.parametrize("name", list(BAD_MANIFESTS))
-async def test_a_manifest_error_leaks_no_secret(
-    make_sim: SimFactory, tmp_path: Path, name: str
+def test_a_manifest_error_leaks_no_secret(
+    make_thread_sim: ThreadSims, tmp_path: Path, name: str
 ) -> None:
     """``validate`` and ``apply`` of a broken manifest exit 2 without a request, naming the
     problem, and quote none of the secrets the broken part holds."""
     case = BAD_MANIFESTS[name]
-    async with make_sim(vps_count=2, password=ACCOUNT_PW, email=EMAIL) as sim:
+    with make_thread_sim(vps_count=2, password=ACCOUNT_PW, email=EMAIL) as sim:
         path = write_fleet(
             sim,
             tmp_path,
@@ -358,20 +356,20 @@ async def test_a_manifest_error_leaks_no_secret(
         )
         out = Produced(tmp_path, {path, tmp_path / "templates" / "secret.yaml.j2"})
         for args in (["validate", "--no-schema"], ["apply", "--yes", "--journal", "j.sqlite"]):
-            _, err = await out.run(args[0], str(path), *args[1:], env=env(sim), expect=2)
+            _, err = out.run(args[0], str(path), *args[1:], env=env(sim), expect=2)
             assert case.problem in err, err  # the error meant, not another one
         assert sum(sim.counters.requests.values()) == 0
         out.collect_files()
         out.assert_clean(case.secrets)
 
 
-async def test_generated_root_passwords_are_written_only_to_their_0600_file(
-    make_sim: SimFactory, tmp_path: Path
+def test_generated_root_passwords_are_written_only_to_their_0600_file(
+    make_thread_sim: ThreadSims, tmp_path: Path
 ) -> None:
     """With ``root_password: {generate: FILE}`` every VPS gets its own password, written as
     ``kvm_id<TAB>password`` to FILE only (mode 0600, its new directory 0700): none of them
     appears in the output, the journal, the reports or the events of the run."""
-    async with make_sim(vps_count=4, time_scale=0.001, password=ACCOUNT_PW, email=EMAIL) as sim:
+    with make_thread_sim(vps_count=4, time_scale=0.001, password=ACCOUNT_PW, email=EMAIL) as sim:
         path = write_fleet(
             sim, tmp_path, vps_lines(sim.vps_ids), root_password="{generate: secret/root.tsv}"
         )
@@ -382,7 +380,7 @@ async def test_generated_root_passwords_are_written_only_to_their_0600_file(
             "apply", str(path), "--journal", journal, "--log-format", "json",
             "--report-json", "run.json", "--junit", "run.xml", "--events", "run.ndjson",
         ]  # fmt: skip
-        await out.run(*args, env=env(sim), expect=0)
+        out.run(*args, env=env(sim), expect=0)
         assert all(n == 1 for n in sim.counters.reinstall_accepted.values())
 
         assert stat.S_IMODE(book.stat().st_mode) == 0o600
@@ -394,11 +392,11 @@ async def test_generated_root_passwords_are_written_only_to_their_0600_file(
         assert len(set(passwords)) == len(passwords)
         assert all(len(p) >= 16 for p in passwords)
 
-        runs_out, _ = await out.run("runs", "--journal", journal, env={}, expect=0)
+        runs_out, _ = out.run("runs", "--journal", journal, env={}, expect=0)
         run_id = runs_out.strip().splitlines()[-1].split()[0]
-        await out.run("status", run_id, "--journal", journal, env={}, expect=0)
+        out.run("status", run_id, "--journal", journal, env={}, expect=0)
         for fmt in ("text", "json", "junit", "ndjson"):
-            await out.run("report", run_id, "--format", fmt, "--journal", journal, env={}, expect=0)
+            out.run("report", run_id, "--format", fmt, "--journal", journal, env={}, expect=0)
         files = out.collect_files()
         assert {"run.json", "run.xml", "run.ndjson", journal} <= set(files)
         out.assert_clean(
@@ -411,14 +409,15 @@ async def test_generated_root_passwords_are_written_only_to_their_0600_file(
         )
 
 
-async def test_a_killed_run_with_generated_passwords_resumes_without_leaking_them(
-    make_sim: SimFactory, tmp_path: Path
+@pytest.mark.subprocess
+def test_a_killed_run_with_generated_passwords_resumes_without_leaking_them(
+    make_thread_sim: ThreadSims, tmp_path: Path
 ) -> None:
     """A run with ``root_password: {generate: FILE}`` killed (SIGKILL) after its canary is
     ready can be resumed: every VPS is accepted exactly once (or reported in doubt, received
     at most once), the passwords file stays 0600 and names every VPS, and no generated
     password appears in anything the apply, the resume or the reports produced."""
-    async with make_sim(vps_count=8, time_scale=0.003, password=ACCOUNT_PW, email=EMAIL) as sim:
+    with make_thread_sim(vps_count=8, time_scale=0.003, password=ACCOUNT_PW, email=EMAIL) as sim:
         path = write_fleet(
             sim, tmp_path, vps_lines(sim.vps_ids), root_password="{generate: secret/root.tsv}"
         )
@@ -427,30 +426,31 @@ async def test_a_killed_run_with_generated_passwords_resumes_without_leaking_the
         journal = "journal.sqlite"
         log = tmp_path / "killed-apply.log"
         with log.open("wb") as killed_output:
-            proc = await anyio.open_process(
-                [sys.executable, "-m", "orchestrator", "apply", str(path), "--journal", journal],
-                env={"PATH": "/usr/bin:/bin", **env(sim)},
+            proc = subprocess.Popen(
+                cli_argv("apply", str(path), "--journal", journal),
+                env=process_env(env(sim)),
                 cwd=tmp_path,
                 stdout=killed_output,
                 stderr=killed_output,
             )
             try:
                 # The canary is ready and wave 2 is being sent.
-                await wait_for(lambda: sum(sim.counters.reinstall_received.values()) >= 3)
+                wait_until(
+                    "3 reinstalls received",
+                    lambda: sum(sim.counters.reinstall_received.values()) >= 3,
+                )
             finally:
                 proc.kill()
-                with anyio.CancelScope(shield=True):
-                    ended = await proc.wait()
-                    await proc.aclose()
+                ended = proc.wait()
         assert ended == -signal.SIGKILL
-        runs_out, _ = await out.run("runs", "--journal", journal, env={}, expect=0)
+        runs_out, _ = out.run("runs", "--journal", journal, env={}, expect=0)
         run_id = runs_out.strip().splitlines()[-1].split()[0]
 
-        await out.run(
+        out.run(
             "resume", run_id, "--journal", journal, "--report-json", "resumed.json",
             env=env(sim), expect=(0, 4),
         )  # fmt: skip
-        report, _ = await out.run(
+        report, _ = out.run(
             "report", run_id, "--format", "json", "--journal", journal, env={}, expect=0
         )
         states = {t["kvm_id"]: t["state"] for t in json.loads(report)["targets"]}
