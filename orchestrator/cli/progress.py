@@ -316,10 +316,13 @@ class Progress:
         counts = self.counts(wave)
         parts = [f"{counts[s]} {LABELS[s]}" for s in COLUMNS[1:] if counts[s]]
         snap = self.stats.snapshot()
-        return (
+        line = (
             f"{_hms(self._clock.time())} wave {wave}: {', '.join(parts) or 'nothing yet'}"
             f" of {self._size(wave)} — {snap.rate:.1f} req/s, {snap.throttles} throttled"
         )
+        if snap.provider_bound:
+            line += f" ({snap.provider_text()})"
+        return line
 
     def _json_line(self, event: TargetEvent) -> str:
         obj = {
@@ -368,4 +371,7 @@ class Progress:
             f"{snap.rate:.1f} req/s · 429s {snap.throttles} · retries {snap.retries} · "
             f"session refreshes {snap.refreshes}"
         )
-        return Group(head, table, stats)
+        if snap.configured_rate <= 0:
+            return Group(head, table, stats)
+        style = "yellow" if snap.provider_bound else ""
+        return Group(head, table, stats, Text("provider: " + snap.provider_text(), style=style))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import textwrap
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 
 from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
@@ -110,6 +110,9 @@ def text_report(
     out.append(f"started {clock_time(run.started_at)}, {ended}, took {duration(s.duration_s)}")
     counters = [f"retries {run.retries}", *(f"{k} {v}" for k, v in sorted(run.counters.items()))]
     out.append(", ".join(counters))
+    provider = _provider_line(run.counters)
+    if provider:
+        out.append(provider)
     if sum(s.attempts.values()):
         calls = ", ".join(f"{k} {v}" for k, v in s.attempts.items() if v)
         out.append(f"API calls: {sum(s.attempts.values())}" + (f" ({calls})" if calls else ""))
@@ -320,3 +323,17 @@ def junit_report(
                 node.text = _x(body)
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _provider_line(counters: Mapping[str, int]) -> str:
+    """Return a line saying the provider was the bottleneck (paused the fleet, or held the
+    rate under 90% of the configured one), or "" when it was not."""
+    pauses = counters.get("fleet_pauses", 0)
+    lowest = counters.get("lowest_rate_pct", 100)
+    if not pauses and lowest >= 90:
+        return ""
+    return (
+        f"the provider was the bottleneck: {pauses} fleet-wide pauses "
+        f"({counters.get('cooldown_s', 0)} s), rate down to {lowest}% of the configured, "
+        f"{counters.get('throttles', 0)} 429s, {counters.get('server_errors', 0)} server errors"
+    )

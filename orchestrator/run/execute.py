@@ -193,9 +193,8 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
             run_id = await _open_run(journal, spec)
             recorder.attach(journal, run_id)
             if spec.progress is not None:
-                spec.progress.stats = RunStats(
-                    rate=lambda: limits.requests.rate,
-                    throttles=lambda: limits.requests.throttles,
+                spec.progress.stats = RunStats.of_limiter(
+                    limits.requests,
                     retries=lambda: budget.retries,
                     refreshes=lambda: book.refreshes,
                 )
@@ -221,6 +220,7 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
                 counters={
                     "throttles": limits.requests.throttles,
                     "session_refreshes": book.refreshes,
+                    **limits.requests.counters(),
                 },
             )
             record = await journal.finish_run(run_id, status)

@@ -209,6 +209,19 @@ class RateLimiter:
         """Return (errors, throttles) reported in the last 60 seconds."""
         return self.bucket.adaptive.per_minute(self._clock.monotonic())
 
+    def counters(self) -> dict[str, int]:
+        """The run's provider figures for the journal and the reports: ``server_errors``
+        (sporadic), ``rate_cuts``, ``fleet_pauses``, ``cooldown_s`` (seconds paused) and
+        ``lowest_rate_pct`` (the lowest rate reached, in % of the configured one)."""
+        adaptive = self.bucket.adaptive
+        return {
+            "server_errors": adaptive.errors,
+            "rate_cuts": adaptive.cuts,
+            "fleet_pauses": adaptive.pauses,
+            "cooldown_s": round(adaptive.paused_s),
+            "lowest_rate_pct": round(100.0 * adaptive.lowest / adaptive.configured),
+        }
+
     def report(self, error: ApiError | None) -> None:
         """Report one attempt's result (``None`` for success), as ``signal_of`` reads it."""
         retry_after = error.retry_after if error is not None else None
