@@ -64,7 +64,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator.errors import JournalError
 from orchestrator.model import Outcome, TargetState
@@ -399,24 +399,50 @@ def mask_options(value: Any) -> Any:
     return value
 
 
+E = TypeVar("E", bound=enum.Enum)
+
+
+def known_value(kind: type[E], value: Any, what: str) -> E:
+    """Return ``kind(value)``; raise ``JournalError`` naming ``what`` for a value this
+    version does not know (a journal written by another version, or edited by hand)."""
+    try:
+        return kind(value)
+    except ValueError:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+        raise JournalError(
+            f"journal {what} has an unknown value {shown}; expected one of "
+            f"{', '.join(str(k.value) for k in kind)}"
+        ) from None
+
+
+def _json(text: Any, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        raise JournalError(f"journal {what} is not readable JSON") from None
+
+
 def run_from_row(row: sqlite3.Row | Mapping[str, Any]) -> RunRecord:
-    """Build a ``RunRecord`` from a ``SELECT * FROM runs`` row (SQLite row or a mapping)."""
+    """Build a ``RunRecord`` from a ``SELECT * FROM runs`` row (SQLite row or a mapping).
+
+    Raises ``JournalError`` for a status or options this version cannot read.
+    """
     return RunRecord(
         id=row["id"],
         manifest_path=row["manifest_path"],
         manifest_sha256=row["manifest_sha256"],
         plan_sha256=row["plan_sha256"],
-        options=json.loads(row["options_json"]),
+        options=_json(row["options_json"], f"run {row['id']} options"),
         pid=row["pid"],
         hostname=row["hostname"],
         started_at=row["started_at"],
         updated_at=row["updated_at"],
         ended_at=row["ended_at"],
-        status=RunStatus(row["status"]),
+        status=known_value(RunStatus, row["status"], f"run {row['id']} status"),
         wave_position=row["wave_position"],
         failures=row["failures"],
         retries=row["retries"],
-        counters=json.loads(row["counters_json"]),
+        counters=_json(row["counters_json"], f"run {row['id']} counters"),
     )
 
 
@@ -447,7 +473,11 @@ def attempt_from_row(row: sqlite3.Row | Mapping[str, Any]) -> AttemptRecord:
 
 
 def target_from_row(row: sqlite3.Row | Mapping[str, Any]) -> TargetRecord:
-    """Build a ``TargetRecord`` from a ``SELECT * FROM targets`` row (SQLite row or a mapping)."""
+    """Build a ``TargetRecord`` from a ``SELECT * FROM targets`` row (SQLite row or a mapping).
+
+    Raises ``JournalError`` for a state this version does not know.
+    """
     fields = {k: row[k] for k in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a Mapping
-    fields["state"] = TargetState(fields["state"])
+    what = f"state of {fields.get('kvm_id')} in run {fields.get('run_id')}"
+    fields["state"] = known_value(TargetState, fields["state"], what)
     return TargetRecord(**fields)
