@@ -14,31 +14,19 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
-
-import anyio
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli import exitcodes
-from orchestrator.cli.validate_cmd import add_selection_arguments, fail, load_and_select
-from orchestrator.clock import SystemClock
-from orchestrator.edis.client import EdisClient
-from orchestrator.edis.session import SessionBook
-from orchestrator.errors import (
-    ApiError,
-    AuthenticationError,
-    HostNotAllowedError,
-    ManifestError,
+from orchestrator.cli.args import (
+    add_account_overrides,
+    add_selection_arguments,
+    endpoint,
+    load_options,
 )
-from orchestrator.fleet import Fleet
-from orchestrator.manifest import SelectedFleet
-from orchestrator.run import Check, Plan, PreflightReport, build_plan, manifest_sha256, preflight
-from orchestrator.secrets import Secret, read_source
-from orchestrator.templates import CloudInitSchema, Templates
+from orchestrator.run.options import PlanFormat
 
-# User-data documents are hashed as rendered with this in place of the root password (see
-# orchestrator.run.plan): generated passwords change every run, and a plan file must not carry a
-# hash of a real password.
-HASH_PLACEHOLDER = Secret("<root-password>")
+if TYPE_CHECKING:
+    from orchestrator.run import Plan, PreflightReport
 
 
 def register(sub: Any) -> None:
@@ -55,47 +43,50 @@ def register(sub: Any) -> None:
     p.add_argument("--strict", action="store_true", help="treat warnings as errors")
     p.add_argument("-o", "--output", metavar="PLAN.json", help="write the plan to this file")
     p.add_argument(
-        "--format", choices=("text", "json"), default="text", help="what to print (text)"
+        "--format",
+        choices=[f.value for f in PlanFormat],
+        default=PlanFormat.TEXT.value,
+        help="what to print (text)",
     )
     p.set_defaults(handler=run)
 
 
-def add_account_overrides(p: argparse.ArgumentParser) -> None:
-    """Options that point a manifest at another API endpoint (a rehearsal on the simulator)."""
-    p.add_argument(
-        "--session-url",
-        metavar="URL",
-        help="use this session URL instead of the manifest's (e.g. the bundled simulator)",
-    )
-    p.add_argument(
-        "--allow-api-host",
-        action="append",
-        default=[],
-        metavar="PATTERN",
-        help="also allow these api hosts (a host, '*.domain' or a CIDR such as 127.0.0.0/8)",
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run pre-flight and print the plan; return the exit code."""
+    import anyio
+
+    from orchestrator.cli.output import fail, refuse
+    from orchestrator.errors import (
+        ApiError,
+        AuthenticationError,
+        HostNotAllowedError,
+        ManifestError,
+    )
+    from orchestrator.run.load import (
+        Refusal,
+        check_account,
+        load_and_select,
+        plan_for,
+        read_credentials,
+    )
+    from orchestrator.templates import CloudInitSchema
+
     env = dict(os.environ)
-    loaded = load_and_select(args, env, CloudInitSchema.find())
-    report, selected, selection = loaded.report, loaded.selected, loaded.selection
-    redact = report.redactor
-    if loaded.problems or report.fleet is None or selected is None or selection is None:
-        return fail(args.fleet, loaded.problems, report.warnings, redact, sys.stderr)
-    fleet = report.fleet
+    loaded = load_and_select(load_options(args), env, CloudInitSchema.find())
+    if isinstance(loaded, Refusal):
+        return refuse(loaded, sys.stderr)
+    redact = loaded.redact
     try:
-        hashes = user_data_hashes(fleet, selected)
-        email = read_source(fleet.account.email, env)
-        password = Secret(read_source(fleet.account.password, env))
+        plan = plan_for(loaded)
     except ManifestError as exc:
         return fail(args.fleet, exc.problems, [], redact, sys.stderr)
+    try:
+        credentials = read_credentials(loaded.fleet, env)
     except (KeyError, OSError, ValueError) as exc:
         return fail(args.fleet, [f"account credentials: {exc}"], [], redact, sys.stderr)
-    redact.add(password)
+    redact.add(credentials.password)
     try:
-        found = anyio.run(_preflight, fleet, selected, email, password, args)
+        found = anyio.run(check_account, loaded.fleet, loaded.selected, endpoint(args), credentials)
     except AuthenticationError as exc:
         sys.stderr.write(redact(f"{args.fleet}: {exc}\n"))
         return exitcodes.ABORTED
@@ -103,62 +94,26 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(redact(f"{args.fleet}: pre-flight could not reach the account: {exc}\n"))
         return exitcodes.USAGE
     if not found.ok:
-        return fail(args.fleet, found.problems, report.warnings, redact, sys.stderr)
+        return refuse(loaded.refusal(found.problems, warnings=True), sys.stderr)
 
-    plan = build_plan(
-        selected,
-        selection,
-        manifest_hash=manifest_sha256(fleet.path),
-        user_data_hashes=hashes,
-    )
     if args.output:
         try:
             write_plan(Path(args.output), plan)
         except OSError as exc:
             sys.stderr.write(f"cannot write {args.output}: {exc}\n")
             return exitcodes.USAGE
-    if args.format == "json":
+    if PlanFormat(args.format) is PlanFormat.JSON:
         sys.stdout.write(json.dumps(plan.to_json(), indent=2) + "\n")
     else:
-        sys.stdout.write(redact(render_text(plan, found, report.warnings)) + "\n")
+        sys.stdout.write(redact(render_text(plan, found, loaded.report.warnings)) + "\n")
     return exitcodes.OK
 
 
-def user_data_hashes(fleet: Fleet, selected: SelectedFleet) -> dict[str, str | None]:
-    """Return the SHA-256 of each selected VPS's user data, rendered with a placeholder
-    password. Raises ``ManifestError`` when a template fails."""
-    templates = Templates.for_fleet(fleet)
-    hashes: dict[str, str | None] = {}
-    for entry in selected.vps:
-        if entry.template is None:
-            hashes[entry.id] = None
-        else:
-            hashes[entry.id] = templates.render(entry, HASH_PLACEHOLDER).sha256
-    return hashes
-
-
-async def _preflight(
-    fleet: Fleet, selected: SelectedFleet, email: str, password: Secret, args: argparse.Namespace
-) -> PreflightReport:
-    account = fleet.account
-    async with EdisClient(
-        session_url=args.session_url or account.session_url,
-        email=email,
-        password=password,
-        allowed_hosts=(*account.allowed_api_hosts, *args.allow_api_host),
-        ca_file=str(account.ca_file) if account.ca_file else None,
-    ) as client:
-        book = SessionBook(client, clock=SystemClock())
-        checks = [Check(e.id, e.image, e.where) for e in selected.vps]
-        return await preflight(checks, client=client, book=book)
-
-
 def write_plan(path: Path, plan: Plan) -> None:
-    """Write the plan as JSON, whole (``write_atomic``). Raises ``OSError``."""
-    from orchestrator.atomic import write_atomic
-
-    # A plan holds no secrets: readable like any file the user writes.
-    write_atomic(path, json.dumps(plan.to_json(), indent=2) + "\n", mode=0o644)
+    """Write the plan as JSON (atomically: a temp file renamed over ``path``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path)
 
 
 def render_text(plan: Plan, found: PreflightReport, warnings: list[str]) -> str:

@@ -12,15 +12,11 @@ import argparse
 import os
 import sys
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any
 
 from orchestrator.cli import exitcodes
-from orchestrator.errors import SelectionError
-from orchestrator.manifest import ManifestReport, SelectedFleet, Selection, check_manifest, select
-from orchestrator.secrets import Redactor
-from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema
+from orchestrator.cli.args import add_selection_arguments, load_options
+from orchestrator.templates.schema import DEFAULT_SCHEMA_DOCUMENTS
 
 
 def register(sub: Any) -> None:
@@ -54,88 +50,19 @@ def register(sub: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def add_selection_arguments(p: argparse.ArgumentParser) -> None:
-    """Add FLEET and the selection options shared by validate, plan and run."""
-    p.add_argument("fleet", metavar="FLEET.yaml", help="the fleet manifest")
-    p.add_argument(
-        "--only",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE[,VALUE]",
-        help="keep VPSes with this tag (tag=web) or group (group=db); repeat to narrow further",
-    )
-    p.add_argument(
-        "--limit",
-        action="append",
-        default=[],
-        metavar="KVM_ID[,KVM_ID]",
-        help="keep only these VPSes",
-    )
-    p.add_argument(
-        "--exclude",
-        action="append",
-        default=[],
-        metavar="KVM_ID[,KVM_ID]",
-        help="leave these VPSes out",
-    )
-    p.add_argument(
-        "--include-protected",
-        action="store_true",
-        help="also select VPSes marked 'protected: true' (they are left out otherwise)",
-    )
-
-
-@dataclass
-class Loaded:
-    """A manifest checked and a selection applied; ``problems`` is empty when both worked."""
-
-    report: ManifestReport
-    selection: Selection | None
-    selected: SelectedFleet | None
-    problems: list[str]
-
-
-def load_and_select(
-    args: argparse.Namespace, env: Mapping[str, str], schema: CloudInitSchema | None
-) -> Loaded:
-    """Check the manifest named by ``args.fleet`` and apply the selection options.
-
-    Collects every problem (manifest and selection) instead of raising.
-    """
-    problems: list[str] = []
-    selection: Selection | None = None
-    try:
-        selection = Selection.from_args(
-            only=args.only,
-            limit=args.limit,
-            exclude=args.exclude,
-            include_protected=args.include_protected,
-        )
-    except SelectionError as exc:
-        problems += exc.problems
-    report = check_manifest(args.fleet, env, strict=args.strict, schema=schema)
-    problems += report.problems
-    selected = None
-    if report.fleet is not None and selection is not None:
-        try:
-            selected = select(report.fleet, selection)
-        except SelectionError as exc:
-            problems += exc.problems
-    return Loaded(report, selection, selected, problems)
-
-
 def run(args: argparse.Namespace) -> int:
     """Validate the manifest; print a summary (exit 0) or every problem (exit 2)."""
+    from orchestrator.cli.output import refuse
+    from orchestrator.run.load import Refusal, load_and_select
+    from orchestrator.templates import CloudInitSchema
+
     started = time.monotonic()
     env = dict(os.environ)
     schema = None if args.no_schema else CloudInitSchema.find(max_documents=args.schema_limit)
-    loaded = load_and_select(args, env, schema)
-    report, selected, problems = loaded.report, loaded.selected, loaded.problems
-    redact = report.redactor
-    if problems or report.fleet is None or selected is None:
-        return fail(args.fleet, problems, report.warnings, redact, sys.stderr)
-
-    fleet = report.fleet
+    loaded = load_and_select(load_options(args), env, schema)
+    if isinstance(loaded, Refusal):
+        return refuse(loaded, sys.stderr)
+    report, fleet, selected, redact = loaded.report, loaded.fleet, loaded.selected, loaded.redact
     rollout = fleet.rollout
     waves = ", ".join(str(w) for w in rollout.waves)
     lines = [
@@ -163,18 +90,3 @@ def run(args: argparse.Namespace) -> int:
     lines.append(f"  checked in {time.monotonic() - started:.2f}s")
     sys.stdout.write(redact("\n".join(lines)) + "\n")
     return exitcodes.OK
-
-
-def fail(
-    fleet: str, problems: list[str], warnings: list[str], redact: Redactor, err: TextIO
-) -> int:
-    """Write every problem (and warning) to ``err``, redacted; return exit code 2."""
-    count = len(problems)
-    err.write(f"{fleet}: {count} problem{'s' if count != 1 else ''}\n")
-    for problem in problems:
-        err.write(redact(problem) + "\n")
-    if warnings:
-        err.write(f"and {len(warnings)} warning{'s' if len(warnings) != 1 else ''}:\n")
-        for warning in warnings:
-            err.write(redact(warning) + "\n")
-    return exitcodes.USAGE

@@ -5,7 +5,6 @@ Shared by ``apply`` (a new run), ``resume`` (what is left of a run) and ``retry-
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +13,7 @@ from orchestrator.fleet import Fleet, takes_cloud_init
 from orchestrator.journal import TargetSpec
 from orchestrator.manifest import SelectedFleet
 from orchestrator.run.execute import Account, RunSpec
+from orchestrator.run.options import Endpoint
 from orchestrator.run.plan import Plan
 from orchestrator.run.retry import RetryPolicy
 from orchestrator.run.scheduler import Job, RunSettings, WaveSpec
@@ -45,17 +45,20 @@ class ResumePoint:
 
 
 def build_spec(
-    args: argparse.Namespace,
     env: Mapping[str, str],
     *,
     fleet: Fleet,
     selected: SelectedFleet,
     plan: Plan,
     redact: Redactor,
+    endpoint: Endpoint,
+    journal: str | Path,
     resume: ResumePoint | None = None,
+    extra_options: Mapping[str, object] | None = None,
 ) -> RunSpec:
     """Render the user data with the real passwords and describe the run (with ``resume``:
-    only what is left of that run).
+    only what is left of that run). ``extra_options`` are recorded with the run's options
+    (e.g. ``retry_of``).
 
     Generated root passwords are written to their 0600 files here, before anything is sent.
     Raises ``ManifestError`` for a template that fails, ``KeyError``/``OSError``/``ValueError``
@@ -110,12 +113,13 @@ def build_spec(
         if jobs:
             waves.append(WaveSpec(wave.index, tuple(jobs), wave.failure_budget))
     _write_generated(selected, passwords)
+    session_url = endpoint.session_url or account.session_url
     return RunSpec(
         account=Account(
-            session_url=args.session_url or account.session_url,
+            session_url=session_url,
             email=email,
             password=password,
-            allowed_hosts=(*account.allowed_api_hosts, *args.allow_api_host),
+            allowed_hosts=(*account.allowed_api_hosts, *endpoint.extra_api_hosts),
             ca_file=str(account.ca_file) if account.ca_file else None,
         ),
         waves=waves,
@@ -127,7 +131,7 @@ def build_spec(
         ),
         concurrency=rollout.concurrency,
         rate=rollout.rate_per_s,
-        journal_path=Path(args.journal),
+        journal_path=Path(journal),
         manifest_path=str(fleet.path.resolve()),
         manifest_sha256=plan.manifest_sha256,
         plan_sha256=plan.content_hash,
@@ -136,11 +140,9 @@ def build_spec(
         options={
             "selection": dict(plan.selection),
             "rollout": plan.rollout.to_json(),
-            "session_url": args.session_url or account.session_url,
-            "allow_api_host": list(args.allow_api_host),
-            # The recovery time objective (rollout.rto; apply --rto overrides it through
-            # extra_options): reports and resume check the run against it.
-            "rto_s": rollout.rto_s,
+            "session_url": session_url,
+            "allow_api_host": list(endpoint.extra_api_hosts),
+            **(extra_options or {}),
         },
         targets=targets if resume is None else (),
         run_id=None if resume is None else resume.run_id,

@@ -476,9 +476,9 @@ def plan_worker(spec: dict[str, Any]) -> dict[str, Any]:
     request — check the manifest (every template rendered; ``cloud-init schema`` left out,
     it is capped at 16 documents whatever the size), apply the selection, hash every
     rendered document and build the plan (waves, budgets, content hash)."""
-    from orchestrator.cli.plan_cmd import user_data_hashes
     from orchestrator.manifest.loader import check_manifest
     from orchestrator.manifest.selection import Selection, select
+    from orchestrator.run.load import user_data_hashes
     from orchestrator.run.plan import build_plan, manifest_sha256
 
     rss_start = rss_mib()

@@ -1,0 +1,135 @@
+"""Options shared by several subcommands, and the typed options built from them.
+
+Parsers are registered without loading the run: this module imports only the light
+``orchestrator.run.options``. Each ``*_options(args)`` builds an immutable options object once,
+from the parsed argv; handlers pass those to the library, never the ``Namespace``.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from orchestrator.run.options import (
+    DEFAULT_JOURNAL,
+    Confirmation,
+    Endpoint,
+    LoadOptions,
+    LogFormat,
+    OutputOptions,
+    SelectionOptions,
+)
+
+
+def add_selection_arguments(p: argparse.ArgumentParser) -> None:
+    """Add FLEET and the selection options shared by validate, plan and run."""
+    p.add_argument("fleet", metavar="FLEET.yaml", help="the fleet manifest")
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE[,VALUE]",
+        help="keep VPSes with this tag (tag=web) or group (group=db); repeat to narrow further",
+    )
+    p.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="KVM_ID[,KVM_ID]",
+        help="keep only these VPSes",
+    )
+    p.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="KVM_ID[,KVM_ID]",
+        help="leave these VPSes out",
+    )
+    p.add_argument(
+        "--include-protected",
+        action="store_true",
+        help="also select VPSes marked 'protected: true' (they are left out otherwise)",
+    )
+
+
+def add_account_overrides(p: argparse.ArgumentParser) -> None:
+    """Options that point a manifest at another API endpoint (a rehearsal on the simulator)."""
+    p.add_argument(
+        "--session-url",
+        metavar="URL",
+        help="use this session URL instead of the manifest's (e.g. the bundled simulator)",
+    )
+    p.add_argument(
+        "--allow-api-host",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also allow these api hosts (a host, '*.domain' or a CIDR such as 127.0.0.0/8)",
+    )
+
+
+def add_journal_argument(p: argparse.ArgumentParser) -> None:
+    """Add ``--journal``."""
+    p.add_argument(
+        "--journal",
+        default=str(DEFAULT_JOURNAL),
+        metavar="PATH",
+        help=f"the run journal (default {DEFAULT_JOURNAL})",
+    )
+
+
+def add_output_arguments(p: argparse.ArgumentParser) -> None:
+    """Options shared by the commands that run reinstalls (apply, resume, retry-failed)."""
+    add_journal_argument(p)
+    p.add_argument("--report-json", metavar="FILE", help="write the JSON report here at the end")
+    p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report here at the end")
+    p.add_argument(
+        "--events",
+        metavar="FILE",
+        help="stream one JSON line per state change to FILE ('-' for stdout)",
+    )
+    p.add_argument(
+        "--quiet", action="store_true", help="no progress and no final report on the terminal"
+    )
+    p.add_argument(
+        "--log-format",
+        choices=[f.value for f in LogFormat],
+        default=LogFormat.TEXT.value,
+        help="progress as text (a live view on a terminal) or as JSON lines",
+    )
+
+
+def selection_options(args: argparse.Namespace) -> SelectionOptions:
+    """Return the selection options given on the command line."""
+    return SelectionOptions(
+        only=tuple(args.only),
+        limit=tuple(args.limit),
+        exclude=tuple(args.exclude),
+        include_protected=args.include_protected,
+    )
+
+
+def load_options(args: argparse.Namespace) -> LoadOptions:
+    """Return which manifest to load, with the selection and ``--strict``."""
+    return LoadOptions(fleet=args.fleet, selection=selection_options(args), strict=args.strict)
+
+
+def endpoint(args: argparse.Namespace) -> Endpoint:
+    """Return the endpoint overrides (``--session-url``, ``--allow-api-host``)."""
+    return Endpoint(session_url=args.session_url, extra_api_hosts=tuple(args.allow_api_host))
+
+
+def output_options(args: argparse.Namespace) -> OutputOptions:
+    """Return the journal, report and progress options of a run."""
+    return OutputOptions(
+        journal=args.journal,
+        report_json=args.report_json,
+        junit=args.junit,
+        events=args.events,
+        quiet=args.quiet,
+        log_format=LogFormat(args.log_format),
+    )
+
+
+def confirmation(args: argparse.Namespace) -> Confirmation:
+    """Return ``--yes`` and ``--confirm-count``."""
+    return Confirmation(yes=args.yes, count=args.confirm_count)

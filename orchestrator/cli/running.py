@@ -1,0 +1,204 @@
+"""Running reinstalls from the command line (apply, resume, retry-failed): the guard's
+question, the live progress and event stream, the reports, and the exit code of the outcome.
+
+Imported by the handlers only when they run, so registering the parsers stays cheap.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import TextIO
+
+import anyio
+
+from orchestrator.cli import exitcodes
+from orchestrator.cli.output import fail
+from orchestrator.cli.progress import Progress, choose_mode
+from orchestrator.errors import (
+    AuthenticationError,
+    EdisFleetError,
+    JournalError,
+    LockedError,
+    ManifestError,
+    PreflightError,
+)
+from orchestrator.model import TargetState
+from orchestrator.report import NdjsonSink, text_report
+from orchestrator.run import RunOutcome, RunSpec, build_spec, execute
+from orchestrator.run.guard import Verdict, check_confirmation, why_confirm
+from orchestrator.run.load import Loaded
+from orchestrator.run.options import Confirmation, Endpoint, OutputOptions
+from orchestrator.run.plan import Plan
+from orchestrator.run.reports import write_reports
+from orchestrator.run.spec import ResumePoint
+
+
+def build_and_run(
+    loaded: Loaded,
+    plan: Plan,
+    env: Mapping[str, str],
+    *,
+    endpoint: Endpoint,
+    output: OutputOptions,
+    resume: ResumePoint | None = None,
+    extra_options: Mapping[str, object] | None = None,
+) -> int:
+    """Build the run (rendering user data, reading credentials), run it, report; return the
+    exit code. Problems building it are printed like manifest problems (exit 2)."""
+    redact = loaded.redact
+    try:
+        spec = build_spec(
+            env,
+            fleet=loaded.fleet,
+            selected=loaded.selected,
+            plan=plan,
+            redact=redact,
+            endpoint=endpoint,
+            journal=output.journal,
+            resume=resume,
+            extra_options=extra_options,
+        )
+    except ManifestError as exc:
+        return fail(loaded.source, exc.problems, [], redact, sys.stderr)
+    except (KeyError, OSError, ValueError) as exc:
+        return fail(loaded.source, [f"credentials: {exc}"], [], redact, sys.stderr)
+    return run_and_report(spec, output, env)
+
+
+def run_and_report(spec: RunSpec, output: OutputOptions, env: Mapping[str, str]) -> int:
+    """Attach progress and event sinks, run, write the reports; return the exit code."""
+    hostnames = {t.kvm_id: t.hostname for t in spec.targets}
+    sizes = {w.index: len(w.jobs) for w in spec.waves}
+    progress = Progress(
+        sum(sizes.values()),
+        sizes,
+        stream=sys.stderr,
+        mode=choose_mode(sys.stderr, quiet=output.quiet, log_format=output.log_format, env=env),
+        hostnames=hostnames,
+        redact=spec.redact,
+    )
+    spec = replace(spec, progress=progress)
+    events_file: TextIO | None = None
+    if output.events:
+        events_file = (
+            sys.stdout if output.events == "-" else open(output.events, "w", encoding="utf-8")  # noqa: SIM115
+        )
+        sink = NdjsonSink(events_file, hostnames=hostnames, redact=spec.redact)
+        spec = replace(spec, sinks=[*spec.sinks, sink])
+    try:
+        outcome = anyio_run(spec)
+    finally:
+        if events_file is not None and events_file is not sys.stdout:
+            events_file.close()
+    if isinstance(outcome, RunOutcome):
+        for path, exc in write_reports(outcome, output, spec.redact):
+            sys.stderr.write(f"cannot write {path}: {exc}\n")
+    return finish(
+        outcome,
+        spec.redact,
+        sys.stdout if output.events != "-" else sys.stderr,
+        sys.stderr,
+        quiet=output.quiet,
+    )
+
+
+class Interrupted(EdisFleetError):
+    """The operator stopped the command before the run started sending."""
+
+
+def anyio_run(spec: RunSpec) -> RunOutcome | EdisFleetError:
+    """Run ``execute`` on a fresh event loop; return its outcome or the error that stopped it."""
+    try:
+        return anyio.run(execute, spec)
+    except EdisFleetError as exc:
+        return exc
+    except KeyboardInterrupt:
+        # Ctrl-C before the waves started (pre-flight, set-up): nothing was sent.
+        return Interrupted("interrupted before the first reinstall; nothing was sent")
+
+
+def finish(
+    outcome: RunOutcome | EdisFleetError,
+    redact: Callable[[str], str],
+    out: TextIO,
+    err: TextIO,
+    *,
+    quiet: bool = False,
+) -> int:
+    """Print how the run ended (the text report unless ``quiet``) and return its exit code."""
+    if isinstance(outcome, Interrupted):
+        err.write(f"{outcome}\n")
+        return exitcodes.INTERRUPTED
+    if isinstance(outcome, AuthenticationError):
+        err.write(redact(f"aborted: {outcome}\n"))
+        return exitcodes.ABORTED
+    if isinstance(outcome, PreflightError):
+        err.write(f"pre-flight failed, nothing was sent ({len(outcome.problems)} problems):\n")
+        err.writelines(redact(p) + "\n" for p in outcome.problems)
+        return exitcodes.USAGE
+    if isinstance(outcome, LockedError):
+        # Another live run holds some of these VPSes; nothing was sent. Retry later.
+        err.write(redact(f"busy: {outcome}\n"))
+        return exitcodes.BUSY
+    if isinstance(outcome, JournalError):
+        err.write(redact(f"refused: {outcome}\n"))
+        return exitcodes.USAGE
+    if isinstance(outcome, EdisFleetError):
+        err.write(redact(f"error: {outcome}\n"))
+        return exitcodes.USAGE
+    result = outcome.result
+    if not quiet:
+        report = text_report(outcome.run, outcome.targets, outcome.attempts, redact=redact)
+        out.write(report.rstrip("\n") + "\n")
+    if result.interrupted:
+        err.write(f"interrupted; resume with: edis-fleet resume {outcome.run_id}\n")
+        return exitcodes.INTERRUPTED
+    if result.aborted is not None:
+        err.write(f"aborted: {result.aborted}\n")
+        return exitcodes.ABORTED
+    if result.count(TargetState.FAILED):
+        return exitcodes.FAILED
+    if result.count(TargetState.IN_DOUBT):
+        return exitcodes.IN_DOUBT
+    return exitcodes.OK
+
+
+def guard(
+    loaded: Loaded, plan: Plan, confirm: Confirmation, stdin: TextIO, err: TextIO
+) -> int | None:
+    """Return None when the run may go ahead, or the exit code that refuses it.
+
+    A large or protected run needs ``--yes`` or ``--confirm-count`` equal to the blast radius
+    (``orchestrator.run.guard``); on a terminal the operator is shown the targets and asked to
+    type the count.
+    """
+    radius = plan.blast_radius
+    verdict = check_confirmation(plan, confirm)
+    if verdict is Verdict.MISMATCH:
+        err.write(
+            f"--confirm-count {confirm.count} does not match: this run would wipe "
+            f"{radius} VPS(es). Nothing was sent.\n"
+        )
+        return exitcodes.USAGE
+    if verdict is Verdict.GO:
+        return None
+    why = why_confirm(plan)
+    if not stdin.isatty():
+        err.write(
+            f"{why}: pass --yes or --confirm-count {radius} to go ahead "
+            "(no terminal to ask). Nothing was sent.\n"
+        )
+        return exitcodes.USAGE
+    err.write(f"{why}:\n")
+    for entry in loaded.selected.vps:
+        mark = "  [protected]" if entry.protected else ""
+        err.write(f"  {entry.id}  {entry.hostname}  {entry.image}{mark}\n")
+    err.write(f"type {radius} to wipe them, anything else to stop: ")
+    err.flush()
+    answer = stdin.readline().strip()
+    if answer != str(radius):
+        err.write("not confirmed. Nothing was sent.\n")
+        return exitcodes.USAGE
+    return None

@@ -1,0 +1,170 @@
+"""Reading recorded runs back from the journal, and reloading one to resume or retry it.
+
+resume continues a run that stopped: VPSes whose reinstall was accepted are never sent again
+(those not confirmed back get their readiness check), VPSes never sent continue in their waves,
+VPSes with an intent and no outcome are in doubt, and the failures already counted carry over
+into the budgets. retry-failed is a new run over the VPSes that *failed*. Both reload the run's
+manifest with the run's selection and endpoint, and refuse when the manifest or a rendered
+user-data document changed since the run, unless forced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+
+from orchestrator.errors import JournalError, ManifestError
+from orchestrator.journal import (
+    AttemptRecord,
+    Journal,
+    ResumeClassification,
+    RunRecord,
+    TargetRecord,
+)
+from orchestrator.run.load import Loaded, Refusal, load_and_select, plan_for
+from orchestrator.run.options import Endpoint, LoadOptions, SelectionOptions
+from orchestrator.run.plan import Plan
+from orchestrator.run.spec import ResumePoint
+from orchestrator.templates import CloudInitSchema
+
+
+@dataclass(frozen=True)
+class RunView:
+    """One run as the journal has it."""
+
+    run: RunRecord
+    targets: list[TargetRecord]
+    attempts: list[AttemptRecord]
+    classification: ResumeClassification
+
+    @property
+    def left(self) -> list[str]:
+        """The VPSes resume would still work on (send, check readiness, or treat in doubt)."""
+        c = self.classification
+        return [*c.pending, *c.skipped, *c.accepted, *c.unresolved]
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """A run's manifest loaded again as the run selected it, its plan now, and the endpoint
+    the run talked to (unless told otherwise)."""
+
+    loaded: Loaded
+    plan: Plan
+    endpoint: Endpoint
+
+
+def open_existing(path: str | Path) -> Journal:
+    """Open a journal that must already exist; raises ``JournalError`` otherwise."""
+    if not Path(path).is_file():
+        raise JournalError(f"no journal at {path} (runs are recorded where apply ran)")
+    return Journal(path)
+
+
+async def read_run(path: str | Path, run_id: str) -> RunView:
+    """Return one run with its targets, attempts and resume classification.
+
+    Raises ``JournalError`` for a missing journal or an unknown run.
+    """
+    journal = await anyio.to_thread.run_sync(open_existing, path)
+    try:
+        return RunView(
+            await journal.run(run_id),
+            await journal.targets(run_id),
+            await journal.attempts(run_id),
+            await journal.resume_classification(run_id),
+        )
+    finally:
+        await journal.close()
+
+
+async def list_runs(path: str | Path) -> list[RunRecord]:
+    """Return every run in the journal, oldest first. Raises ``JournalError``."""
+    journal = await anyio.to_thread.run_sync(open_existing, path)
+    try:
+        runs = await journal.runs()
+    finally:
+        await journal.close()
+    return sorted(runs, key=lambda r: r.started_at)
+
+
+def resume_point(view: RunView) -> ResumePoint:
+    """Return where a run stands, for ``build_spec(resume=...)``."""
+    c = view.classification
+    by_id = {t.kvm_id: t for t in view.targets}
+    return ResumePoint(
+        run_id=view.run.id,
+        pending={*c.pending, *c.skipped},
+        accepted=set(c.accepted),
+        in_doubt_since={k: by_id[k].sent_at or by_id[k].queued_at for k in c.unresolved},
+        prior_failures=failures_per_wave(view),
+    )
+
+
+def reload_run(
+    view: RunView,
+    kvm_ids: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    endpoint: Endpoint,
+    force: bool = False,
+    include_protected: bool = False,
+    limit: Iterable[str] | None = None,
+) -> Reloaded | Refusal:
+    """Load the run's manifest with the run's selection (narrowed to ``limit``; with
+    ``include_protected`` for a resume: what the run selected, it may finish) and refuse when
+    it or the user-data of ``kvm_ids`` changed since the run, unless ``force``."""
+    selection = SelectionOptions.from_recorded(view.run.options.get("selection") or {})
+    if include_protected:
+        selection = replace(selection, include_protected=True)
+    if limit is not None:
+        selection = replace(selection, limit=(",".join(limit),))
+    options = LoadOptions(fleet=view.run.manifest_path, selection=selection, strict=False)
+    loaded = load_and_select(options, env, CloudInitSchema.find())
+    if isinstance(loaded, Refusal):
+        return loaded
+    try:
+        plan = plan_for(loaded)
+    except ManifestError as exc:
+        return loaded.refusal(exc.problems)
+    refused = changed(view, plan, kvm_ids, force=force)
+    if refused:
+        return loaded.refusal(refused)
+    return Reloaded(loaded, plan, endpoint.or_recorded(view.run.options))
+
+
+def changed(view: RunView, plan: Plan, kvm_ids: Iterable[str], *, force: bool) -> list[str]:
+    """Return why the run's inputs changed (nothing when they did not, or with ``force``)."""
+    if force:
+        return []
+    problems: list[str] = []
+    if plan.manifest_sha256 != view.run.manifest_sha256:
+        problems.append(
+            f"{view.run.manifest_path} changed since run {view.run.id}; pass --force to go "
+            "ahead with the manifest as it is now"
+        )
+    recorded = {t.kvm_id: t.user_data_sha256 for t in view.targets}
+    now = {t.kvm_id: t.user_data_sha256 for t in plan.targets}
+    for kvm_id in kvm_ids:
+        if kvm_id not in now:
+            problems.append(f"{kvm_id} is no longer selected by the manifest")
+        elif now[kvm_id] != recorded.get(kvm_id):
+            problems.append(
+                f"{kvm_id}: its rendered user-data changed since run {view.run.id}; "
+                "pass --force to send the new one"
+            )
+    return problems
+
+
+def failures_per_wave(view: RunView) -> dict[int, int]:
+    """Return the failures (failed or in doubt) the run already counted, per wave."""
+    failed = {*view.classification.failed, *view.classification.in_doubt}
+    counts: dict[int, int] = {}
+    for t in view.targets:
+        if t.kvm_id in failed:
+            counts[t.wave] = counts.get(t.wave, 0) + 1
+    return counts
