@@ -301,3 +301,17 @@ async def test_budget_holds_for_concurrent_calls() -> None:
             tg.start_soon(one, fn)
     assert budget.retries <= 0.2 * 100 + 10
     assert sum(fn.calls for fn in scripts) == 100 + budget.retries
+
+
+async def test_retries_after_overload_do_not_spend_the_budget() -> None:
+    """A 429 (or a 503 with Retry-After) is retried outside the budget; a bare 503 is a
+    sporadic error and spends it."""
+    budget = RetryBudget(ratio=0.0, reserve=1)
+    assert await run(Script(*forever(ThrottledError, n=4, status=429)), budget=budget) == "ok"
+    overloaded = forever(ThrottledError, n=2, status=503, retry_after=0.5)
+    assert await run(Script(*overloaded), budget=budget) == "ok"
+    assert (budget.retries, budget.overload_retries) == (0, 6)
+    bare = forever(ThrottledError, n=2, status=503)
+    with pytest.raises(ThrottledError):
+        await run(Script(*bare), budget=budget)  # one retry from the reserve, then refused
+    assert (budget.retries, budget.refused) == (1, 1)

@@ -6,6 +6,10 @@ This is the only module that imports tenacity (DESIGN.md, "Layout").
   Only ``RETRY`` and ``COOLDOWN_THEN_RETRY`` are ever retried here.
 - ``RetryBudget`` caps retries for the whole run at ``ratio`` × first attempts + ``reserve``,
   so an outage does not turn per-call retries into a retry storm ("Pitfalls": retry storms).
+  A retry after an overload signal (a 429, a 503 with ``Retry-After``: ``limits.signal_of``)
+  does not spend it: that retry waits for the fleet's rate, which the overload already cut
+  (``adaptive.py``), so it adds no load; attempts and the deadline still bound it. A provider
+  that answers a steady share of 429s must not exhaust the budget that sporadic errors need.
 - ``call_with_retries`` runs one API call under a ``RetryPolicy``: full-jitter exponential
   backoff, at most ``attempts`` attempts, an overall ``deadline``, sleeps on the injected clock
   and at least the server's ``Retry-After`` after a throttle. When it gives up it re-raises the
@@ -24,6 +28,8 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from orchestrator.errors import ApiError
 from orchestrator.model import Clock, Outcome
+from orchestrator.run.adaptive import Signal
+from orchestrator.run.limits import signal_of
 
 T = TypeVar("T")
 
@@ -127,6 +133,8 @@ class RetryBudget:
         self.retries = 0
         self.refused = 0
         """Retries the budget refused (failures given up because it was empty)."""
+        self.overload_retries = 0
+        """Retries after an overload signal, which the budget does not count."""
 
     @property
     def allowance(self) -> float:
@@ -202,6 +210,9 @@ async def call_with_retries(
             return True
         if clock.monotonic() - started + state.upcoming_sleep > policy.deadline:
             return True
+        if signal_of(_error(state)) is Signal.THROTTLE:
+            budget.overload_retries += 1
+            return False
         return not budget.try_spend()
 
     def before_sleep(state: RetryCallState) -> None:
