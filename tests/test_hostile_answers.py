@@ -27,6 +27,7 @@ from orchestrator.errors import (
     ApiError,
     AuthenticationError,
     InDoubtError,
+    ManifestError,
     RejectedError,
     SessionExpiredError,
     SessionUnavailableError,
@@ -474,3 +475,19 @@ def _quotes_user_data(text: str, run: int = 32) -> bool:
     squeezed = "".join(USER_DATA.split())
     seen = "".join(text.split())
     return any(seen[i : i + run] in squeezed for i in range(len(seen) - run + 1))
+
+
+@pytest.mark.parametrize("content", [None, "not a certificate\n"])
+def test_an_unusable_ca_file_is_a_manifest_problem_not_a_crash(
+    tmp_path: Any, content: str | None
+) -> None:
+    ca_file = tmp_path / "ca.pem"
+    if content is not None:
+        ca_file.write_text(content)
+    with pytest.raises(ManifestError, match="ca_file"):
+        EdisClient(
+            session_url="https://session.edisglobal.com",
+            email="ops@example.net",
+            password=Secret(ACCOUNT_PW),
+            ca_file=str(ca_file),
+        )

@@ -39,8 +39,15 @@ from orchestrator.edis.outcome import (
     TransportFailure,
     classify,
 )
-from orchestrator.edis.text import clean, quotes
-from orchestrator.edis.wire import ExchangeLimits, Progress, failure_of, read_body, tracing
+from orchestrator.edis.text import clean, scrub
+from orchestrator.edis.wire import (
+    ExchangeLimits,
+    Progress,
+    failure_of,
+    read_body,
+    tls_context,
+    tracing,
+)
 from orchestrator.errors import (
     ApiError,
     AuthenticationError,
@@ -53,7 +60,7 @@ from orchestrator.errors import (
     UnexpectedAnswerError,
 )
 from orchestrator.model import Attempt, Clock, Outcome
-from orchestrator.secrets import Redactor, Secret
+from orchestrator.secrets import Secret
 from orchestrator.version import __version__
 
 __all__ = ["AuthResult", "EdisClient", "ExchangeLimits", "VpsCredentials"]
@@ -69,7 +76,6 @@ _SESSION_FIELDS = frozenset({"signature", "kvm_id", "valid_until"})
 # Statuses at which a refusal of the auth call means the credentials themselves were refused
 # (API-NOTES: 400 or 401 with an error body; 403 for a locked account; a 200 error body).
 _CREDENTIAL_STATUSES = frozenset({200, 400, 401, 403})
-_WITHHELD = "server text withheld: it quotes the user data sent"
 
 _ERROR_FOR: dict[Outcome, type[ApiError]] = {
     Outcome.NOT_SENT: NotSentError,
@@ -88,7 +94,8 @@ class EdisClient:
     entirely. ``limits`` bounds every exchange (total deadline, decompressed body caps; see
     ``orchestrator.edis.wire``). ``on_attempt`` is called after every attempt with a
     secret-free ``Attempt``.
-    Raises ``HostNotAllowedError`` at construction for a session URL that is not allowed.
+    Raises ``HostNotAllowedError`` at construction for a session URL that is not allowed, and
+    ``ManifestError`` for a ``ca_file`` that cannot be read as a CA bundle.
     """
 
     def __init__(
@@ -114,7 +121,7 @@ class EdisClient:
         self._clock: Clock = clock or SystemClock()
         self._on_attempt = on_attempt
         if ssl_context is None:
-            ssl_context = ssl.create_default_context(cafile=ca_file)
+            ssl_context = tls_context(ca_file)
         self._ssl = ssl_context
         self._timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=connect_timeout, sock_read=read_timeout
@@ -391,13 +398,8 @@ def _vps_form(cred: VpsCredentials, extra: dict[str, str]) -> dict[str, str]:
 
 
 def _scrubbed(result: Classification, secrets: Sequence[str]) -> Classification:
-    """Return ``result`` with every secret of the call masked in its message (in all the
-    encodings ``Redactor`` knows), and the message withheld if it quotes the user data."""
+    """Return ``result`` with its message scrubbed of the call's secrets (``text.scrub``)."""
     if result.outcome is Outcome.ACCEPTED:
         return result
-    message = Redactor(s for s in secrets if s)(result.message)
-    if any(len(s) > 64 and quotes(message, s) for s in secrets):
-        message = _WITHHELD
-    if message == result.message:
-        return result
-    return dataclasses.replace(result, message=message)
+    message = scrub(result.message, secrets)
+    return result if message == result.message else dataclasses.replace(result, message=message)

@@ -15,9 +15,14 @@ import json
 import re
 import unicodedata
 import urllib.parse
+from collections.abc import Sequence
+
+from orchestrator.secrets import Redactor
 
 MAX_TEXT = 300
 """The longest piece of server text kept, in characters (the rest becomes ``…``)."""
+
+WITHHELD = "server text withheld: it quotes the user data sent"
 
 QUOTE_RUN = 32
 """Server text sharing this many consecutive non-blank characters with the user data sent is
@@ -85,3 +90,12 @@ def _decodings(text: str) -> set[str]:
             forms.add(decoded)
     # Escaped control characters (\x0a from clean) read as the blanks they were.
     return {f.replace("\\x0a", " ").replace("\\x09", " ") for f in forms}
+
+
+def scrub(message: str, secrets: Sequence[str]) -> str:
+    """Return ``message`` with ``secrets`` masked in every encoding ``Redactor`` knows, or
+    ``WITHHELD`` when it quotes a long run of one of them (the user data). Never raises."""
+    message = Redactor(s for s in secrets if s)(message)
+    if any(len(s) > 2 * QUOTE_RUN and quotes(message, s) for s in secrets):
+        return WITHHELD
+    return message
