@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from orchestrator import units
 from orchestrator.manifest.loader import check_manifest
@@ -450,3 +452,27 @@ def test_ranges_hold_at_their_edges() -> None:
     assert units.parse_count_or_percent(1_000_000, minimum=1).count == 1_000_000
     with pytest.raises(ValueError, match="maximum"):
         units.parse_count_or_percent(10**5000, minimum=1)
+
+
+# --------------------------------------------------------------------- any input
+
+
+_YAML_BITS = st.sampled_from(
+    ["{", "}", "[", "]", ":", ", ", "- ", "\n", "  ", "&a ", "*a", "!!python/object ", "<<: ",
+     "'", '"', "|", ">", "#", "%", "{{ ", " }}", "{% for i in range(99999) %}", "\t", "\x00",
+     "\u0665", "9" * 50, "kvm_1_1", "1e309", "/s", "d", "~", "..", "/proc/self/environ"]
+)  # fmt: skip
+_CHUNKS = st.lists(st.one_of(_YAML_BITS, st.text(max_size=8)), max_size=30).map("".join)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(at=st.integers(min_value=0, max_value=len(BASE)), insert=_CHUNKS, cut=st.integers(0, 20))
+def test_any_mangled_manifest_is_a_report_never_an_exception(
+    tmp_path_factory: pytest.TempPathFactory, at: int, insert: str, cut: int
+) -> None:
+    folder = tmp_path_factory.mktemp("fuzz")
+    text = BASE[:at] + insert + BASE[at + cut :]
+    path = write_fleet(folder, "version: 1\n", {"templates/ok.yaml.j2": "#cloud-config\n"})
+    path.write_text(text, encoding="utf-8", errors="surrogateescape")
+    report = check_manifest(path, ENV)  # raising anything here is the failure
+    assert report.ok or report.problems
