@@ -2,10 +2,11 @@
 
 ``set/reinstall`` wipes a disk and has no idempotency key; the journal writes an intent
 durably before each POST so that a run killed at *any* moment can be resumed without
-reinstalling anything twice. Each scenario here starts the real CLI in a subprocess against an
-in-process simulator, waits for one moment defined by the simulator's counters, its fault
-scripts or the journal file, kills the process with SIGKILL, then runs ``resume`` to the end
-(resuming again if a scenario kills the resume too).
+reinstalling anything twice. Each scenario here starts the real CLI in a subprocess against a
+simulator served from a background thread, waits for a moment defined by the simulator's
+counters, its fault scripts or the journal file, kills the process with SIGKILL, then resumes
+(in a process again when the scenario kills the resume at its next moment, so one scenario
+walks several moments in turn) and finally runs ``resume`` to the end in-process.
 
 The simulator counts every reinstall it received and accepted per VPS, independently of the
 product. After the resume, for every VPS of the fleet:
@@ -22,8 +23,8 @@ intent has no outcome, unless an attempt recorded after that intent shows the se
 backoff: its resend would need a new intent, so nothing of it is in flight. A 401 does not end
 a send: the session book replays it under the same intent after the refresh.
 
-The moments are waited for with ``anyio.fail_after`` around polls of counters, never with
-sleeps standing in for synchronisation.
+The moments are waited for on the simulator's loop with ``anyio.fail_after`` around polls of
+counters, never with sleeps standing in for synchronisation.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
-import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +41,8 @@ import anyio
 import pytest
 
 from orchestrator.simulator import Simulator
-from tests.conftest import SimFactory
+from tests.cli_support import cli_argv, process_env, run_cli
+from tests.conftest import ThreadSims
 from tests.test_apply import env_for, fleet
 
 FLEET_SIZE = 300
@@ -132,6 +133,7 @@ class Crash:
     kill the reinstalls received, the intents without an outcome and those in flight."""
 
     sim: Simulator
+    sims: ThreadSims
     tmp: Path
     ids: list[str]
     journal: Path
@@ -164,24 +166,32 @@ class Crash:
             raise AssertionError(f"never reached: {what}") from None
 
     def cli(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "orchestrator", *args, "--journal", str(self.journal)]
+        return cli_argv(*args, "--journal", str(self.journal))
 
-    async def run(self, *args: str) -> tuple[int, str, str]:
-        """Run a CLI command to completion without blocking the simulator's loop."""
-        with anyio.fail_after(RUN_TIMEOUT_S):
-            done = await anyio.run_process(
-                self.cli(*args), env=env_for(self.sim), cwd=self.tmp, check=False
-            )
-        return done.returncode, done.stdout.decode(), done.stderr.decode()
+    def run(self, *args: str) -> tuple[int, str, str]:
+        """Run a CLI command to completion, in-process."""
+        done = run_cli([*args, "--journal", str(self.journal)], cwd=self.tmp, env=env_for(self.sim))
+        return done.returncode, done.stdout, done.stderr
 
-    async def kill_at(self, args: list[str], moment: Callable[[Crash], Awaitable[None]]) -> None:
-        """Start the CLI with ``args``, wait for ``moment``, SIGKILL it, record what was in
-        flight."""
+    def on_sim_loop(self, fn: Callable[[Crash], None]) -> None:
+        """Call ``fn(self)`` on the simulator's loop (fault scripts are changed there)."""
+        self.sims.portal.call(fn, self)
+
+    def kill_at(self, args: list[str], moment: Callable[[Crash], Awaitable[None]]) -> None:
+        """Start the CLI with ``args`` in a process, wait for ``moment``, SIGKILL it, record
+        what was in flight."""
+        self.sims.portal.call(self._kill_at, args, moment)
+
+    async def _kill_at(self, args: list[str], moment: Callable[[Crash], Awaitable[None]]) -> None:
         log = self.tmp / f"kill-{len(self.unresolved_at_kills)}.log"
         ended: int | None = None
         with log.open("wb") as out:
             proc = await anyio.open_process(
-                self.cli(*args), env=env_for(self.sim), cwd=self.tmp, stdout=out, stderr=out
+                self.cli(*args),
+                env=process_env(env_for(self.sim)),
+                cwd=self.tmp,
+                stdout=out,
+                stderr=out,
             )
             try:
                 async with anyio.create_task_group() as tg:
@@ -208,10 +218,10 @@ class Crash:
         self.in_flight_at_kills.append(in_flight)
         self.received_at_kills.append(self.received())
 
-    async def run_id(self, *, status: str) -> str:
+    def run_id(self, *, status: str) -> str:
         """The id of the journal's one run, as ``edis-fleet runs`` lists it (first column of
         the last line), checking its status (a killed run never recorded an end)."""
-        code, out, err = await self.run("runs")
+        code, out, err = self.run("runs")
         assert code == 0, err
         lines = out.strip().splitlines()
         assert len(lines) == 2, out  # the header and the one run
@@ -219,9 +229,9 @@ class Crash:
         assert listed == status, out
         return run_id
 
-    async def report(self, run_id: str) -> dict[str, str]:
+    def report(self, run_id: str) -> dict[str, str]:
         """kvm_id → state, from ``edis-fleet report RUN_ID --format json``."""
-        code, out, err = await self.run("report", run_id, "--format", "json")
+        code, out, err = self.run("report", run_id, "--format", "json")
         assert code == 0, err
         return {t["kvm_id"]: t["state"] for t in json.loads(out)["targets"]}
 
@@ -230,17 +240,26 @@ Moment = Callable[[Crash], Awaitable[None]]
 
 
 @dataclass(frozen=True)
+class Kill:
+    """One kill moment. ``prepare`` runs before the command it kills starts (fault scripts),
+    ``idle`` says the moment has no send in flight, ``in_flight`` (given the fleet's ids)
+    what exactly is in flight at it, when the scenario knows."""
+
+    moment: Moment
+    prepare: Callable[[Crash], None] | None = None
+    idle: bool = False
+    in_flight: Callable[[list[str]], set[str]] | None = None
+
+
+@dataclass(frozen=True)
 class Scenario:
-    """One kill moment. ``prepare`` runs before the apply starts (fault scripts),
-    ``moments`` are waited for in turn (the first kills ``apply``, each further one kills the
-    ``resume`` that follows), ``idle_at_kill`` says the moment has no send in flight,
-    ``recorded`` whether the run exists in the journal at the kill."""
+    """Kill moments walked in turn: the first kills ``apply``, each further one the
+    ``resume`` that follows; then a ``resume`` runs to the end. ``recorded`` says whether the
+    run exists in the journal at the first kill."""
 
     name: str
-    moments: tuple[Moment, ...]
+    kills: tuple[Kill, ...]
     time_scale: float = FAST_INSTALLS
-    prepare: Callable[[Crash], None] | None = None
-    idle_at_kill: bool = False
     recorded: bool = True
 
 
@@ -391,85 +410,101 @@ async def all_sent_tail_polling(crash: Crash) -> None:
     )
 
 
-async def hundred_twenty_received(crash: Crash) -> None:
-    """Mid wave 3 (the apply): 120 reinstalls received."""
-    await crash.until("120 reinstalls received", lambda: crash.received() >= 120)
-
-
 async def two_twenty_received(crash: Crash) -> None:
-    """Mid wave 3 again (the first resume): 220 reinstalls received."""
+    """Mid wave 3 (a resume): 220 reinstalls received."""
     await crash.until("220 reinstalls received", lambda: crash.received() >= 220)
 
 
 SCENARIOS = [
     Scenario(
         "before-the-first-send",
-        (auth_done_preflight_running,),
-        idle_at_kill=True,
+        (Kill(auth_done_preflight_running, idle=True),),
         recorded=False,
     ),
-    Scenario("canary-post-in-flight", (canary_post_in_flight,), prepare=_hold_canary),
+    # The canary's POST held at the server, then mid wave 2, then early wave 3.
     Scenario(
-        "canary-readiness-polls",
-        (canary_accepted_polling,),
-        time_scale=SLOW_INSTALLS,
-        idle_at_kill=True,
+        "canary-post-then-waves-2-and-3",
+        (
+            Kill(canary_post_in_flight, prepare=_hold_canary, in_flight=lambda ids: {ids[0]}),
+            Kill(ten_of_wave_2_received),
+            Kill(sixty_received),
+        ),
     ),
-    Scenario("mid-wave-2", (ten_of_wave_2_received,)),
+    # Accepted VPSes installing, readiness polls running, nothing being sent: after the canary,
+    # after wave 2, and at the tail of the run.
     Scenario(
-        "wave-2-readiness-polls",
-        (wave_2_accepted_polling,),
+        "readiness-polls",
+        (
+            Kill(canary_accepted_polling, idle=True),
+            Kill(wave_2_accepted_polling, idle=True),
+            Kill(all_sent_tail_polling, idle=True),
+        ),
         time_scale=SLOW_INSTALLS,
-        idle_at_kill=True,
     ),
-    Scenario("early-wave-3", (sixty_received,)),
-    Scenario("late-wave-3", (two_fifty_received,)),
-    Scenario("retry-throttle-backoff", (in_throttle_backoff,), prepare=_throttle_one),
-    Scenario("retry-post-in-flight", (retry_post_in_flight,), prepare=_fail_then_hold),
-    Scenario("session-refresh", (session_refresh_in_flight,)),
+    # Retries: waiting out a 429's cooldown, then a retried POST held at the server.
     Scenario(
-        "all-sent-readiness-polls",
-        (all_sent_tail_polling,),
-        time_scale=SLOW_INSTALLS,
-        idle_at_kill=True,
+        "retries",
+        (
+            Kill(in_throttle_backoff, prepare=_throttle_one),
+            Kill(retry_post_in_flight, prepare=_fail_then_hold),
+        ),
     ),
-    Scenario("resume-killed-too", (hundred_twenty_received, two_twenty_received)),
+    # A session refresh in flight, then resumes killed mid and late in wave 3.
+    Scenario(
+        "session-refresh-then-resumes-killed",
+        (
+            Kill(session_refresh_in_flight),
+            Kill(two_twenty_received),
+            Kill(two_fifty_received),
+        ),
+    ),
 ]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
-async def test_kill_then_resume_wipes_every_vps_at_most_once(
-    make_sim: SimFactory, tmp_path: Path, scenario: Scenario
+def test_kill_then_resume_wipes_every_vps_at_most_once(
+    make_thread_sim: ThreadSims, tmp_path: Path, scenario: Scenario
 ) -> None:
-    """After a SIGKILL at the scenario's moment(s) and a resume to the end, every VPS was
-    accepted exactly once, except those reported in doubt, which were received at most once,
-    had an intent without outcome at a kill, and never outnumber the reinstalls in flight."""
-    async with make_sim(vps_count=FLEET_SIZE, time_scale=scenario.time_scale) as sim:
+    """After a SIGKILL at each of the scenario's moments and a resume to the end, every VPS
+    was accepted exactly once, except those reported in doubt, which were received at most
+    once, had an intent without outcome at a kill, and never outnumber the reinstalls in
+    flight."""
+    with make_thread_sim(vps_count=FLEET_SIZE, time_scale=scenario.time_scale) as sim:
         path = fleet(sim, tmp_path, FLEET_SIZE)
         text = path.read_text()
         assert '  waves: [1, "100%"]\n' in text
-        path.write_text(text.replace('  waves: [1, "100%"]\n', ROLLOUT))
-        crash = Crash(sim, tmp_path, sim.vps_ids[:FLEET_SIZE], tmp_path / "journal.sqlite")
-        if scenario.prepare is not None:
-            scenario.prepare(crash)
+        text = text.replace('  waves: [1, "100%"]\n', ROLLOUT)
+        # fleet() adds a rate when the rollout has none; ROLLOUT has its own.
+        text = text.replace("  rate: 200/s\n", "")
+        path.write_text(text)
+        crash = Crash(
+            sim, make_thread_sim, tmp_path, sim.vps_ids[:FLEET_SIZE], tmp_path / "journal.sqlite"
+        )
 
-        first, *later = scenario.moments
-        await crash.kill_at(["apply", str(path), "--yes", "--quiet"], first)
-        sim.clear_faults()  # what is left of a script must not hit the resume
+        first, *later = scenario.kills
+        if first.prepare is not None:
+            crash.on_sim_loop(first.prepare)
+        crash.kill_at(["apply", str(path), "--yes", "--quiet"], first.moment)
+        crash.on_sim_loop(lambda c: c.sim.clear_faults())  # what is left must not hit the resume
         assert crash.journal.exists() == scenario.recorded
         if not scenario.recorded:
             # Killed before the run was recorded: nothing was sent, and the recovery is a new
             # apply (there is nothing to resume).
+            assert not later
             assert sim.counters.requests["set/reinstall"] == 0
-            code, out, err = await crash.run("apply", str(path), "--yes", "--quiet")
-            run_id = await crash.run_id(status="done")
+            code, out, err = crash.run("apply", str(path), "--yes", "--quiet")
+            run_id = crash.run_id(status="done")
         else:
-            run_id = await crash.run_id(status="running")
-            for moment in later:
-                await crash.kill_at(["resume", run_id, "--quiet"], moment)
-            code, out, err = await crash.run("resume", run_id, "--quiet")
+            run_id = crash.run_id(status="running")
+            for kill in later:
+                if kill.prepare is not None:
+                    crash.on_sim_loop(kill.prepare)
+                crash.kill_at(["resume", run_id, "--quiet"], kill.moment)
+                crash.on_sim_loop(lambda c: c.sim.clear_faults())
+            code, out, err = crash.run("resume", run_id, "--quiet")
 
-        states = await crash.report(run_id)
+        states = crash.report(run_id)
         doubt = {k for k, s in states.items() if s == "in_doubt"}
         in_flight = set().union(*crash.in_flight_at_kills)
         print(
@@ -496,9 +531,14 @@ async def test_kill_then_resume_wipes_every_vps_at_most_once(
             "latest attempt was recorded as answered without being processed "
             f"(received {[received[k] for k in sorted(doubt - in_flight)]})"
         )
-        if scenario.idle_at_kill:
-            assert crash.unresolved_at_kills == [set()] * len(scenario.moments)
+        for kill, unresolved, at_kill in zip(
+            scenario.kills, crash.unresolved_at_kills, crash.in_flight_at_kills, strict=True
+        ):
+            if kill.idle:
+                assert unresolved == set(), kill.moment.__name__
+            if kill.in_flight is not None:
+                expected = kill.in_flight(crash.ids)
+                assert at_kill == expected, kill.moment.__name__
+                assert expected <= doubt  # what was in flight is reported, never resent
+        if all(kill.idle for kill in scenario.kills):
             assert not doubt
-        if scenario.name == "canary-post-in-flight":
-            assert crash.in_flight_at_kills == [{crash.ids[0]}]
-            assert doubt == {crash.ids[0]}
