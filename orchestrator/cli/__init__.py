@@ -33,6 +33,7 @@ EPILOG = """exit codes:
   2    usage, manifest or pre-flight error
   3    aborted (a failure budget tripped, or authentication failed)
   4    finished with VPSes in doubt
+  6    busy: another live run holds some of these VPSes (nothing sent; retry later)
   7    every VPS is back, but later than the RTO (apply --rto, rollout.rto)
   130  interrupted, resumable
 """

@@ -71,9 +71,12 @@ def add_journal_argument(p: argparse.ArgumentParser) -> None:
     """Add ``--journal``."""
     p.add_argument(
         "--journal",
-        default=str(DEFAULT_JOURNAL),
-        metavar="PATH",
-        help=f"the run journal (default {DEFAULT_JOURNAL})",
+        default=None,
+        metavar="PATH|URL",
+        help=(
+            "the run journal: a SQLite file, or a postgresql:// URL shared by several runners "
+            f"(default: $EDIS_FLEET_JOURNAL, else {DEFAULT_JOURNAL})"
+        ),
     )
 
 

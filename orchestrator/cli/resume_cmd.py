@@ -44,6 +44,12 @@ def register(sub: Any) -> None:
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_id", metavar="RUN_ID")
     p.add_argument(
+        "--fleet",
+        metavar="FLEET.yaml",
+        help="the run's manifest, when it is elsewhere than where the run recorded it (another "
+        "runner's checkout); its content must be unchanged",
+    )
+    p.add_argument(
         "--force",
         action="store_true",
         help="go ahead although the manifest or rendered user-data changed since the run",
@@ -61,11 +67,12 @@ def resume_run(args: argparse.Namespace) -> int:
     from orchestrator.errors import JournalError
     from orchestrator.run.load import Refusal
     from orchestrator.run.resume import read_run, reload_run, resume_point
+    from orchestrator.run.spec import journal_config
 
     env = dict(os.environ)
     output = output_options(args)
     try:
-        view = anyio.run(read_run, output.journal, args.run_id)
+        view = anyio.run(read_run, journal_config(output.journal, env), args.run_id)
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
@@ -74,7 +81,13 @@ def resume_run(args: argparse.Namespace) -> int:
         sys.stdout.write(f"run {view.run.id} has nothing left to do ({view.run.status.value})\n")
         return exitcodes.OK
     reloaded = reload_run(
-        view, todo, env, endpoint=endpoint(args), force=args.force, include_protected=True
+        view,
+        todo,
+        env,
+        endpoint=endpoint(args),
+        force=args.force,
+        include_protected=True,
+        fleet=args.fleet,
     )
     if isinstance(reloaded, Refusal):
         return refuse(reloaded, sys.stderr)
@@ -97,11 +110,12 @@ def retry_failed(args: argparse.Namespace) -> int:
     from orchestrator.errors import JournalError
     from orchestrator.run.load import Refusal
     from orchestrator.run.resume import read_run, reload_run
+    from orchestrator.run.spec import journal_config
 
     env = dict(os.environ)
     output = output_options(args)
     try:
-        view = anyio.run(read_run, output.journal, args.run_id)
+        view = anyio.run(read_run, journal_config(output.journal, env), args.run_id)
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
@@ -110,7 +124,13 @@ def retry_failed(args: argparse.Namespace) -> int:
         sys.stdout.write(f"run {view.run.id} has no failed VPSes\n")
         return exitcodes.OK
     reloaded = reload_run(
-        view, failed, env, endpoint=endpoint(args), force=args.force, limit=failed
+        view,
+        failed,
+        env,
+        endpoint=endpoint(args),
+        force=args.force,
+        limit=failed,
+        fleet=args.fleet,
     )
     if isinstance(reloaded, Refusal):
         return refuse(reloaded, sys.stderr)

@@ -6,6 +6,7 @@ Nothing here talks to the API or changes a run.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -49,9 +50,10 @@ def list_runs(args: argparse.Namespace) -> int:
 
     from orchestrator.errors import JournalError
     from orchestrator.run.resume import list_runs as read_runs
+    from orchestrator.run.spec import journal_config
 
     try:
-        runs = anyio.run(read_runs, args.journal)
+        runs = anyio.run(read_runs, journal_config(args.journal, os.environ))
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
@@ -74,9 +76,10 @@ def show_status(args: argparse.Namespace) -> int:
     from orchestrator.errors import JournalError
     from orchestrator.report import text_report
     from orchestrator.run.resume import read_run
+    from orchestrator.run.spec import journal_config
 
     try:
-        view = anyio.run(read_run, args.journal, args.run_id)
+        view = anyio.run(read_run, journal_config(args.journal, os.environ), args.run_id)
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
@@ -99,9 +102,10 @@ def write_report(args: argparse.Namespace) -> int:
     from orchestrator.report import write_atomic
     from orchestrator.run.reports import render_report
     from orchestrator.run.resume import read_run
+    from orchestrator.run.spec import journal_config
 
     try:
-        view = anyio.run(read_run, args.journal, args.run_id)
+        view = anyio.run(read_run, journal_config(args.journal, os.environ), args.run_id)
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE

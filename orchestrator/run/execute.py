@@ -12,7 +12,6 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 import anyio
@@ -24,6 +23,7 @@ from orchestrator.errors import LockedError, PreflightError
 from orchestrator.journal import (
     AttemptRecord,
     Journal,
+    JournalConfig,
     JournalSink,
     RunRecord,
     RunStatus,
@@ -63,7 +63,8 @@ class RunSpec:
     settings: RunSettings
     concurrency: int
     rate: float
-    journal_path: Path
+    # Where the run is journaled (SQLite or PostgreSQL), as whom, and the host lock directory.
+    journal: JournalConfig
     manifest_path: str
     manifest_sha256: str
     plan_sha256: str
@@ -188,7 +189,12 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
         )
         if not found.ok:
             raise PreflightError(found.problems)
-        journal = await Journal.open(spec.journal_path, clock=clock, redactor=spec.redact)
+        journal = await Journal.open(
+            spec.journal,
+            clock=clock,
+            redactor=spec.redact,
+            host_locks=spec.journal.host_locks(account.session_url, account.email),
+        )
         try:
             run_id = await _open_run(journal, spec)
             recorder.attach(journal, run_id)

@@ -119,11 +119,12 @@ class Confirmation:
 class OutputOptions:
     """Where a run is journaled and reported, and how its progress is shown.
 
-    ``events`` is a file for one JSON line per state change (``-``: stdout); ``quiet`` shows
-    neither progress nor the final report.
+    ``journal`` is ``--journal`` as given: a SQLite path or a ``postgresql://`` URL (``None``:
+    ``EDIS_FLEET_JOURNAL``, else ``DEFAULT_JOURNAL``). ``events`` is a file for one JSON line
+    per state change (``-``: stdout); ``quiet`` shows neither progress nor the final report.
     """
 
-    journal: str = str(DEFAULT_JOURNAL)
+    journal: str | None = None
     report_json: str | None = None
     junit: str | None = None
     events: str | None = None

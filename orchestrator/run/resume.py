@@ -21,6 +21,7 @@ from orchestrator.errors import JournalError, ManifestError
 from orchestrator.journal import (
     AttemptRecord,
     Journal,
+    JournalConfig,
     ResumeClassification,
     RunRecord,
     TargetRecord,
@@ -58,14 +59,16 @@ class Reloaded:
     endpoint: Endpoint
 
 
-def open_existing(path: str | Path) -> Journal:
-    """Open a journal that must already exist; raises ``JournalError`` otherwise."""
-    if not Path(path).is_file():
-        raise JournalError(f"no journal at {path} (runs are recorded where apply ran)")
-    return Journal(path)
+def open_existing(path: str | Path | JournalConfig) -> Journal:
+    """Open a journal that must already exist (a SQLite file, or any PostgreSQL database:
+    a new one is an empty journal); raises ``JournalError`` otherwise."""
+    config = path if isinstance(path, JournalConfig) else JournalConfig(str(path))
+    if not config.is_url and not config.path.is_file():
+        raise JournalError(f"no journal at {config.shown} (runs are recorded where apply ran)")
+    return Journal(config)
 
 
-async def read_run(path: str | Path, run_id: str) -> RunView:
+async def read_run(path: str | Path | JournalConfig, run_id: str) -> RunView:
     """Return one run with its targets, attempts and resume classification.
 
     Raises ``JournalError`` for a missing journal or an unknown run.
@@ -82,7 +85,7 @@ async def read_run(path: str | Path, run_id: str) -> RunView:
         await journal.close()
 
 
-async def list_runs(path: str | Path) -> list[RunRecord]:
+async def list_runs(path: str | Path | JournalConfig) -> list[RunRecord]:
     """Return every run in the journal, oldest first. Raises ``JournalError``."""
     journal = await anyio.to_thread.run_sync(open_existing, path)
     try:
@@ -114,16 +117,20 @@ def reload_run(
     force: bool = False,
     include_protected: bool = False,
     limit: Iterable[str] | None = None,
+    fleet: str | None = None,
 ) -> Reloaded | Refusal:
     """Load the run's manifest with the run's selection (narrowed to ``limit``; with
     ``include_protected`` for a resume: what the run selected, it may finish) and refuse when
-    it or the user-data of ``kvm_ids`` changed since the run, unless ``force``."""
+    it or the user-data of ``kvm_ids`` changed since the run, unless ``force``. ``fleet`` is
+    the manifest when it is not where the run recorded it (another runner's checkout); its
+    content must still match the run's."""
     selection = SelectionOptions.from_recorded(view.run.options.get("selection") or {})
     if include_protected:
         selection = replace(selection, include_protected=True)
     if limit is not None:
         selection = replace(selection, limit=(",".join(limit),))
-    options = LoadOptions(fleet=view.run.manifest_path, selection=selection, strict=False)
+    where = fleet or view.run.manifest_path
+    options = LoadOptions(fleet=where, selection=selection, strict=False)
     loaded = load_and_select(options, env, CloudInitSchema.find())
     if isinstance(loaded, Refusal):
         return loaded

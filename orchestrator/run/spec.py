@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.fleet import Fleet, takes_cloud_init
-from orchestrator.journal import TargetSpec
+from orchestrator.journal import JournalConfig, TargetSpec
 from orchestrator.manifest import SelectedFleet
 from orchestrator.run.execute import Account, RunSpec
 from orchestrator.run.options import Endpoint
@@ -52,13 +52,14 @@ def build_spec(
     plan: Plan,
     redact: Redactor,
     endpoint: Endpoint,
-    journal: str | Path,
+    journal: str | Path | JournalConfig | None,
     resume: ResumePoint | None = None,
     extra_options: Mapping[str, object] | None = None,
 ) -> RunSpec:
     """Render the user data with the real passwords and describe the run (with ``resume``:
     only what is left of that run). ``extra_options`` are recorded with the run's options
-    (e.g. ``retry_of``).
+    (e.g. ``retry_of``). ``journal`` is ``--journal`` (``None``: from ``env``, see
+    ``JournalConfig.from_env``) or a ready ``JournalConfig``.
 
     Generated root passwords are written to their 0600 files here, before anything is sent.
     Raises ``ManifestError`` for a template that fails, ``KeyError``/``OSError``/``ValueError``
@@ -131,7 +132,7 @@ def build_spec(
         ),
         concurrency=rollout.concurrency,
         rate=rollout.rate_per_s,
-        journal_path=Path(journal),
+        journal=journal_config(journal, env),
         manifest_path=str(fleet.path.resolve()),
         manifest_sha256=plan.manifest_sha256,
         plan_sha256=plan.content_hash,
@@ -160,3 +161,12 @@ def _write_generated(selected: SelectedFleet, passwords: PasswordBook) -> None:
             by_file.setdefault(source.output, {})[entry.id] = passwords.generated[entry.id]
     for path, generated in by_file.items():
         write_generated_passwords(path, generated)
+
+
+def journal_config(
+    journal: str | Path | JournalConfig | None, env: Mapping[str, str]
+) -> JournalConfig:
+    """The run's journal: ``journal`` as is when it is a config, else built from ``env``."""
+    if isinstance(journal, JournalConfig):
+        return journal
+    return JournalConfig.from_env(None if journal is None else str(journal), env)
