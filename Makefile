@@ -60,6 +60,7 @@ bench: install
 	$(BIN)/python tests/bench/validate_10k.py || status=1; \
 	$(BIN)/python tests/bench/journal_cost.py || status=1; \
 	$(BIN)/python tests/bench/profiles_bench.py || status=1; \
+	$(BIN)/python tests/bench/startup.py || status=1; \
 	exit $$status
 
 # The soak: chaos, kill-and-resume and bad-input runs of the real CLI against the simulator,

@@ -26,13 +26,13 @@ from orchestrator.errors import (
 )
 from orchestrator.model import TargetState
 from orchestrator.report import NdjsonSink, text_report
-from orchestrator.run import RunOutcome, RunSpec, build_spec, execute
+from orchestrator.run.execute import RunOutcome, RunSpec, execute
 from orchestrator.run.guard import Verdict, check_confirmation, why_confirm
 from orchestrator.run.load import Loaded
 from orchestrator.run.options import Confirmation, Endpoint, OutputOptions
 from orchestrator.run.plan import Plan
 from orchestrator.run.reports import write_reports
-from orchestrator.run.spec import ResumePoint
+from orchestrator.run.spec import ResumePoint, build_spec
 
 
 def build_and_run(

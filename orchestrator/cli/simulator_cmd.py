@@ -8,16 +8,19 @@ documented demo default ``sim-pass``; it is never printed, only where it comes f
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from orchestrator.cli import exitcodes
-from orchestrator.simulator import DEFAULT_EMAIL, DEFAULT_PASSWORD, PROFILES, SimConfig, Simulator
+from orchestrator.simulator.config import DEFAULT_EMAIL, DEFAULT_PASSWORD
+from orchestrator.simulator.profiles import PROFILES
+
+if TYPE_CHECKING:
+    from orchestrator.simulator import SimConfig, Simulator
 
 PASSWORD_ENV = "EDIS_SIM_PASSWORD"  # noqa: S105 -- the name of a variable, not a value
 DEFAULT_PORT = 8765
@@ -141,6 +144,10 @@ async def _serve(
 ) -> int:
     """Run the simulator until SIGINT/SIGTERM; return the exit code. Raises ``OSError`` if a
     port cannot be bound and ``ValueError`` for a bad account file."""
+    import asyncio
+
+    from orchestrator.simulator import Simulator
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +168,10 @@ async def _serve(
 def run(args: argparse.Namespace) -> int:
     """Serve the simulator until interrupted; return 0, or 2 for bad options, an unreadable
     password or account file, or a port that cannot be bound."""
+    import asyncio
+
+    from orchestrator.simulator import SimConfig
+
     try:
         password, source, shell_password = _password(args)
         cfg = SimConfig(

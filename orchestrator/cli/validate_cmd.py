@@ -16,7 +16,7 @@ from typing import Any
 
 from orchestrator.cli import exitcodes
 from orchestrator.cli.args import add_selection_arguments, load_options
-from orchestrator.templates.schema import DEFAULT_SCHEMA_DOCUMENTS
+from orchestrator.templates.defaults import DEFAULT_SCHEMA_DOCUMENTS
 
 
 def register(sub: Any) -> None:

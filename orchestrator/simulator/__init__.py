@@ -19,13 +19,59 @@ port, down while it installs; ``SimConfig(tcp_listeners=True)``), ``server`` (th
 ``Simulator``).
 """
 
-from orchestrator.simulator.account import DEFAULT_IMAGE, DEFAULT_IMAGES
-from orchestrator.simulator.config import DEFAULT_EMAIL, DEFAULT_PASSWORD, SimConfig
-from orchestrator.simulator.faults import ENDPOINTS, FAULT_KINDS, Fault, FaultRules, parse_fault
-from orchestrator.simulator.profiles import PROFILES
-from orchestrator.simulator.server import Simulator
-from orchestrator.simulator.stats import Counters, LogEntry
-from orchestrator.simulator.vps import Vps
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# The names below load their modules on first use (PEP 562), so that the command line can read
+# the defaults and profiles without importing aiohttp. (The simulator stands alone: it does not
+# use orchestrator.lazy.)
+if TYPE_CHECKING:
+    from orchestrator.simulator.account import DEFAULT_IMAGE, DEFAULT_IMAGES
+    from orchestrator.simulator.config import DEFAULT_EMAIL, DEFAULT_PASSWORD, SimConfig
+    from orchestrator.simulator.faults import (
+        ENDPOINTS,
+        FAULT_KINDS,
+        Fault,
+        FaultRules,
+        parse_fault,
+    )
+    from orchestrator.simulator.profiles import PROFILES
+    from orchestrator.simulator.server import Simulator
+    from orchestrator.simulator.stats import Counters, LogEntry
+    from orchestrator.simulator.vps import Vps
+
+_EXPORTS = {
+    "DEFAULT_IMAGE": "account",
+    "DEFAULT_IMAGES": "account",
+    "DEFAULT_EMAIL": "config",
+    "DEFAULT_PASSWORD": "config",
+    "SimConfig": "config",
+    "ENDPOINTS": "faults",
+    "FAULT_KINDS": "faults",
+    "Fault": "faults",
+    "FaultRules": "faults",
+    "parse_fault": "faults",
+    "PROFILES": "profiles",
+    "Simulator": "server",
+    "Counters": "stats",
+    "LogEntry": "stats",
+    "Vps": "vps",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its module on first use; ``AttributeError`` otherwise."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*_EXPORTS, *globals()})
+
 
 __all__ = [
     "DEFAULT_EMAIL",

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import math
 import os
-import ssl as ssl_module
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    # Only the annotation of SimConfig.ssl: importing ssl would slow every command start.
+    import ssl as ssl_module
 
 ErrorStyle = Literal["status", "http200"]
 SecondReinstall = Literal["reject", "restart", "accept"]

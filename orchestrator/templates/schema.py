@@ -19,6 +19,7 @@ from collections.abc import Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from orchestrator.templates.defaults import DEFAULT_SCHEMA_DOCUMENTS
 from orchestrator.yamldoc import YamlSyntaxError, load_yaml
 
 
@@ -89,9 +90,6 @@ def parse_schema_output(output: str, roots: Collection[str] | None = None) -> Sc
             if at >= 0:
                 into.extend(_entries(line[at + len(label) :].strip(), pattern))
     return SchemaResult(tuple(errors), tuple(deprecations))
-
-
-DEFAULT_SCHEMA_DOCUMENTS = 16
 
 
 class CloudInitSchema:
