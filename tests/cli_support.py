@@ -21,15 +21,18 @@ import gc
 import io
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TextIO, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -155,3 +158,35 @@ def wait_until(what: str, predicate: Callable[[], bool], *, timeout: float = 60.
         if time.monotonic() > deadline:
             raise AssertionError(f"never reached: {what}")
         time.sleep(0.01)
+
+
+def run_serving_cli(
+    args: Sequence[str],
+    *,
+    cwd: Path | str,
+    env: Mapping[str, str],
+    url_file: Path,
+    use: Callable[[str], T],
+    stop: int = signal.SIGINT,
+) -> tuple[CliResult, T]:
+    """Run a serving command (``edis-fleet simulator ... --url-file URL_FILE``) in-process;
+    once it wrote its URL, call ``use(url)`` in a helper thread, then send ``stop`` to this
+    process, which the command's own handler turns into a clean exit. Return the command's
+    result and what ``use`` returned.
+
+    The signal is sent only after the URL file exists, i.e. after the command installed its
+    handlers (it writes the file once serving); ``use`` failing still stops the command.
+    """
+
+    def client() -> T:
+        try:
+            wait_until("the URL file", url_file.exists, timeout=60)
+            return use(url_file.read_text(encoding="utf-8").strip())
+        finally:
+            if url_file.exists():
+                os.kill(os.getpid(), stop)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        used = pool.submit(client)
+        done = run_cli([*args, "--url-file", str(url_file)], cwd=cwd, env=env)
+        return done, used.result(timeout=60)

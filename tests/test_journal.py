@@ -395,6 +395,7 @@ async def test_resume_after_a_crash_without_flush(open_journal: Any, location: P
     assert got.failed == got.in_doubt == got.skipped == ()
 
 
+@pytest.mark.subprocess
 async def test_resume_after_a_killed_process(open_journal: Any, location: Path | str) -> None:
     script = textwrap.dedent("""
         import os, signal, sys

@@ -1,4 +1,8 @@
-"""``edis-fleet simulator`` end to end: a real subprocess, a real auth call, SIGINT, exit 0."""
+"""``edis-fleet simulator`` end to end: a real auth call, then SIGINT or SIGTERM, exit 0.
+
+The SIGINT test runs the real command in a process; the others run it in-process
+(``main(argv)``), stopped by a signal to this process once it serves.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ import os
 import re
 import signal
 import sys
+from pathlib import Path
 
 import aiohttp
+import anyio
+import pytest
 
 from orchestrator.cli import main as cli_main
+from tests.cli_support import run_serving_cli
 
 SECRET = "cli-Secret+&=%ü"
 STARTUP_BOUND = 30.0  # seconds; only stops a hung test, not a speed check
@@ -50,6 +58,7 @@ def _session_url(lines: list[str]) -> str:
     return match.group(1)
 
 
+@pytest.mark.subprocess
 async def test_simulator_command_serves_until_sigint() -> None:
     proc, lines = await _start("--vps", "3", "--port", "0", env={"EDIS_SIM_PASSWORD": SECRET})
     try:
@@ -72,21 +81,35 @@ async def test_simulator_command_serves_until_sigint() -> None:
     assert "simulator stopped" in rest
 
 
-async def test_simulator_command_reads_the_password_file_and_stops_on_sigterm(tmp_path) -> None:
+def _auth_status(url: str, email: str, password: str) -> int:
+    """POST get/auth with these credentials (from a helper thread: its own event loop)."""
+
+    async def post() -> int:
+        async with aiohttp.ClientSession() as http:
+            form = {"email": email, "pw": password}
+            async with http.post(f"{url}/kvm/v2/get/auth", data=form) as resp:
+                return resp.status
+
+    return anyio.run(post)
+
+
+def test_simulator_command_reads_the_password_file_and_stops_on_sigterm(tmp_path: Path) -> None:
     secret_file = tmp_path / "pw"
     secret_file.write_text(SECRET + "\n", encoding="utf-8")
     args = ("--vps", "1", "--port", "0", "--password-file", str(secret_file), "--email", "a@b.c")
-    proc, lines = await _start(*args, env={"EDIS_SIM_PASSWORD": "not-this-one"})
-    try:
-        url = _session_url(lines)
-        assert f"password: from the file {secret_file}" in "".join(lines)
-        async with aiohttp.ClientSession() as http:
-            form = {"email": "a@b.c", "pw": SECRET}
-            async with http.post(f"{url}/kvm/v2/get/auth", data=form) as resp:
-                assert resp.status == 200
-    finally:
-        code, _ = await _stop(proc, signal.SIGTERM)
-    assert code == 0
+    done, status = run_serving_cli(
+        ["simulator", *args],
+        cwd=tmp_path,
+        env={"EDIS_SIM_PASSWORD": "not-this-one"},
+        url_file=tmp_path / "url",
+        use=lambda url: _auth_status(url, "a@b.c", SECRET),
+        stop=signal.SIGTERM,
+    )
+    assert status == 200
+    assert done.returncode == 0, done.stderr
+    assert f"password: from the file {secret_file}" in done.stdout
+    assert SECRET not in done.stdout + done.stderr
+    assert "simulator stopped" in done.stdout
 
 
 def test_a_bad_account_file_exits_2(tmp_path, capsys) -> None:

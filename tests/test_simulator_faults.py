@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
-import re
-import sys
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from orchestrator.simulator import PROFILES, Fault, FaultRules, parse_fault
+from tests.cli_support import run_serving_cli
 
 LINUX = "cloudinit_ubuntu-lts-24-04"
 PW = "N3w-root-pw"
@@ -326,47 +325,44 @@ async def test_idle_keep_alive_connections_are_closed_by_the_server(make_sim) ->
             writer.close()
 
 
-async def _auth_statuses_from_cli(*options: str, calls: int) -> tuple[list[int], int]:
-    """Start ``edis-fleet simulator`` with ``options`` in a subprocess, send ``calls`` auth
-    requests at once; return their statuses and the simulator's ``throttled`` counter."""
+def _auth_statuses_from_cli(tmp: Path, *options: str, calls: int) -> tuple[list[int], int]:
+    """Run ``edis-fleet simulator`` with ``options`` (in-process, stopped by SIGINT), send
+    ``calls`` auth requests at once; return their statuses and its ``throttled`` counter."""
     password = "cli-burst-pass"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "orchestrator", "simulator", "--vps", "1", "--port", "0", *options,
-        stdout=asyncio.subprocess.PIPE,
-        env={**os.environ, "EDIS_SIM_PASSWORD": password},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        url = None
-        while url is None:
-            raw = await asyncio.wait_for(proc.stdout.readline(), 30.0)  # only stops a hang
-            assert raw, "the simulator exited early"
-            match = re.match(r"session URL: (\S+)", raw.decode())
-            url = match.group(1) if match else None
-        form = {"email": "operator@example.com", "pw": password}
-        async with aiohttp.ClientSession() as http:
 
-            async def auth() -> int:
-                async with http.post(f"{url}/kvm/v2/get/auth", data=form) as resp:
-                    await resp.read()
-                    return resp.status
+    def burst(url: str) -> tuple[list[int], int]:
+        async def go() -> tuple[list[int], int]:
+            form = {"email": "operator@example.com", "pw": password}
+            async with aiohttp.ClientSession() as http:
 
-            statuses = list(await asyncio.gather(*(auth() for _ in range(calls))))
-            async with http.get(f"{url}/_sim/state") as resp:
-                throttled = int((await resp.json())["counters"]["throttled"])
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), 30.0)
-    return statuses, throttled
+                async def auth() -> int:
+                    async with http.post(f"{url}/kvm/v2/get/auth", data=form) as resp:
+                        await resp.read()
+                        return resp.status
+
+                statuses = list(await asyncio.gather(*(auth() for _ in range(calls))))
+                async with http.get(f"{url}/_sim/state") as resp:
+                    throttled = int((await resp.json())["counters"]["throttled"])
+            return statuses, throttled
+
+        return asyncio.run(go())
+
+    url_file = tmp / f"url-{len(list(tmp.iterdir()))}"
+    args = ["simulator", "--vps", "1", "--port", "0", *options]
+    done, answer = run_serving_cli(
+        args, cwd=tmp, env={"EDIS_SIM_PASSWORD": password}, url_file=url_file, use=burst
+    )
+    assert done.returncode == 0, done.stderr
+    return answer
 
 
-async def test_cli_rate_burst_sets_how_many_requests_the_own_limit_saves_up() -> None:
+def test_cli_rate_burst_sets_how_many_requests_the_own_limit_saves_up(tmp_path: Path) -> None:
     # 0.01/s refills one token per 100 s: what gets through is the burst, whatever the timing.
-    statuses, throttled = await _auth_statuses_from_cli(
-        "--rate-limit", "0.01", "--rate-burst", "3", calls=8
+    statuses, throttled = _auth_statuses_from_cli(
+        tmp_path, "--rate-limit", "0.01", "--rate-burst", "3", calls=8
     )
     assert collections.Counter(statuses) == {200: 3, 429: 5}
     assert throttled == 5
     # Without --rate-burst the bucket holds one second's worth (at least one request).
-    statuses, _ = await _auth_statuses_from_cli("--rate-limit", "0.01", calls=4)
+    statuses, _ = _auth_statuses_from_cli(tmp_path, "--rate-limit", "0.01", calls=4)
     assert collections.Counter(statuses) == {200: 1, 429: 3}

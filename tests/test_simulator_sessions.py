@@ -206,6 +206,7 @@ async def test_sessions_scale_to_many_vpses(make_sim, sim_http) -> None:
         )
 
 
+@pytest.mark.subprocess
 def test_the_simulator_imports_nothing_else_from_orchestrator() -> None:
     code = (
         "import sys, orchestrator.simulator\n"
