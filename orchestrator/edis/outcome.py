@@ -144,7 +144,7 @@ def _classify_transport(failure: TransportFailure) -> Classification:
         )
     return Classification(
         Outcome.IN_DOUBT,
-        _clip(f"no usable answer after the request was sent ({failure.kind}{detail})"),
+        _clip(f"no answer after the request was sent ({failure.kind}{detail})"),
         transport=failure.kind,
     )
 
