@@ -23,6 +23,7 @@ from orchestrator.templates.document import (
     parse_cloud_config,
 )
 from orchestrator.templates.render import Templates
+from orchestrator.templates.sandbox import memory_bound
 from orchestrator.templates.schema import CloudInitSchema
 from orchestrator.yamldoc import YamlSyntaxError, load_yaml, plain_scalar_tag
 
@@ -132,36 +133,39 @@ def check_templates(
     redact = Redactor(secrets)
     seen: set[Secret] = set()
     shapes: dict[tuple[str, str, str], _Shape] = {}
-    for entry in entries:
-        source = entry.template
-        if source is None:
-            continue
-        password = password_for(entry)
-        if password not in seen and not isinstance(entry.root_password, sources.GeneratedPassword):
-            seen.add(password)
-            redact.add(password)
-        try:
-            text = templates.render_text(entry, password)
-            data = classify(source, text, templates.max_bytes)
-        except TemplateFailure as exc:
-            collector.add(exc, entry)
-            continue
-        report.rendered += 1
-        if data.kind == "script":
-            continue
-        key = _shape_key(entry, text, password.reveal())
-        shape = shapes.get(key)
-        if shape is None:
-            failure: TemplateFailure | None = None
+    with memory_bound():  # once for the fleet, not per render
+        for entry in entries:
+            source = entry.template
+            if source is None:
+                continue
+            password = password_for(entry)
+            if password not in seen and not isinstance(
+                entry.root_password, sources.GeneratedPassword
+            ):
+                seen.add(password)
+                redact.add(password)
             try:
-                parse_cloud_config(source, text)
+                text = templates.render_text(entry, password)
+                data = classify(source, text, templates.max_bytes)
             except TemplateFailure as exc:
-                exc.message = Redactor([password])(exc.message)
-                failure = exc
-            shape = shapes[key] = _Shape(failure, entry, text, password, 0)
-        shape.members += 1
-        if shape.failure is not None:
-            collector.add(shape.failure, entry)
+                collector.add(exc, entry)
+                continue
+            report.rendered += 1
+            if data.kind == "script":
+                continue
+            key = _shape_key(entry, text, password.reveal())
+            shape = shapes.get(key)
+            if shape is None:
+                failure: TemplateFailure | None = None
+                try:
+                    parse_cloud_config(source, text)
+                except TemplateFailure as exc:
+                    exc.message = Redactor([password])(exc.message)
+                    failure = exc
+                shape = shapes[key] = _Shape(failure, entry, text, password, 0)
+            shape.members += 1
+            if shape.failure is not None:
+                collector.add(shape.failure, entry)
     report.shapes = len(shapes)
     if schema is not None:
         _schema_check(list(shapes.values()), schema, collector, report)

@@ -159,28 +159,43 @@ _PASSED = (jinja2.Environment, jinja2.runtime.Context, nodes.EvalContext)
 def _bounded_filter(name: str, func: Callable[..., Any], env: BoundedEnvironment) -> Any:
     """Wrap a filter: check its arguments and estimate its result before it runs."""
 
+    estimated = name in ("replace", "join", "indent", "format")
+    # The filtered value comes first, after the environment or context for filters that
+    # take one; only the arguments after it are checked.
+    first = 2 if getattr(func, "jinja_pass_arg", None) is not None else 1
+
     @functools.wraps(func)
     def run(*args: Any, **kwargs: Any) -> Any:
         env.budget.tick()
-        # Filters marked as taking the environment or context get it first: skip those.
-        values = [a for a in args if not isinstance(a, _PASSED)]
-        _check_args([*values[1:], *kwargs.values()], f"filter {name}")
-        if name == "replace" and len(values) >= 3:
-            _estimate_replace(str(values[0]), values[1], values[2])
-        elif name == "join" and values:
-            items = values[0] if isinstance(values[0], list | tuple) else None
-            sep = values[1] if len(values) > 1 else kwargs.get("d", "")
-            _estimate_join(sep, items)
-        elif name == "indent" and values and isinstance(values[0], str):
-            width = values[1] if len(values) > 1 else kwargs.get("width", 4)
-            size = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
-            if len(values[0]) + (values[0].count("\n") + 1) * size > MAX_VALUE_LEN:
-                raise BoundExceeded(f"indent would make over {MAX_VALUE_LEN:,} characters")
-        elif name == "format" and values:
-            _check_format(values[0], percent=True)
+        for arg in args[first:]:
+            if type(arg) is int and abs(arg) > MAX_VALUE_LEN:
+                _check_args(args[first:], f"filter {name}")
+        if kwargs:
+            _check_args(kwargs.values(), f"filter {name}")
+        if estimated:
+            _estimate_filter(name, args, kwargs)
         return _check_len(func(*args, **kwargs), f"the result of filter {name}")
 
     return run
+
+
+def _estimate_filter(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse a filter whose result would be over the caps, before it runs."""
+    # Filters marked as taking the environment or context get it first: skip those.
+    values = [a for a in args if not isinstance(a, _PASSED)]
+    if name == "replace" and len(values) >= 3:
+        _estimate_replace(str(values[0]), values[1], values[2])
+    elif name == "join" and values:
+        items = values[0] if isinstance(values[0], list | tuple) else None
+        sep = values[1] if len(values) > 1 else kwargs.get("d", "")
+        _estimate_join(sep, items)
+    elif name == "indent" and values and isinstance(values[0], str):
+        width = values[1] if len(values) > 1 else kwargs.get("width", 4)
+        size = len(width) if isinstance(width, str) else width if isinstance(width, int) else 0
+        if len(values[0]) + (values[0].count("\n") + 1) * size > MAX_VALUE_LEN:
+            raise BoundExceeded(f"indent would make over {MAX_VALUE_LEN:,} characters")
+    elif name == "format" and values:
+        _check_format(values[0], percent=True)
 
 
 class BoundedEnvironment(SandboxedEnvironment):
@@ -272,6 +287,23 @@ def memory_bound(headroom: int = MEMORY_HEADROOM) -> Iterator[None]:
     ``MemoryError`` (a template problem) instead of exhausting the machine. Does nothing where
     the size cannot be read or a lower limit is already set. Nested uses keep the outer one.
     """
+    if _bound_depth[0]:
+        yield
+        return
+    _bound_depth[0] += 1
+    try:
+        with _set_memory_bound(headroom):
+            yield
+    finally:
+        _bound_depth[0] -= 1
+
+
+# How many memory_bound blocks are open (renders run on one thread at a time).
+_bound_depth = [0]
+
+
+@contextlib.contextmanager
+def _set_memory_bound(headroom: int) -> Iterator[None]:
     size = _address_space()
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if size is None:
