@@ -476,3 +476,20 @@ def test_any_mangled_manifest_is_a_report_never_an_exception(
     path.write_text(text, encoding="utf-8", errors="surrogateescape")
     report = check_manifest(path, ENV)  # raising anything here is the failure
     assert report.ok or report.problems
+
+
+def test_the_bounds_leave_ordinary_templates_alone(tmp_path: Path) -> None:
+    template = (
+        "#cloud-config\n"
+        "a: {{ (10**7) | string }}\n"
+        "b: {{ ('ab' * 1000) | length }}\n"
+        "c: {{ '%5d' % 42 }} {{ '{:>8}'.format('x') }}\n"
+        "d: {{ range(1000) | sum }}\n"
+        "e: {{ ['x', 'y'] | join(', ') | replace('x', 'z') | center(20) | trim }}\n"
+        "users:\n"
+        "{% for i in range(50) %}{% for j in range(20) %}{% if i == j %}"
+        "  - u{{ i }}\n{% endif %}{% endfor %}{% endfor %}"
+    )
+    path = write_fleet(tmp_path, BASE, _template(template))
+    report = check_manifest(path, ENV)
+    assert report.ok, report.problems
