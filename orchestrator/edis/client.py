@@ -279,13 +279,15 @@ class EdisClient:
     ) -> object:
         base = self._checked_base(cred)
         form = _vps_form(cred, extra)
-        secrets = (
-            form["signature"],
-            extra.get("password", ""),
-            extra.get("cloudinit_user_data", ""),
-        )
+        secrets = (form["signature"], extra.get("password", ""))
         _, result = await self._post(
-            endpoint, base, form, kvm_id=cred.kvm_id, destructive=destructive, secrets=secrets
+            endpoint,
+            base,
+            form,
+            kvm_id=cred.kvm_id,
+            destructive=destructive,
+            secrets=secrets,
+            sent=extra.get("cloudinit_user_data", ""),
         )
         self._raise_unless_accepted(result, endpoint, cred.kvm_id)
         return result.data
@@ -308,6 +310,7 @@ class EdisClient:
         kvm_id: str | None,
         destructive: bool,
         secrets: Sequence[str],
+        sent: str = "",
     ) -> tuple[HttpAnswer | None, Classification]:
         session = self._writes if destructive else self._reads
         if session is None:
@@ -330,7 +333,7 @@ class EdisClient:
             # asyncio.timeout turns its own expiry into TimeoutError; a cancellation from
             # outside (CancelledError is no Exception) is never swallowed.
             attempt = failure_of(exc, progress, deadline=deadline)
-        result = _scrubbed(classify(attempt, now=self._clock.time()), secrets)
+        result = _scrubbed(classify(attempt, now=self._clock.time()), secrets, sent)
         if self._on_attempt is not None:
             self._on_attempt(
                 Attempt(
@@ -397,9 +400,10 @@ def _vps_form(cred: VpsCredentials, extra: dict[str, str]) -> dict[str, str]:
     return form
 
 
-def _scrubbed(result: Classification, secrets: Sequence[str]) -> Classification:
-    """Return ``result`` with its message scrubbed of the call's secrets (``text.scrub``)."""
+def _scrubbed(result: Classification, secrets: Sequence[str], sent: str) -> Classification:
+    """Return ``result`` with its message scrubbed of the call's secrets and of quotes of the
+    user data ``sent`` (``text.scrub``)."""
     if result.outcome is Outcome.ACCEPTED:
         return result
-    message = scrub(result.message, secrets)
+    message = scrub(result.message, secrets, sent)
     return result if message == result.message else dataclasses.replace(result, message=message)

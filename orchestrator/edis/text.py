@@ -10,6 +10,7 @@ what we sent (the rendered user data), so the client can withhold it.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -92,10 +93,19 @@ def _decodings(text: str) -> set[str]:
     return {f.replace("\\x0a", " ").replace("\\x09", " ") for f in forms}
 
 
-def scrub(message: str, secrets: Sequence[str]) -> str:
+def scrub(message: str, secrets: Sequence[str], sent: str = "") -> str:
     """Return ``message`` with ``secrets`` masked in every encoding ``Redactor`` knows, or
-    ``WITHHELD`` when it quotes a long run of one of them (the user data). Never raises."""
-    message = Redactor(s for s in secrets if s)(message)
-    if any(len(s) > 2 * QUOTE_RUN and quotes(message, s) for s in secrets):
+    ``WITHHELD`` when it quotes ``QUOTE_RUN`` consecutive characters of ``sent`` (the user
+    data: too long to fit whole in a capped message, so a quote is a run of it). Never raises.
+    """
+    short = sent if len(sent) <= 2 * QUOTE_RUN else ""  # short enough to be masked whole
+    message = _redactor(tuple(s for s in (*secrets, short) if s))(message)
+    if sent and quotes(message, sent):
         return WITHHELD
     return message
+
+
+@functools.lru_cache(maxsize=256)
+def _redactor(secrets: tuple[str, ...]) -> Redactor:
+    # One per set of secrets (a VPS's signature and root password): built once, not per attempt.
+    return Redactor(secrets)
