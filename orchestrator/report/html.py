@@ -60,7 +60,7 @@ vertical-align:middle;margin-left:8px;font-size:15px}
 .missed{color:#b91c1c}.met{color:#15803d}
 table{border-collapse:collapse;background:#fff;border:1px solid #e5e7eb;font-size:13px}
 th,td{padding:4px 10px;border-bottom:1px solid #e5e7eb;text-align:left;vertical-align:top}
-th{background:#f3f4f6;font-weight:600}td.n{text-align:right;font-variant-numeric:tabular-nums}
+th{background:#f3f4f6;font-weight:600}td{white-space:nowrap}td:last-child{white-space:normal}td.n{text-align:right;font-variant-numeric:tabular-nums}
 td.reason{max-width:640px;overflow-wrap:anywhere}
 .next{background:#111827;color:#f9fafb;padding:8px 12px;border-radius:6px;display:inline-block;
 font-family:ui-monospace,monospace}
@@ -72,9 +72,9 @@ border:1px solid #9ca3af}
 svg.timeline text{font:11px ui-monospace,monospace;fill:#374151}
 svg.timeline .tick{fill:#6b7280}svg.timeline .grid{stroke:#e5e7eb}
 svg.timeline .wave{stroke:#1f2937;stroke-dasharray:4 3}
-svg.timeline .soak{fill:#a78bfa;fill-opacity:.18}
-svg.timeline .rto{stroke:#b91c1c;stroke-width:2;stroke-dasharray:6 3}
-svg.timeline .recovered{stroke:#15803d;stroke-width:2}
+svg.timeline rect.soak{fill:#a78bfa;fill-opacity:.22}svg.timeline text.soak{fill:#6d28d9}
+svg.timeline line.rto{stroke:#b91c1c;stroke-width:2;stroke-dasharray:6 3}
+svg.timeline line.recovered{stroke:#15803d;stroke-width:2}
 svg.timeline text.rto{fill:#b91c1c;font-weight:700}
 svg.timeline text.recovered{fill:#15803d;font-weight:700}
 svg.timeline .stripbg{fill:#f3f4f6}svg.timeline .throttle{stroke:#dc2626}
@@ -116,7 +116,8 @@ def html_report(
         f"<style>{_CSS}</style></head><body><main>",
         f'<h1>{_e(title)}<span class="badge" id="verdict" style="background:'
         f'{_BADGE[verdict]}">{_e(verdict)}</span></h1>',
-        f'<p class="sub">{_e(VERDICT_WORDS[verdict])}. Run <code>{_e(run.id)}</code>, started '
+        f'<p class="sub">{_e(_cap(VERDICT_WORDS[verdict]))}. Run <code>{_e(run.id)}</code>, '
+        "started "
         f"{_e(clock_time(run.started_at))}, "
         + (_e("still running") if run.ended_at is None else f"ended {_e(clock_time(run.ended_at))}")
         + "</p>",
@@ -142,6 +143,11 @@ def _card(key: str, label: str, value: str, small: str = "", cls: str = "") -> s
     klass = f' class="{cls}"' if cls else ""
     return (f'<dl class="card" id="{key}"><dt>{_e(label)}</dt><dd{klass}>{_e(value)}{extra}'
             "</dd></dl>")  # fmt: skip
+
+
+def _cap(text: str) -> str:
+    """``text`` with its first letter upper-case (the rest as it is: VPS stays VPS)."""
+    return text[:1].upper() + text[1:]
 
 
 def _spread(sp: Spread) -> str:
@@ -171,8 +177,8 @@ def _cards(s: Summary, rec: Recovery) -> list[str]:
         _card("queue-to-ready", "Queue → ready per VPS", _spread(rec.queue_to_ready),
               "includes waiting for earlier waves and soaks"),
         _card("duration", "Run duration", duration(s.duration_s),
-              f"{s.run.retries} retries, " + ", ".join(
-                  f"{k.replace('_', ' ')} {v}" for k, v in sorted(s.run.counters.items()))),
+              ", ".join([f"{s.run.retries} retries", *(
+                  f"{k.replace('_', ' ')} {v}" for k, v in sorted(s.run.counters.items()) if v)])),
         "</div>",
     ]  # fmt: skip
 

@@ -29,7 +29,8 @@ from orchestrator.version import __version__
 MAX_LISTED = 50
 # Inline Markdown in the middle of a line: emphasis, code, links, tables, strike-through.
 # (Line-start syntax cannot occur: record text never starts a line.)
-_SPECIAL = re.compile(r"([\\`*_\[\]|~])")
+# An underscore inside a word (kvm_100_200) is no emphasis in GFM: left alone, for chat.
+_SPECIAL = re.compile(r"([\\`*\[\]|~]|(?<![A-Za-z0-9])_|_(?![A-Za-z0-9]))")
 _SPACE = re.compile(r"\s+")
 
 
@@ -39,6 +40,11 @@ def md(text: object) -> str:
     plain = _SPACE.sub(" ", "".join(c if c.isprintable() else " " for c in str(text))).strip()
     plain = plain.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return _SPECIAL.sub(r"\\\1", plain)
+
+
+def _cap(text: str) -> str:
+    """``text`` with its first letter upper-case (the rest as it is: VPS stays VPS)."""
+    return text[:1].upper() + text[1:]
 
 
 def _spread(sp: Spread) -> str:
@@ -62,7 +68,7 @@ def markdown_report(
     out = [
         f"## {VERDICT_MARK[v]} edis-fleet {md(s.fleet)}: {v.value}",
         "",
-        f"{md(VERDICT_WORDS[v])}. Run `{run.id}`, started {md(clock_time(run.started_at))}.",
+        f"{md(_cap(VERDICT_WORDS[v]))}. Run `{run.id}`, started {md(clock_time(run.started_at))}.",
         "",
         "| | |",
         "|---|---|",

@@ -40,7 +40,8 @@ COLOURS = {
     "skipped": "#6b7280",
     "in_doubt": "#f97316",
     "failed": "#dc2626",
-    "ready": "#16a34a",
+    # Pale: a VPS that is back is the quiet state; failures and doubt must catch the eye.
+    "ready": "#86efac",
 }
 LEGEND = (
     ("queued", "queued"),
@@ -52,9 +53,10 @@ LEGEND = (
     ("skipped", "skipped"),
 )
 
-_LABEL_W, _PLOT_W, _RIGHT_W = 240, 800, 120
+_LABEL_W, _PLOT_W, _RIGHT_W = 190, 780, 150
 _WIDTH = _LABEL_W + _PLOT_W + _RIGHT_W
-_TOP = 64  # axis, wave labels, the two API strips
+_TOP = 66  # axis, the two API strips, wave labels
+_BOTTOM = 34  # soak labels, the last-ready and RTO labels
 _STRIP_H = 10
 
 
@@ -123,10 +125,13 @@ def _rows(targets: Sequence[TargetRecord]) -> tuple[tuple[Row, ...], bool]:
     for wave, members in by_wave.items():
         for i in range(0, len(members), size):
             chunk = tuple(members[i : i + size])
-            first, last = chunk[0].kvm_id, chunk[-1].kvm_id
-            span = first if len(chunk) == 1 else f"{first} … {last}"
-            title = f"wave {wave}, {len(chunk)} VPSes: " + " ".join(t.kvm_id for t in chunk)
-            rows.append(Row(f"w{wave}  {span} ({len(chunk)})", title, wave, chunk))
+            # Labels stay short (kvm ids are long): the wave and the VPSes' places in it; the
+            # tooltip names every member.
+            first, last = i + 1, i + len(chunk)
+            span = f"#{first}" if len(chunk) == 1 else f"#{first}–{last}"
+            title = (f"wave {wave}, VPSes {span} of {len(members)}: "
+                     + " ".join(f"{t.kvm_id} ({t.hostname})" for t in chunk))  # fmt: skip
+            rows.append(Row(f"wave {wave}  {span}", title, wave, chunk))
     return tuple(rows), True
 
 
@@ -161,9 +166,12 @@ def build_timeline(
         a.at for a in attempts
         if a.endpoint == AUTH_ENDPOINT and a.outcome is Outcome.ACCEPTED and a.at >= start
     )  # fmt: skip
+    # A little room after the last event, so a state reached at the very end still shows.
+    end = max(end, start + 1.0)
+    end += (end - start) * 0.03
     return Timeline(
         start=start,
-        end=max(end, start + 1.0),
+        end=end,
         rows=rows,
         grouped=grouped,
         waves=tuple(waves),
@@ -192,7 +200,8 @@ def _tick_step(span: float) -> float:
 def timeline_svg(tl: Timeline) -> str:
     """Return the picture as an ``<svg>`` element (text, escaped), ``_WIDTH`` pixels wide."""
     row_h = 14 if tl.grouped else 16
-    height = _TOP + row_h * len(tl.rows) + 8
+    rows_bottom = _TOP + row_h * len(tl.rows)
+    height = rows_bottom + _BOTTOM
     span = tl.end - tl.start
 
     def x(at: float) -> float:
@@ -203,39 +212,53 @@ def timeline_svg(tl: Timeline) -> str:
         f'height="{height}" viewBox="0 0 {_WIDTH} {height}" role="img" '
         f'aria-label="timeline of {len(tl.rows)} rows">'
     ]
-    bottom = height - 8
     step = _tick_step(span)
     k = 0
     while k * step <= span + 1e-9:
         tx = x(tl.start + k * step)
-        out.append(f'<line class="grid" x1="{tx}" y1="{_TOP - 4}" x2="{tx}" y2="{bottom}"/>')
+        out.append(f'<line class="grid" x1="{tx}" y1="16" x2="{tx}" y2="{rows_bottom}"/>')
         out.append(f'<text class="tick" x="{tx}" y="12" text-anchor="middle">'
                    f"+{_e(duration(k * step))}</text>")  # fmt: skip
         k += 1
     for lo, hi in tl.soaks:
+        mid = round((x(lo) + x(hi)) / 2, 1)
         out.append(
-            f'<rect class="soak" x="{x(lo)}" y="{_TOP - 4}" width="{max(1.0, x(hi) - x(lo))}" '
-            f'height="{bottom - _TOP + 4}"><title>soak {_e(duration(hi - lo))}</title></rect>'
+            f'<rect class="soak" x="{x(lo)}" y="{_TOP - 20}" width="{max(2.0, x(hi) - x(lo))}" '
+            f'height="{rows_bottom - _TOP + 20}"><title>soak {_e(duration(hi - lo))}</title></rect>'
         )
-        out.append(f'<text class="mark" x="{x(lo) + 2}" y="{_TOP - 8}">soak</text>')
-    out += _strip("throttled", tl.throttles, 18, x)
-    out += _strip("session refresh", tl.refreshes, 18 + _STRIP_H + 4, x)
+        out.append(f'<text class="mark soak" x="{mid}" y="{rows_bottom + 13}" '
+                   f'text-anchor="middle">soak {_e(duration(hi - lo))}</text>')  # fmt: skip
+    out += _strip("throttled", tl.throttles, 20, x)
+    out += _strip("session refresh", tl.refreshes, 20 + _STRIP_H + 4, x)
     for i, row in enumerate(tl.rows):
         out += _row(row, _TOP + i * row_h, row_h, x)
+    last_label = -1e9
+    lifted = False
     for wave, at in tl.waves:
-        out.append(f'<line class="wave" x1="{x(at)}" y1="{_TOP - 18}" x2="{x(at)}" y2="{bottom}"/>')
-        out.append(f'<text class="mark" x="{x(at) + 2}" y="{_TOP - 18}">wave {wave}</text>')
-    marks: tuple[tuple[str, float | None, str], ...] = (
-        ("recovered", tl.recovered_at, "last ready"),
-        ("rto", tl.rto_at, "RTO"),
-    )
-    for cls, when, label in marks:
-        if when is not None:
-            out.append(
-                f'<line class="{cls}" x1="{x(when)}" y1="{_TOP - 4}" x2="{x(when)}" y2="{bottom}"/>'
-            )
-            out.append(f'<text class="mark {cls}" x="{x(when) - 2}" y="{bottom - 2}" '
-                       f'text-anchor="end">{label}</text>')  # fmt: skip
+        # Labels of waves that start close together are staggered, not overprinted.
+        lifted = not lifted if x(at) - last_label < 56 else False
+        last_label = x(at)
+        y = _TOP - (15 if lifted else 5)
+        out.append(
+            f'<line class="wave" x1="{x(at)}" y1="{y - 9}" x2="{x(at)}" y2="{rows_bottom}"/>'
+        )
+        out.append(f'<text class="mark" x="{x(at) + 3}" y="{y}">wave {wave}</text>')
+    marks = sorted(
+        (when, cls, label)
+        for cls, when, label in (("recovered", tl.recovered_at, "last ready"),
+                                 ("rto", tl.rto_at, "RTO"))
+        if when is not None
+    )  # fmt: skip
+    for n, (when, cls, label) in enumerate(marks):
+        # The left mark's label goes left of its line, the right one's right: never overprinted.
+        anchor = "end" if n == 0 and len(marks) == 2 else "start"
+        out.append(
+            f'<line class="{cls}" x1="{x(when)}" y1="{_TOP - 2}" x2="{x(when)}" '
+            f'y2="{rows_bottom + 18}"/>'
+        )
+        tx = x(when) - 3 if anchor == "end" else x(when) + 3
+        out.append(f'<text class="mark {cls}" x="{tx}" y="{rows_bottom + 28}" '
+                   f'text-anchor="{anchor}">{label}</text>')  # fmt: skip
     out.append("</svg>")
     return "\n".join(out)
 
@@ -298,6 +321,12 @@ def _row(row: Row, top: float, row_h: int, x: XMap) -> list[str]:
         if times:
             d = _area(times, n, (top, h, right), x)
             out.append(f'<path fill="{COLOURS[layer]}" d="{d}"/>')
+    # A failure or doubt at the very end of the axis would draw no area: a tick marks it.
+    for p in phases:
+        if p.final is not None and p.state in (TargetState.FAILED, TargetState.IN_DOUBT):
+            colour = COLOURS["failed" if p.state is TargetState.FAILED else "in_doubt"]
+            out.append(f'<rect fill="{colour}" x="{max(_LABEL_W, x(p.final) - 3)}" y="{top}" '
+                       f'width="3" height="{h}"/>')  # fmt: skip
     out.append(f'<text class="state" x="{right + 6}" y="{top + h - 1}">{_e(_tally(row))}</text>')
     out.append("</g>")
     return out
@@ -312,8 +341,15 @@ def _tally(row: Row) -> str:
         return t.state.value.replace("_", " ")
     counts = {s: sum(1 for t in row.members if t.state is s) for s in TargetState}
     parts = [f"{counts[TargetState.READY]} ready"]
-    for state, word in ((TargetState.FAILED, "failed"), (TargetState.IN_DOUBT, "doubt"),
-                        (TargetState.SKIPPED, "skip")):  # fmt: skip
-        if counts[state]:
-            parts.append(f"{counts[state]} {word}")
-    return ", ".join(parts)
+    # Short words: the column is 150 px and a row may have all four.
+    words = (
+        ("fail", (TargetState.FAILED,)),
+        ("doubt", (TargetState.IN_DOUBT, TargetState.INTENT)),
+        ("skip", (TargetState.SKIPPED,)),
+        ("open", (TargetState.ACCEPTED, TargetState.PENDING)),
+    )
+    for word, states in words:
+        count = sum(counts[state] for state in states)
+        if count:
+            parts.append(f"{count} {word}")
+    return " ".join(parts)
