@@ -2,8 +2,9 @@
 reports, and JUnit names that stay stable across runs.
 
 Report tests fold records written through the real journal (``tests.test_report.record``) or
-built directly when a shape is easier to state that way (a hostile host name, 450 VPSes);
-the command-line tests run ``edis-fleet`` in-process against the simulator.
+built directly when a shape is easier to state that way (hostile text, 450 VPSes). The
+command line's side (``report --format``, ``apply --rto``, exit code 7) is in
+``test_rto_cli.py``.
 """
 
 from __future__ import annotations
@@ -220,7 +221,7 @@ def test_html_is_self_contained_with_the_headline_and_every_vps() -> None:
     targets = [
         *two_waves(),
         target("f1", 2, 2, TargetState.FAILED, sent=T0 + 102, ended=T0 + 103, reason=HOSTILE,
-               hostname="evil-host"),
+               hostname=HOSTILE),
         target("d1", 2, 3, TargetState.IN_DOUBT, sent=T0 + 103, ended=T0 + 300,
                reason="read timeout"),
     ]  # fmt: skip
@@ -244,7 +245,8 @@ def test_html_is_self_contained_with_the_headline_and_every_vps() -> None:
     assert "a" * 64 in p.text("hashes")
     assert "b" * 64 in p.text("hashes")
     assert f"edis-fleet {__version__}" in p.text("hashes")
-    assert HOSTILE in p.text("failed")  # shown as text, whole
+    assert p.text("failed").count(HOSTILE) == 2  # host name and reason, shown as text, whole
+    assert any(HOSTILE in t for t in p.titles)  # and in the timeline's tooltip
     assert "read timeout" in p.text("in-doubt")
     assert p.text("next") == "edis-fleet retry-failed 20270115-0800-abcdef"
     assert "<script>" not in page
