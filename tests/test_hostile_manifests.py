@@ -185,6 +185,30 @@ CASES: dict[str, Case] = {
             "{{ s }}{% endfor %}{% endset %}a: {{ b | length }}\n"
         ),
     ),
+    "template-nested-parentheses": Case(
+        BASE, "nested or chained too deeply", "vps[0].cloud_init",
+        _template("#cloud-config\na: {{ " + "(" * 5000 + "1" + ")" * 5000 + " }}\n"),
+    ),
+    "template-30-nested-loops": Case(
+        BASE, "too many statically nested blocks", "vps[0].cloud_init",
+        _template("#cloud-config\n" + "{% for i in [1] %}" * 30 + "{% endfor %}" * 30 + "\n"),
+    ),
+    "template-3000-nested-ifs": Case(
+        BASE, "cannot be compiled", "vps[0].cloud_init",
+        _template("#cloud-config\n" + "{% if true %}" * 3000 + "{% endif %}" * 3000 + "\n"),
+    ),
+    "template-includes-itself": Case(
+        BASE, "nested too deeply", "vps[0].cloud_init",
+        _template('#cloud-config\n{% include "templates/ok.yaml.j2" %}\n'),
+    ),
+    "inline-template-over-1-MiB": Case(
+        _cloud_init("{inline: '#cloud-config " + "x" * (1 << 20) + "'}"), "over the limit",
+        "defaults.cloud_init",
+    ),
+    "template-dense-1-MiB": Case(
+        BASE, "compiling the template took longer than", "vps[0].cloud_init",
+        _template("#cloud-config\n" + "{{ id }} " * 116_000 + "\n"),
+    ),
     "template-endless-output": Case(
         BASE, "far over the limit", "vps[0].cloud_init",
         _template("#cloud-config\n{% for i in range(99999) %}{{ 'x' * 999999 }}{% endfor %}\n"),

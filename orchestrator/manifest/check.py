@@ -155,6 +155,11 @@ class Sources:
         else:
             assert source.inline is not None
             result = self._inline.get(path)
+            if result is None and len(source.inline) > MAX_TEMPLATE_BYTES:
+                self.reporter.problem(
+                    path, f"inline template is over the limit of {MAX_TEMPLATE_BYTES:,} characters"
+                )
+                return None
             if result is None:
                 doc = self.reporter.doc
                 at = (*path, "inline") if doc is not None and doc.has((*path, "inline")) else path

@@ -154,6 +154,13 @@ class Templates:
             except jinja2.TemplateSyntaxError as exc:
                 file, line = self._where(source, exc.filename, exc.lineno)
                 cached = TemplateFailure(file, line, f"template syntax error: {exc.message}")
+            except BoundExceeded as exc:
+                cached = TemplateFailure(
+                    source.name, 1 + source.line_offset, f"template stopped: {exc}"
+                )
+            except (RecursionError, SyntaxError, MemoryError) as exc:
+                # Nesting deeper than Jinja's parser or Python's compiler can take.
+                cached = TemplateFailure(source.name, 1 + source.line_offset, _compile_message(exc))
             self._compiled[source.key] = cached
         if isinstance(cached, TemplateFailure):
             raise cached
@@ -256,6 +263,16 @@ class Templates:
         return self._where(source, found[0], found[1])
 
 
+def _compile_message(exc: BaseException) -> str:
+    if isinstance(exc, MemoryError):
+        return "template cannot be compiled: it needs more memory than a template may use"
+    what = exc.msg if isinstance(exc, SyntaxError) else "maximum nesting depth exceeded"
+    return (
+        f"template cannot be compiled: {what}; expressions, blocks and filter chains are "
+        "nested or chained too deeply"
+    )
+
+
 def _runtime_message(exc: BaseException) -> str:
     if isinstance(exc, jinja2.UndefinedError):
         return f"undefined variable: {exc.message}"
@@ -268,7 +285,9 @@ def _runtime_message(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "template stopped: it needed more memory than a render may use"
     if isinstance(exc, RecursionError):
-        return "template stopped: macros or includes nested too deeply"
+        return "template stopped: macros, includes or expressions nested too deeply"
+    if isinstance(exc, SyntaxError):  # an included template Python cannot compile
+        return _compile_message(exc)
     if isinstance(exc, jinja2.exceptions.SecurityError):
         return f"not allowed in the template sandbox: {exc}"
     return f"template failed: {type(exc).__name__}: {exc}"
