@@ -43,7 +43,7 @@ from orchestrator.templates.document import (
     classify,
     parse_cloud_config,
 )
-from orchestrator.templates.sandbox import BoundedEnvironment, BoundExceeded, Budget, memory_bound
+from orchestrator.templates.sandbox import BoundedEnvironment, BoundExceeded, Budget
 
 __all__ = ["Templates"]
 
@@ -235,21 +235,22 @@ class Templates:
         self._env.budget = Budget()
         parts: list[str] = []
         size = 0
-        with memory_bound():
-            for chunk in template.generate(context):
-                parts.append(chunk)
-                size += len(chunk)
-                # Well past the limit: stop (a little past it, ``classify`` says by how much).
-                if size > 2 * self.max_bytes + 65536:
-                    failure = TemplateFailure(
-                        source.name,
-                        1 + source.line_offset,
-                        f"rendered user data is far over the limit of {self.max_bytes} bytes "
-                        "(rendering stopped; raise defaults.user_data_limit if the provider "
-                        "accepts more)",
-                    )
-                    self._exhausted[source.key] = failure
-                    raise failure
+        # The address-space backstop (sandbox.memory_bound) is set once around a whole
+        # fleet by check_templates, which renders every VPS before anything is sent.
+        for chunk in template.generate(context):
+            parts.append(chunk)
+            size += len(chunk)
+            # Well past the limit: stop (a little past it, ``classify`` says by how much).
+            if size > 2 * self.max_bytes + 65536:
+                failure = TemplateFailure(
+                    source.name,
+                    1 + source.line_offset,
+                    f"rendered user data is far over the limit of {self.max_bytes} bytes "
+                    "(rendering stopped; raise defaults.user_data_limit if the provider "
+                    "accepts more)",
+                )
+                self._exhausted[source.key] = failure
+                raise failure
         return "".join(parts)
 
     def _runtime_where(self, source: TemplateSource, exc: BaseException) -> tuple[str, int]:
