@@ -49,8 +49,25 @@ def register(sub: Any) -> None:
         metavar="N",
         help="confirm the number of VPSes to wipe (must equal the blast radius)",
     )
+    p.add_argument(
+        "--rto",
+        type=_duration,
+        metavar="DURATION",
+        help="recovery time objective, e.g. 30m (overrides rollout.rto): first send → last "
+        "ready is checked at the end; a miss exits 7",
+    )
     add_output_arguments(p)
     p.set_defaults(handler=run)
+
+
+def _duration(value: str) -> float:
+    """``--rto``: a duration such as ``30m`` or ``1h30m``, in seconds (at least 1 s)."""
+    from orchestrator.units import parse_duration
+
+    try:
+        return parse_duration(value, minimum=1.0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -92,4 +109,8 @@ def run(args: argparse.Namespace) -> int:
     code = guard(loaded, plan, confirmation(args), sys.stdin, sys.stderr)
     if code is not None:
         return code
-    return build_and_run(loaded, plan, env, endpoint=endpoint(args), output=output_options(args))
+    # The RTO is recorded with the run, so that report and resume judge it the same way.
+    rto = {"rto_s": args.rto} if args.rto is not None else None
+    return build_and_run(
+        loaded, plan, env, endpoint=endpoint(args), output=output_options(args), extra_options=rto
+    )

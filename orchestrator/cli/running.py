@@ -25,7 +25,8 @@ from orchestrator.errors import (
     PreflightError,
 )
 from orchestrator.model import TargetState
-from orchestrator.report import NdjsonSink, text_report
+from orchestrator.report import NdjsonSink, duration, recovery, text_report
+from orchestrator.report import Verdict as RunVerdict
 from orchestrator.run.execute import RunOutcome, RunSpec, execute
 from orchestrator.run.guard import Verdict, check_confirmation, why_confirm
 from orchestrator.run.load import Loaded
@@ -162,6 +163,13 @@ def finish(
         return exitcodes.FAILED
     if result.count(TargetState.IN_DOUBT):
         return exitcodes.IN_DOUBT
+    rec = recovery(outcome.run, outcome.targets)
+    if rec.verdict is RunVerdict.RTO_MISSED:
+        err.write(
+            f"RTO missed: recovery took {duration(rec.recovery_s)} (first send → last ready), "
+            f"over the RTO of {duration(rec.rto_s)}\n"
+        )
+        return exitcodes.RTO_MISSED
     return exitcodes.OK
 
 

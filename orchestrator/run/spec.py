@@ -143,6 +143,9 @@ def build_spec(
             "rollout": plan.rollout.to_json(),
             "session_url": session_url,
             "allow_api_host": list(endpoint.extra_api_hosts),
+            # The recovery time objective (rollout.rto; apply --rto overrides it through
+            # extra_options): reports and resume check the run against it.
+            "rto_s": rollout.rto_s,
             **(extra_options or {}),
         },
         targets=targets if resume is None else (),

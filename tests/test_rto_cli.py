@@ -1,0 +1,88 @@
+"""The drill record from the command line: ``report --format html|markdown`` read from the
+journal, and ``apply --rto`` / ``rollout.rto`` checked at the end of a run (exit code 7, and
+failures or in-doubt VPSes taking precedence). In-process against the simulator.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+
+from orchestrator.simulator import Simulator
+from tests.cli_support import run_cli
+from tests.test_apply import apply, env_for, fleet
+from tests.test_drill_record import parse
+from tests.test_report import NASTY, record
+
+
+def test_report_html_and_markdown_from_the_journal(tmp_path: Path) -> None:
+    run, _, _ = anyio.run(record, tmp_path / "j.sqlite")
+    out = tmp_path / "drill.html"
+    env = {"PATH": "/usr/bin:/bin"}
+    journal = str(tmp_path / "j.sqlite")
+    done = run_cli(["report", run.id, "--journal", journal, "--format", "html", "-o", str(out)],
+                   cwd=tmp_path, env=env)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert parse(out.read_text()).text("verdict") == "failed"
+    md = run_cli(["report", run.id, "--journal", journal, "--format", "markdown"], cwd=tmp_path,
+                 env=env)  # fmt: skip
+    assert md.returncode == 0
+    assert md.stdout.startswith("## ❌ edis-fleet prod: failed")
+    assert NASTY not in md.stdout  # escaped, not raw
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def _report(sim: Simulator, path: Path, fmt: str = "json") -> str:
+    runs = run_cli(["runs"], cwd=path.parent, env=env_for(sim)).stdout.splitlines()
+    run_id = runs[-1].split()[0]
+    done = run_cli(["report", run_id, "--format", fmt], cwd=path.parent, env=env_for(sim))
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_a_missed_rto_exits_7_and_every_report_says_so(
+    thread_sim: Simulator, tmp_path: Path
+) -> None:
+    # A 1 s soak between the waves makes first send → last ready longer than a 1 s RTO.
+    path = fleet(thread_sim, tmp_path, 3, rollout="  soak: 1s\n")
+    code, out, err = apply(thread_sim, path, "--rto", "1s")
+    assert code == 7, out + err
+    assert "RTO missed" in err
+    assert "RTO 1.0s: MISSED" in out
+    data = json.loads(_report(thread_sim, path))
+    assert (data["run"]["verdict"], data["run"]["rto_s"]) == ("rto-missed", 1.0)
+    assert data["recovery"]["rto_met"] is False
+    assert data["recovery"]["recovery_s"] > 1.0
+    assert "⏱️ edis-fleet fleet: rto-missed" in _report(thread_sim, path, "markdown")
+    assert 'id="verdict"' in _report(thread_sim, path, "html")
+
+
+def test_the_manifest_rto_is_recorded_and_met(thread_sim: Simulator, tmp_path: Path) -> None:
+    path = fleet(thread_sim, tmp_path, 2, rollout="  rto: 1h\n")
+    code, out, err = apply(thread_sim, path)
+    assert code == 0, out + err
+    data = json.loads(_report(thread_sim, path))
+    assert (data["run"]["rto_s"], data["recovery"]["rto_met"], data["run"]["verdict"]) == (
+        3600.0, True, "ok",
+    )  # fmt: skip
+
+
+def test_in_doubt_takes_precedence_over_a_missed_rto(thread_sim: Simulator, tmp_path: Path) -> None:
+    thread_sim.set_faults(script={"set/reinstall": ["lost"]})
+    path = fleet(thread_sim, tmp_path, 3,
+                 rollout="  soak: 1s\n  failure_budget: {wave: 1, run: 1}\n")  # fmt: skip
+    code, out, err = apply(thread_sim, path, "--rto", "1s")
+    assert code == 4, out + err
+    assert json.loads(_report(thread_sim, path))["run"]["verdict"] == "in-doubt"
+
+
+def test_a_bad_rto_is_a_usage_error(thread_sim: Simulator, tmp_path: Path) -> None:
+    path = fleet(thread_sim, tmp_path, 1)
+    code, _, err = apply(thread_sim, path, "--rto", "30")
+    assert code == 2
+    assert "--rto" in err
+    assert sum(thread_sim.counters.reinstall_received.values()) == 0
