@@ -1,6 +1,7 @@
 """The drill record from the command line: ``report --format html|markdown`` read from the
 journal, and ``apply --rto`` / ``rollout.rto`` checked at the end of a run (exit code 7, and
-failures or in-doubt VPSes taking precedence). In-process against the simulator.
+failures or in-doubt VPSes taking precedence), and the same through the library API.
+In-process against the simulator.
 """
 
 from __future__ import annotations
@@ -10,10 +11,15 @@ from pathlib import Path
 
 import anyio
 
+import orchestrator
+from orchestrator import ReportFormat
 from orchestrator.simulator import Simulator
 from tests.cli_support import run_cli
+from tests.conftest import SimFactory
 from tests.test_apply import apply, env_for, fleet
 from tests.test_drill_record import parse
+from tests.test_library import READINESS
+from tests.test_plan import MARKER_ROOT, manifest, vps_lines
 from tests.test_report import NASTY, record
 
 
@@ -86,3 +92,26 @@ def test_a_bad_rto_is_a_usage_error(thread_sim: Simulator, tmp_path: Path) -> No
     assert code == 2
     assert "--rto" in err
     assert sum(thread_sim.counters.reinstall_received.values()) == 0
+
+
+async def test_the_library_records_an_rto_and_renders_the_record(
+    make_sim: SimFactory, tmp_path: Path
+) -> None:
+    async with make_sim(vps_count=2, time_scale=0.001) as sim:
+        path = manifest(sim, tmp_path, vps_lines(sim, 2), extra="  rate: 200/s\n")
+        path.write_text(path.read_text().replace("  readiness: {mode: api}\n", READINESS))
+        env = {"EDIS_EMAIL": sim.email, "EDIS_PASSWORD": sim.password,
+               "EDIS_ROOT_PASSWORD": MARKER_ROOT}  # fmt: skip
+        journal = tmp_path / "journal.sqlite"
+        outcome = await orchestrator.apply(path, journal=journal, env=env, rto_s=3600.0)
+        assert outcome.run.options["rto_s"] == 3600.0
+        md = await orchestrator.run_report(
+            outcome.run_id, journal=journal, format=ReportFormat.MARKDOWN
+        )
+        assert md.startswith("## ✅ edis-fleet fleet: ok")
+        assert "| RTO | 1h00m00s: met" in md
+        page = await orchestrator.run_report(
+            outcome.run_id, journal=journal, format=ReportFormat.HTML
+        )
+        assert parse(page).text("verdict") == "ok"
+        assert MARKER_ROOT not in md + page

@@ -158,14 +158,17 @@ async def apply(
     plan_hash: str | None = None,
     sinks: Sequence[EventSink] = (),
     env: Mapping[str, str] | None = None,
+    rto_s: float | None = None,
 ) -> RunOutcome:
     """Reinstall the selected VPSes in waves (``edis-fleet apply``). WIPES DISKS.
 
     More than ten VPSes, or any protected one, needs ``confirm`` (``yes=True`` or ``count``
     equal to the blast radius). With ``plan_hash`` (a plan's ``content_hash``) the run is
     refused when the manifest, its templates or the selection changed since that plan.
-    ``sinks`` watch every state change. Returns the outcome once the run ended, whatever the
-    VPSes' fates (see ``outcome.result`` and ``outcome.status``).
+    ``sinks`` watch every state change. ``rto_s`` (seconds) replaces the manifest's
+    ``rollout.rto`` and is recorded with the run (``orchestrator.report.recovery`` judges it).
+    Returns the outcome once the run ended, whatever the VPSes' fates (see ``outcome.result``
+    and ``outcome.status``).
 
     Raises before anything is sent: ``ManifestError`` (manifest, selection, templates,
     credentials), ``UsageError`` (not confirmed, or a stale plan), ``PreflightError``,
@@ -181,7 +184,11 @@ async def apply(
             "was made"
         )
     _confirmed(the_plan, confirm)
-    return await _run(loaded, the_plan, environ, endpoint=endpoint, journal=journal, sinks=sinks)
+    rto = {"rto_s": rto_s} if rto_s is not None else None
+    return await _run(
+        loaded, the_plan, environ, endpoint=endpoint, journal=journal, sinks=sinks,
+        extra_options=rto,
+    )  # fmt: skip
 
 
 async def resume(
@@ -261,8 +268,9 @@ async def run_report(
     journal: PathLike = DEFAULT_JOURNAL,
     format: ReportFormat = ReportFormat.TEXT,
 ) -> str:
-    """Return the report of a recorded run: text, JSON, JUnit XML or NDJSON events
-    (``edis-fleet report``). Raises ``JournalError`` for a missing journal or an unknown run."""
+    """Return the report of a recorded run: text, JSON, JUnit XML, NDJSON events, Markdown
+    or the HTML drill record (``edis-fleet report``). Raises ``JournalError`` for a missing
+    journal or an unknown run."""
     view = await read_run(os.fspath(journal), run_id)
     return render_report(view.run, view.targets, view.attempts, ReportFormat(format))
 
