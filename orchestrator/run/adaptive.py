@@ -11,19 +11,25 @@ per answer and spends tokens at its ``rate``. The rule:
   error text says "rate limit" cuts the rate by ``beta``, once per episode (the next
   ``probation`` answers are the same episode). The throttled request itself waits at least
   its ``Retry-After`` before it is resent (per request, in ``retry.wait_after``).
-- **A fleet-wide pause is only for sustained overload:** more than ``1 - beta`` of the last
-  ``probation`` answers were throttles, or more than ``error_ratio`` of them were server errors
-  (the server is down, not flaky). The pause is the server's ``Retry-After`` when it gave one,
-  else 1 s doubling per consecutive pause (at most ``pause_cap``); the streak decays by one
-  for every ``probation`` successes. Sending resumes at the rate the server was accepting.
+- **A fleet-wide pause is only for sustained overload:** of the last ``probation`` answers
+  (at least ``min_samples``), more than ``overload_ratio`` were throttles, or more than
+  ``error_ratio`` were server errors (the server is down, not flaky). The pause is the
+  server's ``Retry-After`` when it gave one, else 1 s doubling per consecutive pause (at most
+  ``pause_cap``); the streak decays by one for every ``probation`` successes. After a
+  throttle storm sending resumes at the rate the server was accepting; after an error storm
+  at the same rate. Throttles while paused only lengthen the pause to the longest
+  ``Retry-After`` asked, never add up.
 - **The rate grows with successes, not with time:** ``up`` × the configured rate per success
-  back up to the ceiling (just under the rate at which the last helpful cut was made), then
-  ``probe`` × the configured rate per success above it, never above the configured rate.
+  back up to the ceiling (``ceiling_margin`` × the rate at which the last helpful cut was
+  made), then ``probe`` × the configured rate per success above it, growing by one more
+  ``probe`` every ``accel`` successes without a cut (concave, then convex, like CUBIC around
+  its W_max), never above the configured rate.
 - **Throttling that does not come from our rate is tolerated.** Each cut is checked over its
   probation: when throttles went on at about the same ratio at the lower rate, the cut did not
   help, so the rate is restored and that ratio becomes the tolerance; later throttles cut only
   while the ratio over the last ``window`` answers is above ``slack`` × the tolerance. Behind
-  a provider's own rate limit, a cut makes the throttles stop, so the tolerance stays 0.
+  a provider's own rate limit, a cut makes the throttles stop, so the tolerance stays 0; cuts
+  in the ``3 × probation`` answers after a pause are never undone (overload was just seen).
 
 Why not the anchors as they are: the AWS SDKs' adaptive mode (CUBIC on every throttle) and
 TCP-style AIMD both cut on every 429, so a provider that answers a steady few percent of 429s
