@@ -217,3 +217,13 @@ def test_the_redactor_masks_a_secret_in_every_encoding(secret: str) -> None:
         out = redact(f"echo: [{form}] end")
         assert form not in out
         assert secret not in out
+
+
+def test_a_line_that_only_decodes_to_a_secret_is_withheld_and_others_kept() -> None:
+    redact = Redactor(["A 2/+&=x"])
+    out = redact("first line\npw=A%202/+%26=x mixed encodings\nlast line")
+    assert out.split("\n") == ["first line", Redactor.WITHHELD, "last line"]
+
+
+def test_plain_text_is_masked_case_sensitively() -> None:
+    assert Redactor(["Summer2026"])("summer2026 Summer2026") == "summer2026 ***"

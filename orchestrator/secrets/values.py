@@ -74,9 +74,9 @@ class Redactor:
         forms = {form for value in self._values for form in encodings(value)}
         # Longest first, so a secret that contains another is replaced whole.
         ordered = sorted(forms, key=len, reverse=True)
-        self._pattern = (
-            re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE) if ordered else None
-        )
+        # Case-sensitive: a secret that happens to be a word must not mask other words; the
+        # case variants of escapes (%2f, \u00E9) are enumerated by ``encodings``.
+        self._pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
     def __call__(self, text: str) -> str:
         """Return ``text`` with every registered secret, in any known encoding, masked."""
@@ -94,6 +94,8 @@ class Redactor:
         return "\n".join(lines)
 
 
+_HEX_ESCAPE = re.compile(r"%[0-9A-F]{2}")
+_UNICODE_ESCAPE = re.compile(r"(?<=\\u)[0-9a-f]{4}")
 # Characters that start an escape in one of the encodings _decodings undoes.
 _ENCODED = re.compile(r"[%+&\\]")
 
@@ -102,12 +104,17 @@ def encodings(value: str) -> set[str]:
     """Return ``value`` and the forms it takes when form-, JSON-, HTML- or base64-encoded."""
     forms = {value}
     for safe in ("", "/", "~", "-_.!~*'()"):
-        forms.add(urllib.parse.quote(value, safe=safe))
-        forms.add(urllib.parse.quote_plus(value, safe=safe))
+        for quoted in (
+            urllib.parse.quote(value, safe=safe),
+            urllib.parse.quote_plus(value, safe=safe),
+        ):
+            forms.add(quoted)
+            forms.add(_HEX_ESCAPE.sub(lambda m: m.group().lower(), quoted))
     for ascii_only in (True, False):
         escaped = json.dumps(value, ensure_ascii=ascii_only)[1:-1]
-        forms.add(escaped)
-        forms.add(escaped.replace("/", "\\/"))
+        for form in (escaped, _UNICODE_ESCAPE.sub(lambda m: m.group().upper(), escaped)):
+            forms.add(form)
+            forms.add(form.replace("/", "\\/"))
     for quote in (True, False):
         forms.add(html.escape(value, quote=quote))
     forms.add(html.escape(value).replace("&#x27;", "&#39;"))
