@@ -348,7 +348,7 @@ def _throttle_one(crash: Crash) -> None:
 
 async def in_throttle_backoff(crash: Crash) -> None:
     """During a retry: one wave-3 reinstall was answered 429 (Retry-After: 2); the journal has
-    recorded that attempt, so the client is waiting out the fleet-wide cooldown."""
+    recorded that attempt, so the client is waiting out its Retry-After."""
     target = _wave_3_vps(crash, 40)
 
     async def recorded() -> bool:
@@ -441,7 +441,7 @@ SCENARIOS = [
         ),
         time_scale=SLOW_INSTALLS,
     ),
-    # Retries: waiting out a 429's cooldown, then a retried POST held at the server.
+    # Retries: waiting out a 429's Retry-After, then a retried POST held at the server.
     Scenario(
         "retries",
         (

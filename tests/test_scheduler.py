@@ -125,7 +125,7 @@ async def test_healthy_fleet_in_two_waves(make_sim: SimFactory) -> None:
     assert canary_ready <= first_wave2_intent
 
 
-async def test_throttled_answers_are_retried_after_a_fleet_wide_cooldown(sim: Simulator) -> None:
+async def test_throttled_answers_are_retried_until_accepted(sim: Simulator) -> None:
     sim.set_faults(script={"set/reinstall": ["429:0", "503", "429", "503"]})
     async with scheduler_for(sim, settings()) as (sched, _):
         result = await sched.run([WaveSpec(1, jobs_for(sim.vps_ids), budget=0)])

@@ -43,7 +43,8 @@ class Action(enum.Enum):
     RETRY = "retry"
     """Resend after a backoff: not sent, or in doubt on a call that is safe to repeat."""
     COOLDOWN_THEN_RETRY = "cooldown_then_retry"
-    """Throttled (429/503): the fleet cools down, then this call is resent."""
+    """Throttled (429/503): resent after at least the server's ``Retry-After``; whether the
+    fleet slows down or pauses is the limiter's call (``adaptive.py``)."""
     FINAL = "final"
     """Rejected, or a session error that already had its one refresh and replay."""
     IN_DOUBT = "in_doubt"
@@ -178,8 +179,9 @@ async def call_with_retries(
     A retryable failure (not sent; throttled; in doubt on a non-destructive call) is retried
     after ``wait_after`` seconds slept on ``clock`` while attempts, the deadline and the
     ``budget`` allow. ``on_throttled(error)`` is awaited after *every* throttled attempt, even
-    one that is not retried, before the wait (the scheduler starts the fleet-wide cooldown
-    there). ``on_retry(error, attempt_number)`` is called just before each retry's sleep.
+    one that is not retried, before the wait (a run's limiter hears every answer through
+    ``RateLimiter.report`` instead, and decides there whether the fleet slows or pauses).
+    ``on_retry(error, attempt_number)`` is called just before each retry's sleep.
 
     Raises the last ``ApiError`` unchanged when the outcome is final, in doubt on a
     destructive call, or retries ran out; any other exception from ``fn`` (cancellation
