@@ -34,7 +34,7 @@ from orchestrator.secrets import Redactor, Secret
 NOW = 1_800_000_000.0
 POLICY, _ = HostPolicy.for_session_url("http://127.0.0.1:9", ["127.0.0.0/8"])
 FAST = settings(
-    max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+    max_examples=100, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
 )
 
 # Values a JSON answer can hold, hostile numbers included.
@@ -199,7 +199,7 @@ def test_clean_output_is_safe_and_capped(text: str) -> None:
     assert "\n" not in out
 
 
-@settings(max_examples=200, deadline=None, database=None)
+@settings(max_examples=100, deadline=None, database=None)
 @given(secret=st.text(min_size=4, max_size=30).filter(lambda s: s.strip() == s and len(s) >= 4))
 def test_the_redactor_masks_a_secret_in_every_encoding(secret: str) -> None:
     redact = Redactor([secret])
