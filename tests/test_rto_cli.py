@@ -15,12 +15,13 @@ import orchestrator
 from orchestrator import ReportFormat
 from orchestrator.simulator import Simulator
 from tests.cli_support import run_cli
-from tests.conftest import SimFactory
+from tests.conftest import SimFactory, ThreadSims
 from tests.test_apply import apply, env_for, fleet
 from tests.test_drill_record import parse
 from tests.test_library import READINESS
 from tests.test_plan import MARKER_ROOT, manifest, vps_lines
 from tests.test_report import NASTY, record
+from tests.test_resume import interrupted_run
 
 
 def test_report_html_and_markdown_from_the_journal(tmp_path: Path) -> None:
@@ -115,3 +116,19 @@ async def test_the_library_records_an_rto_and_renders_the_record(
         )
         assert parse(page).text("verdict") == "ok"
         assert MARKER_ROOT not in md + page
+
+
+def test_resume_judges_the_rto_recorded_with_the_run(
+    make_thread_sim: ThreadSims, tmp_path: Path
+) -> None:
+    with make_thread_sim(vps_count=4, time_scale=0.003) as sim:
+        path = fleet(sim, tmp_path, 4, rollout="  concurrency: 1\n")
+        # Installs take 0.9 s and wave 2 waits for the canary: the whole run needs > 1.8 s.
+        run_id = interrupted_run(make_thread_sim, sim, path, "--rto", "1s")
+        done = run_cli(["resume", run_id, "--quiet"], cwd=tmp_path, env=env_for(sim))
+        assert done.returncode == 7, done.stderr
+        assert "RTO missed" in done.stderr
+        data = json.loads(
+            run_cli(["report", run_id, "--format", "json"], cwd=tmp_path, env=env_for(sim)).stdout
+        )
+        assert (data["run"]["rto_s"], data["run"]["verdict"]) == (1.0, "rto-missed")
