@@ -169,6 +169,7 @@ async def test_text_report_counts_reasons_and_advice(rec: Recorded) -> None:
     # Sent at +1 s, ready at +62, +82, +122 s: recovery counts from the first send; queue →
     # ready includes the wait before the send, send → ready does not.
     assert "Recovery (first send → last ready): 2m01s" in text
+    assert "Per wave (first send → last ready): wave 1 1m21s, wave 2 2m01s" in text
     assert "Per VPS, send → ready (3 of 6): p50 1m21s, p95 2m01s, max 2m01s" in text
     assert "Per VPS, queue → ready (3 of 6): p50 1m22s, p95 2m02s, max 2m02s" in text
     assert "RTO" not in text  # none was set

@@ -146,6 +146,9 @@ def _recovery_lines(rec: Recovery, total: int) -> list[str]:
         else:
             over = duration((rec.recovery_s or 0.0) - rec.rto_s)
             out.append(target + f"MISSED by {over} (verdict {rec.verdict.value})")
+    if len(rec.waves) > 1 and rec.recovery_s is not None:
+        out.append("Per wave (first send → last ready): " + ", ".join(
+            f"wave {w.wave} {duration(w.recovery_s)}" for w in rec.waves))  # fmt: skip
     for name, sp in (("send → ready", rec.send_to_ready), ("queue → ready", rec.queue_to_ready)):
         if sp.count:
             out.append(
