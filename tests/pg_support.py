@@ -122,7 +122,7 @@ def start_server(*, fsync: bool = False, port: int = 5432) -> PgServer:
             f"-k {sock} -p {port} -c listen_addresses='' -c max_connections=200"
             f" -c fsync={'on' if fsync else 'off'}"
             f" -c synchronous_commit={'on' if fsync else 'off'}"
-            " -c full_page_writes=off -c shared_buffers=64MB"
+            f" -c full_page_writes={'on' if fsync else 'off'} -c shared_buffers=64MB"
         )
         subprocess.run(
             [*run, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"),

@@ -9,20 +9,28 @@ per VPS and the number of commits. Each VPS does what the scheduler does around 
 
 The POST and the readiness check are ``anyio.sleep(--post-ms)``; with the default 0 ms the
 difference is the journal's pure overhead (wall and CPU, including the worker thread). The
-journal lives on a temporary file of the current directory's file system (``--dir`` to move
-it), with WAL and ``synchronous=FULL`` as in production.
+SQLite journal lives on a temporary file of the current directory's file system (``--dir`` to
+move it), with WAL and ``synchronous=FULL`` as in production. ``--backend postgresql`` uses
+the PostgreSQL journal instead: ``--url`` names a database, else a throwaway local server is
+started (``tests/pg_support.py``, over a Unix socket) with ``fsync`` and
+``synchronous_commit`` on, so every commit waits for the disk as in production.
 
     .venv/bin/python tests/bench/journal_cost.py [--vps 2000] [--concurrency 100] [--post-ms 0]
+    .venv/bin/python tests/bench/journal_cost.py --backend postgresql --post-ms 100 --goal-pct 10
 
-Prints one JSON line; ``per_vps_ms`` is the extra wall time per VPS with the journal on.
+Prints one JSON line; ``per_vps_ms`` is the extra wall time per VPS with the journal on,
+``slowdown_pct`` the run's wall time over the same run without a journal. With
+``--goal-pct`` the script exits 1 when the slowdown is above it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,12 +69,14 @@ async def _flow(journal: Journal | None, run_id: str, kvm_ids: list[str], args: 
         await journal.flush()
 
 
-async def _one(args: Any, with_journal: bool, folder: Path, n: int) -> dict[str, float]:
+async def _one(
+    args: Any, with_journal: bool, where: Callable[[int], str | Path], n: int
+) -> dict[str, float]:
     kvm_ids = [f"kvm{i:05d}" for i in range(args.vps)]
     journal: Journal | None = None
     run_id = ""
     if with_journal:
-        journal = await Journal.open(folder / f"journal-{n}.sqlite")
+        journal = await Journal.open(where(n))
         run_id = await journal.create_run(
             manifest_path="bench.yaml", manifest_sha256="0" * 64, plan_sha256="1" * 64
         )
@@ -87,16 +97,36 @@ async def _one(args: Any, with_journal: bool, folder: Path, n: int) -> dict[str,
 
 async def main(args: Any) -> None:
     """Run both variants ``--repeat`` times, keep the best of each and print the JSON line."""
+    server = None
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)
-        best: dict[bool, dict[str, float]] = {}
-        for n in range(args.repeat):
-            for on in (False, True):
-                got = await _one(args, on, folder, n)
-                if on not in best or got["wall"] < best[on]["wall"]:
-                    best[on] = got
+
+        def where(n: int) -> str | Path:
+            if args.backend == "sqlite":
+                return folder / f"journal-{n}.sqlite"
+            if args.url:
+                return str(args.url)
+            assert server is not None
+            return str(server.create_database(prefix="bench"))
+
+        if args.backend == "postgresql" and not args.url:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+            from tests.pg_support import start_server
+
+            server = start_server(fsync=True, port=args.pg_port)
+        try:
+            best: dict[bool, dict[str, float]] = {}
+            for n in range(args.repeat):
+                for on in (False, True):
+                    got = await _one(args, on, where, n)
+                    if on not in best or got["wall"] < best[on]["wall"]:
+                        best[on] = got
+        finally:
+            if server is not None:
+                server.stop()
     off, on = best[False], best[True]
     result = {
+        "backend": args.backend,
         "vps": args.vps,
         "concurrency": args.concurrency,
         "post_ms": args.post_ms,
@@ -110,6 +140,9 @@ async def main(args: Any) -> None:
         "vps_per_commit": round(args.vps / max(1, on["commits"]), 1),
     }
     print(json.dumps(result))
+    if args.goal_pct is not None and result["slowdown_pct"] > args.goal_pct:
+        print(f"journal cost {result['slowdown_pct']}% > goal {args.goal_pct}%", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
@@ -119,6 +152,10 @@ if __name__ == "__main__":
     parser.add_argument("--post-ms", type=float, default=0.0, help="simulated POST/readiness")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--dir", default=".", help="where the temporary journal goes")
+    parser.add_argument("--backend", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--url", help="a PostgreSQL database to use (default: a throwaway one)")
+    parser.add_argument("--pg-port", type=int, default=5433, help="the throwaway server's port")
+    parser.add_argument("--goal-pct", type=float, help="exit 1 above this slowdown")
     parser.add_argument(
         "--no-durable-accepted",
         dest="durable_accepted",
