@@ -59,6 +59,7 @@ bench: install
 	$(BIN)/python tests/bench/sim_throughput.py || status=1; \
 	$(BIN)/python tests/bench/validate_10k.py || status=1; \
 	$(BIN)/python tests/bench/journal_cost.py || status=1; \
+	$(BIN)/python tests/bench/journal_cost.py --backend postgresql --post-ms 100 --goal-pct 10 || status=1; \
 	$(BIN)/python tests/bench/profiles_bench.py || status=1; \
 	$(BIN)/python tests/bench/startup.py || status=1; \
 	exit $$status
