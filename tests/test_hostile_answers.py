@@ -491,3 +491,18 @@ def test_an_unusable_ca_file_is_a_manifest_problem_not_a_crash(
             password=Secret(ACCOUNT_PW),
             ca_file=str(ca_file),
         )
+
+
+async def test_details_keep_only_ipv4_literals_and_clean_text() -> None:
+    details = {
+        "hostname": FORGED,
+        "ip": {"ipv4": ["evil.example/24", "10.1.2.3/24", "\x1b[2J", 7]},
+        "hw": {"deep": {"deeper": {"deepest": {"x": {"y": 1}}}}},
+    }
+    async with HostileServer() as server:
+        server.answer("get/details", json_answer({"status": "success", "data": details}))
+        async with client_for(server) as client:
+            cred = (await client.authenticate()).credentials[A]
+            got = await client.details(cred)
+    assert got["ip"]["ipv4"] == ["10.1.2.3/24"]
+    assert_clean(got["hostname"])

@@ -39,7 +39,7 @@ from orchestrator.edis.outcome import (
     TransportFailure,
     classify,
 )
-from orchestrator.edis.text import clean, scrub
+from orchestrator.edis.text import clean, clean_details, scrub
 from orchestrator.edis.wire import (
     ExchangeLimits,
     Progress,
@@ -261,11 +261,15 @@ class EdisClient:
         return clean(data, 100)
 
     async def details(self, cred: VpsCredentials) -> dict[str, Any]:
-        """Return the VPS's basic details (hostname, ip, hw, suspended). Raises ``ApiError``."""
+        """Return the VPS's basic details (hostname, ip, hw, suspended). Raises ``ApiError``.
+
+        Server text: every string in it is cleaned (``text.clean``), and ``ip.ipv4`` keeps
+        only IPv4 literals (with an optional ``/netmask``), since readiness connects there.
+        """
         data = await self._vps_call(DETAILS, cred, {})
         if not isinstance(data, dict):
             raise InDoubtError("details are not an object", endpoint=DETAILS, kvm_id=cred.kvm_id)
-        return data
+        return clean_details(data)
 
     # -- plumbing ----------------------------------------------------------------------
 

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import functools
 import html
+import ipaddress
 import json
 import re
 import unicodedata
 import urllib.parse
 from collections.abc import Sequence
+from typing import Any
 
 from orchestrator.secrets import Redactor
 
@@ -109,3 +111,39 @@ def scrub(message: str, secrets: Sequence[str], sent: str = "") -> str:
 def _redactor(secrets: tuple[str, ...]) -> Redactor:
     # One per set of secrets (a VPS's signature and root password): built once, not per attempt.
     return Redactor(secrets)
+
+
+def clean_details(data: dict[str, Any]) -> dict[str, Any]:
+    """Return a ``get/details`` answer with every string cleaned and ``ip.ipv4`` reduced to
+    IPv4 literals (``a.b.c.d`` or ``a.b.c.d/n``). Never raises."""
+    cleaned = _clean_value(data, depth=0)
+    assert isinstance(cleaned, dict)
+    ip = cleaned.get("ip")
+    if isinstance(ip, dict):
+        addresses = ip.get("ipv4")
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if isinstance(addresses, list):
+            ip["ipv4"] = [a for a in addresses if isinstance(a, str) and _is_ipv4(a)]
+    return cleaned
+
+
+def _clean_value(value: object, depth: int) -> object:
+    if isinstance(value, str):
+        return clean(value, 200)
+    if depth >= 4:
+        return None  # deeper than any documented field
+    if isinstance(value, dict):
+        return {clean(str(k), 60): _clean_value(v, depth + 1) for k, v in list(value.items())[:64]}
+    if isinstance(value, list):
+        return [_clean_value(v, depth + 1) for v in value[:64]]
+    return value
+
+
+def _is_ipv4(text: str) -> bool:
+    address = text.split("/", 1)[0].strip()
+    try:
+        ipaddress.IPv4Address(address)
+    except ValueError:
+        return False
+    return True
