@@ -303,3 +303,17 @@ async def test_markdown_of_an_interrupted_run_says_resume(tmp_path: Path) -> Non
     text = markdown_report(run, targets, attempts)
     assert text.startswith("## ⏸️ edis-fleet prod: interrupted")
     assert f"**Next:** `edis-fleet resume {run.id}`" in text
+
+
+def test_in_doubt_vpses_get_a_step_not_a_command() -> None:
+    targets = [
+        *two_waves(),
+        target("d1", 2, 2, TargetState.IN_DOUBT, sent=T0 + 103, ended=T0 + 300, reason="lost"),
+    ]
+    text = markdown_report(run_record(RunStatus.IN_DOUBT), targets)
+    assert "**Next:** check the 1 in-doubt VPS(es) by hand before anything else" in text
+    assert "edis-fleet retry-failed" not in text
+    assert "edis-fleet resume" not in text
+    p = parse(html_report(run_record(RunStatus.IN_DOUBT), targets))
+    assert "next" not in p.ids
+    assert "check the 1 in-doubt VPS(es) by hand" in p.text("doubt-step")

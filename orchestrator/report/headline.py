@@ -98,3 +98,15 @@ def next_command(run: RunRecord, s: Summary) -> str | None:
     if s.totals[TargetState.FAILED.value]:
         return f"edis-fleet retry-failed {run.id}"
     return None
+
+
+def in_doubt_step(s: Summary) -> str | None:
+    """What to do about in-doubt VPSes (they get no command: a resend could wipe twice), or
+    None when there are none."""
+    doubt = s.totals[TargetState.IN_DOUBT.value] + s.totals[TargetState.INTENT.value]
+    if not doubt:
+        return None
+    return (
+        f"check the {doubt} in-doubt VPS(es) by hand before anything else; reinstall one "
+        "deliberately with --limit KVM_ID only if it was not reinstalled"
+    )

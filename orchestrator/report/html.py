@@ -17,6 +17,7 @@ from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import TargetState
 from orchestrator.report.headline import (
     VERDICT_WORDS,
+    in_doubt_step,
     next_command,
     rto_text,
     selection_text,
@@ -126,6 +127,9 @@ def html_report(
     command = next_command(run, s)
     if command:
         parts.append(f'<p>Next: <span class="next" id="next">{_e(command)}</span></p>')
+    step = in_doubt_step(s)
+    if step:
+        parts.append(f'<p id="doubt-step"><b>{"Then" if command else "Next"}:</b> {_e(step)}.</p>')
     parts += _waves(s, rec)
     parts += _picture(run, targets, attempts, rec)
     parts += _images(rec)

@@ -16,6 +16,7 @@ from orchestrator.model import TargetState
 from orchestrator.report.headline import (
     VERDICT_MARK,
     VERDICT_WORDS,
+    in_doubt_step,
     next_command,
     rto_text,
     selection_text,
@@ -102,7 +103,14 @@ def markdown_report(
                 "The reinstall may have run; it was not resent. Check each by hand before "
                 "sending it again (`--limit KVM_ID`).", "", *_listing(doubt)]  # fmt: skip
     command = next_command(run, s)
-    out += ["", f"**Next:** `{command}`" if command else "**Next:** nothing left to do."]
+    step = in_doubt_step(s)
+    out.append("")
+    if command:
+        out.append(f"**Next:** `{command}`")
+    if step:
+        out.append(f"**{'Then' if command else 'Next'}:** {md(step)}.")
+    if not command and not step:
+        out.append("**Next:** nothing left to do.")
     out += [
         "",
         f"<sub>edis-fleet {md(__version__)} · manifest sha256 `{run.manifest_sha256[:12]}` · "
