@@ -7,7 +7,8 @@ a module of its own with a ``register(subparsers)`` function that adds its parse
 Exit codes:
   0 all done · 1 some VPSes failed · 2 usage, manifest or pre-flight error ·
   3 aborted (a failure budget tripped, or authentication failed) ·
-  4 finished with VPSes in doubt · 7 the RTO was missed · 130 interrupted, resumable.
+  4 finished with VPSes in doubt · 6 busy (another run holds the VPSes) ·
+  7 the RTO was missed · 130 interrupted, resumable.
 """
 
 from __future__ import annotations
