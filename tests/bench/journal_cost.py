@@ -39,6 +39,8 @@ import anyio
 from orchestrator.journal.journal import Journal, TargetSpec, TargetState
 from orchestrator.model import Attempt, Outcome
 
+REPO = Path(__file__).resolve().parents[2]
+
 
 async def _flow(journal: Journal | None, run_id: str, kvm_ids: list[str], args: Any) -> None:
     post = args.post_ms / 1000
@@ -110,7 +112,7 @@ async def main(args: Any) -> None:
             return str(server.create_database(prefix="bench"))
 
         if args.backend == "postgresql" and not args.url:
-            sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+            sys.path.insert(0, str(REPO))
             from tests.pg_support import start_server
 
             server = start_server(fsync=True, port=args.pg_port)
