@@ -54,7 +54,7 @@ h1{font-size:22px;margin:0 0 4px}h2{font-size:17px;margin:28px 0 8px}
 .badge{display:inline-block;color:#fff;border-radius:4px;padding:2px 10px;font-weight:600;
 vertical-align:middle;margin-left:8px;font-size:15px}
 .cards{display:grid;grid-template-columns:repeat(auto-fill,minmax(250px,1fr));gap:10px}
-.card{background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:10px 12px}
+.card{background:#fff;border:1px solid #e5e7eb;border-radius:6px;padding:10px 12px;margin:0}
 .card dt{color:#6b7280;font-size:12px;text-transform:uppercase;letter-spacing:.04em}
 .card dd{margin:2px 0 0;font-size:17px;font-weight:600;overflow-wrap:anywhere}
 .card dd small{display:block;font-size:12px;font-weight:400;color:#4b5563}
