@@ -32,6 +32,7 @@ import aiohttp
 
 from orchestrator.clock import SystemClock
 from orchestrator.edis.auth import AuthResult, VpsCredentials, http_date, parse_entries
+from orchestrator.edis.failures import AUTH, raise_for_auth, raise_unless_accepted
 from orchestrator.edis.hosts import HostPolicy
 from orchestrator.edis.outcome import (
     Classification,
@@ -48,24 +49,13 @@ from orchestrator.edis.wire import (
     tls_context,
     tracing,
 )
-from orchestrator.errors import (
-    ApiError,
-    AuthenticationError,
-    InDoubtError,
-    NotSentError,
-    RejectedError,
-    SessionExpiredError,
-    ThrottledError,
-    TlsVerificationError,
-    UnexpectedAnswerError,
-)
+from orchestrator.errors import InDoubtError, RejectedError, UnexpectedAnswerError
 from orchestrator.model import Attempt, Clock, Outcome
 from orchestrator.secrets import Secret
 from orchestrator.version import __version__
 
 __all__ = ["AuthResult", "EdisClient", "ExchangeLimits", "VpsCredentials"]
 
-AUTH = "get/auth"
 IMAGES = "get/images"
 REINSTALL = "set/reinstall"
 POWER = "get/power"
@@ -73,17 +63,6 @@ DETAILS = "get/details"
 
 # The fields of the session a per-VPS form carries; an endpoint's own fields never replace them.
 _SESSION_FIELDS = frozenset({"signature", "kvm_id", "valid_until"})
-# Statuses at which a refusal of the auth call means the credentials themselves were refused
-# (API-NOTES: 400 or 401 with an error body; 403 for a locked account; a 200 error body).
-_CREDENTIAL_STATUSES = frozenset({200, 400, 401, 403})
-
-_ERROR_FOR: dict[Outcome, type[ApiError]] = {
-    Outcome.NOT_SENT: NotSentError,
-    Outcome.THROTTLED: ThrottledError,
-    Outcome.SESSION: SessionExpiredError,
-    Outcome.REJECTED: RejectedError,
-    Outcome.IN_DOUBT: InDoubtError,
-}
 
 
 class EdisClient:
@@ -191,32 +170,9 @@ class EdisClient:
         answer, result = await self._post(
             AUTH, self._session_base, form, kvm_id=kvm_id, destructive=False, secrets=(form["pw"],)
         )
-        self._raise_for_auth(result, kvm_id)
+        raise_for_auth(result, kvm_id)
         assert answer is not None  # accepted implies an HTTP answer
         return self._parse_auth(result.data, answer, kvm_id)
-
-    @staticmethod
-    def _raise_for_auth(result: Classification, kvm_id: str | None) -> None:
-        """Raise the error an auth attempt's classification calls for (nothing if accepted)."""
-        outcome, status = result.outcome, result.status
-        if outcome in (Outcome.SESSION, Outcome.REJECTED) and status in _CREDENTIAL_STATUSES:
-            raise AuthenticationError(
-                f"the account credentials were refused: {result.message}",
-                endpoint=AUTH,
-                kvm_id=kvm_id,
-                status=status,
-            )
-        unexpected = outcome is Outcome.IN_DOUBT and status is not None and status < 500
-        if unexpected or (outcome in (Outcome.SESSION, Outcome.REJECTED) and status is not None):
-            # A 2xx of unknown shape, a redirect, a 404 (a wrong session_url): not a verdict
-            # on the credentials, and asking again will not change it.
-            raise UnexpectedAnswerError(
-                f"the session server sent an answer of unexpected shape: {result.message}",
-                endpoint=AUTH,
-                kvm_id=kvm_id,
-                status=status,
-            )
-        EdisClient._raise_unless_accepted(result, AUTH, kvm_id)
 
     async def images(self, cred: VpsCredentials) -> list[str]:
         """Return the image names this VPS may be reinstalled with. Raises ``ApiError``.
@@ -293,7 +249,7 @@ class EdisClient:
             secrets=secrets,
             sent=extra.get("cloudinit_user_data", ""),
         )
-        self._raise_unless_accepted(result, endpoint, cred.kvm_id)
+        raise_unless_accepted(result, endpoint, cred.kvm_id)
         return result.data
 
     def _checked_base(self, cred: VpsCredentials) -> str:
@@ -350,21 +306,6 @@ class EdisClient:
                 )
             )
         return answer, result
-
-    @staticmethod
-    def _raise_unless_accepted(result: Classification, endpoint: str, kvm_id: str | None) -> None:
-        if result.outcome is Outcome.ACCEPTED:
-            return
-        error = _ERROR_FOR[result.outcome]
-        if result.transport == "tls_verify":
-            error = TlsVerificationError
-        raise error(
-            result.message,
-            endpoint=endpoint,
-            kvm_id=kvm_id,
-            status=result.status,
-            retry_after=result.retry_after,
-        )
 
     def _parse_auth(self, data: object, answer: HttpAnswer, scope: str | None) -> AuthResult:
         local_time = self._clock.time()
