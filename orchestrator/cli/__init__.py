@@ -1,8 +1,13 @@
 """The ``edis-fleet`` command: argument parsing, wiring, printing and exit codes.
 
-The cli package is the only code that prints or reads ``os.environ``. Each subcommand lives in
-a module of its own with a ``register(subparsers)`` function that adds its parser and sets
-``handler`` to a function ``(args) -> int``.
+The cli package is the only code that prints or reads ``os.environ`` (besides the default
+``env`` of the library API, ``orchestrator.run.library``). Each subcommand lives in a module of
+its own with a ``register(subparsers)`` function that adds its parser and sets ``handler`` to a
+function ``(args) -> int``. Registering imports nothing heavy (``edis-fleet --help`` stays
+fast): it builds typed options (``cli/args.py``) once from argv, and each handler imports the
+library when it runs, calls it, prints, and maps the result to an exit code. Command modules do
+not import each other (import-linter checks it); shared printing is ``cli/output.py``, the
+run's progress, reports and exit codes ``cli/running.py``.
 
 Exit codes:
   0 all done · 1 some VPSes failed · 2 usage, manifest or pre-flight error ·
