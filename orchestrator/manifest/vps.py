@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator import fleet as f
@@ -66,6 +67,8 @@ class VpsResolver:
         self.defaults = defaults
         self.groups = groups
         self.declared = declared_tags
+        # id of a level's raw vars -> (the raw vars, kept alive; its frozen values)
+        self._frozen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
 
     def run(self, raw: list[Any]) -> Entries:
         """Check every entry of ``raw`` (the YAML list); report every problem."""
@@ -195,7 +198,7 @@ class VpsResolver:
         tags: set[str] = set()
         for level in levels:
             if level.model.vars:
-                vars_.update(level.model.vars)
+                vars_.update(self._frozen_vars(level.model.vars))
             if level.model.tags:
                 tags.update(level.model.tags)
         protected, _ = _pick(levels, "protected")
@@ -204,7 +207,7 @@ class VpsResolver:
             hostname=model.hostname,
             image=image,
             template=template,
-            vars=f.freeze(vars_),
+            vars=MappingProxyType(vars_),
             tags=frozenset(tags),
             group=model.group,
             protected=bool(protected),
@@ -214,6 +217,15 @@ class VpsResolver:
             where=f"{self.reporter.shown}:{self.reporter.position(path).line}",
         )
         return entry, complete
+
+    def _frozen_vars(self, raw: dict[str, Any]) -> dict[str, Any]:
+        """Return one level's vars with each value frozen, once per level: the VPSes of a
+        level share the frozen values, so a large ``vars`` costs its size once, not once per
+        VPS."""
+        known = self._frozen.get(id(raw))
+        if known is None:
+            known = self._frozen[id(raw)] = (raw, {k: f.freeze(v) for k, v in raw.items()})
+        return known[1]
 
     def _report_missing(self, path: FieldPath, image: bool) -> None:
         if image:

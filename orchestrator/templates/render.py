@@ -43,7 +43,14 @@ from orchestrator.templates.document import (
     classify,
     parse_cloud_config,
 )
-from orchestrator.templates.sandbox import BoundedEnvironment, BoundExceeded, Budget
+from orchestrator.templates.sandbox import (
+    BoundedEnvironment,
+    BoundExceeded,
+    Budget,
+    ReadOnlyDict,
+    ReadOnlyList,
+    SharedVars,
+)
 
 __all__ = ["Templates"]
 
@@ -110,6 +117,7 @@ class Templates:
         # Templates that went past a render bound for one VPS: the others get the same
         # problem at once, so that a hostile template costs one bounded render, not one each.
         self._exhausted: dict[str, TemplateFailure] = {}
+        self._vars = SharedVars()
 
     @classmethod
     def for_fleet(cls, fleet_: fleet.Fleet) -> Templates:
@@ -207,7 +215,7 @@ class Templates:
             "tags": sorted(entry.tags),
             "group": entry.group,
             "protected": entry.protected,
-            "vars": fleet.thaw(entry.vars),
+            "vars": self._vars.thaw(entry.vars),
             "root_password": password.reveal(),
         }
         exhausted = self._exhausted.get(source.key)
@@ -264,6 +272,10 @@ class Templates:
         return self._where(source, found[0], found[1])
 
 
+_READ_ONLY_DICT = f"{ReadOnlyDict.__module__}.{ReadOnlyDict.__name__} object"
+_READ_ONLY_LIST = f"{ReadOnlyList.__module__}.{ReadOnlyList.__name__} object"
+
+
 def _compile_message(exc: BaseException) -> str:
     if isinstance(exc, MemoryError):
         return "template cannot be compiled: it needs more memory than a template may use"
@@ -276,7 +288,9 @@ def _compile_message(exc: BaseException) -> str:
 
 def _runtime_message(exc: BaseException) -> str:
     if isinstance(exc, jinja2.UndefinedError):
-        return f"undefined variable: {exc.message}"
+        # vars are read-only dicts and lists in templates; name them as the user wrote them.
+        message = str(exc.message).replace(_READ_ONLY_DICT, "dict object")
+        return "undefined variable: " + message.replace(_READ_ONLY_LIST, "list object")
     if isinstance(exc, TemplateRefused):
         return exc.message or f"included template {exc.name!r} refused"
     if isinstance(exc, jinja2.TemplateNotFound):
