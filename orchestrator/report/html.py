@@ -177,7 +177,8 @@ def _cards(s: Summary, rec: Recovery) -> list[str]:
         _card("recovery", "Recovery time (first send → last ready)", recovered, span),
         _card("rto", "RTO", rto_text(rec), "", rto_cls),
         _card("send-to-ready", "Send → ready per VPS", _spread(rec.send_to_ready),
-              f"max {duration(rec.send_to_ready.max)} over {rec.send_to_ready.count} VPSes"),
+              f"max {duration(rec.send_to_ready.max)} over {rec.send_to_ready.count} VPSes"
+              if rec.send_to_ready.count else "no VPS became ready"),
         _card("queue-to-ready", "Queue → ready per VPS", _spread(rec.queue_to_ready),
               "includes waiting for earlier waves and soaks"),
         _card("duration", "Run duration", duration(s.duration_s),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import Outcome, TargetState
 from orchestrator.report.recovery import Recovery, end_of
-from orchestrator.report.text import duration
+from orchestrator.report.text import LABELS, duration
 
 # A fleet larger than this is drawn one row per group of consecutive VPSes of a wave.
 MAX_VPS_ROWS = 200
@@ -338,7 +338,7 @@ def _tally(row: Row) -> str:
         t = row.members[0]
         if t.state is TargetState.READY and t.ready_at is not None and t.sent_at is not None:
             return f"ready {duration(t.ready_at - t.sent_at)}"
-        return t.state.value.replace("_", " ")
+        return "sent, no outcome" if t.state is TargetState.INTENT else LABELS[t.state]
     counts = {s: sum(1 for t in row.members if t.state is s) for s in TargetState}
     parts = [f"{counts[TargetState.READY]} ready"]
     # Short words: the column is 150 px and a row may have all four.
