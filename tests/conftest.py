@@ -43,14 +43,6 @@ SIM_DEFAULTS: dict[str, Any] = {"vps_count": 5, "seed": 1, "time_scale": 0.001}
 SimFactory = Callable[..., contextlib.AbstractAsyncContextManager["Simulator"]]
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "subprocess: starts a real process (signals, SIGKILL, a fresh interpreter, the real "
-        "entry point); everything else runs in-process",
-    )
-
-
 @pytest.fixture
 def make_sim() -> SimFactory:
     """Return a factory: ``make_sim(**SimConfig kwargs)`` is an async context manager yielding a

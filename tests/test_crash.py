@@ -1,4 +1,4 @@
-"""The crash test: SIGKILL a 300-VPS ``apply`` at many moments, resume, count the wipes.
+"""The crash test: SIGKILL a 150-VPS ``apply`` at many moments, resume, count the wipes.
 
 ``set/reinstall`` wipes a disk and has no idempotency key; the journal writes an intent
 durably before each POST so that a run killed at *any* moment can be resumed without
@@ -45,11 +45,21 @@ from tests.cli_support import cli_argv, process_env, run_cli
 from tests.conftest import ThreadSims
 from tests.test_apply import env_for, fleet
 
-FLEET_SIZE = 300
+FLEET_SIZE = 150
 CONCURRENCY = 20
-# Wave sizes for [1, "10%", "100%"] of 300: 1, 29 and 270.
+# Wave sizes for [1, "10%", "100%"] of 150: 1, 14 and 135 (more VPSes than the concurrency in
+# waves 2 and 3, so that a kill can find many sends in flight).
 WAVE_1 = 1
-WAVES_1_2 = 30
+WAVES_1_2 = 15
+# Kill moments by reinstalls received: early wave 3, the session revocation, mid and late
+# wave 3 (in resumes).
+EARLY_WAVE_3 = WAVES_1_2 + 15
+REVOKE_AT = 50
+MID_WAVE_3 = 110
+LATE_WAVE_3 = 125
+# The wave-3 VPSes the retry scenarios script faults for (by position in wave 3).
+THROTTLED = 20
+RETRIED = 40
 ROLLOUT = f"""\
   waves: [1, "10%", "100%"]
   concurrency: {CONCURRENCY}
@@ -313,9 +323,9 @@ async def canary_accepted_polling(crash: Crash) -> None:
     assert crash.received() == WAVE_1
 
 
-async def ten_of_wave_2_received(crash: Crash) -> None:
-    """Mid wave 2: ten of its 29 reinstalls received."""
-    await crash.until("11 reinstalls received", lambda: crash.received() >= WAVE_1 + 10)
+async def half_of_wave_2_received(crash: Crash) -> None:
+    """Mid wave 2: seven of its 14 reinstalls received."""
+    await crash.until("8 reinstalls received", lambda: crash.received() >= WAVE_1 + 7)
 
 
 async def wave_2_accepted_polling(crash: Crash) -> None:
@@ -332,24 +342,28 @@ async def wave_2_accepted_polling(crash: Crash) -> None:
     assert crash.received() == WAVES_1_2
 
 
-async def sixty_received(crash: Crash) -> None:
-    """Early in wave 3: 60 reinstalls received."""
-    await crash.until("60 reinstalls received", lambda: crash.received() >= 60)
+async def early_wave_3(crash: Crash) -> None:
+    """Early in wave 3: 30 reinstalls received."""
+    await crash.until(
+        f"{EARLY_WAVE_3} reinstalls received", lambda: crash.received() >= EARLY_WAVE_3
+    )
 
 
-async def two_fifty_received(crash: Crash) -> None:
-    """Late in wave 3: 250 reinstalls received."""
-    await crash.until("250 reinstalls received", lambda: crash.received() >= 250)
+async def late_wave_3(crash: Crash) -> None:
+    """Late in wave 3: 125 reinstalls received."""
+    await crash.until(f"{LATE_WAVE_3} reinstalls received", lambda: crash.received() >= LATE_WAVE_3)
 
 
 def _throttle_one(crash: Crash) -> None:
-    crash.sim.set_faults(script=["429:2"], endpoint="set/reinstall", kvm_id=_wave_3_vps(crash, 40))
+    crash.sim.set_faults(
+        script=["429:2"], endpoint="set/reinstall", kvm_id=_wave_3_vps(crash, THROTTLED)
+    )
 
 
 async def in_throttle_backoff(crash: Crash) -> None:
     """During a retry: one wave-3 reinstall was answered 429 (Retry-After: 2); the journal has
     recorded that attempt, so the client is waiting out its Retry-After."""
-    target = _wave_3_vps(crash, 40)
+    target = _wave_3_vps(crash, THROTTLED)
 
     async def recorded() -> bool:
         return "throttled" in await journal_attempts(crash.journal, target)
@@ -360,13 +374,13 @@ async def in_throttle_backoff(crash: Crash) -> None:
 
 def _fail_then_hold(crash: Crash) -> None:
     crash.sim.set_faults(
-        script=["503", "latency:2"], endpoint="set/reinstall", kvm_id=_wave_3_vps(crash, 80)
+        script=["503", "latency:2"], endpoint="set/reinstall", kvm_id=_wave_3_vps(crash, RETRIED)
     )
 
 
 async def retry_post_in_flight(crash: Crash) -> None:
     """During a retry: a wave-3 reinstall was answered 503 and its retry sits at the server."""
-    target = _wave_3_vps(crash, 80)
+    target = _wave_3_vps(crash, RETRIED)
     faults = crash.sim.faults
     await crash.until(
         "the retry arrived and is held", lambda: faults.pending("set/reinstall", target) == 0
@@ -376,10 +390,10 @@ async def retry_post_in_flight(crash: Crash) -> None:
 
 
 async def session_refresh_in_flight(crash: Crash) -> None:
-    """During a session refresh: at 100 reinstalls received every signature is revoked; the
+    """During a session refresh: at 50 reinstalls received every signature is revoked; the
     next request is refused with 401 and the refresh's auth call is held at the server."""
     sim = crash.sim
-    await crash.until("100 reinstalls received", lambda: crash.received() >= 100)
+    await crash.until(f"{REVOKE_AT} reinstalls received", lambda: crash.received() >= REVOKE_AT)
     revoked_before = sim.counters.bad_signature_reasons["revoked"]
     sim.set_faults(script=["latency:2"], endpoint="get/auth")
     assert sim.invalidate_sessions() > 0
@@ -404,15 +418,15 @@ async def all_sent_tail_polling(crash: Crash) -> None:
             and "accepted" in states.values()
         )
 
-    await crash.until("all 300 received", lambda: crash.received() == FLEET_SIZE)
+    await crash.until(f"all {FLEET_SIZE} received", lambda: crash.received() == FLEET_SIZE)
     await crash.until(
         "every acceptance durable, some still installing", all_accepted_some_installing
     )
 
 
-async def two_twenty_received(crash: Crash) -> None:
-    """Mid wave 3 (a resume): 220 reinstalls received."""
-    await crash.until("220 reinstalls received", lambda: crash.received() >= 220)
+async def mid_wave_3(crash: Crash) -> None:
+    """Mid wave 3 (a resume): 110 reinstalls received."""
+    await crash.until(f"{MID_WAVE_3} reinstalls received", lambda: crash.received() >= MID_WAVE_3)
 
 
 SCENARIOS = [
@@ -426,8 +440,8 @@ SCENARIOS = [
         "canary-post-then-waves-2-and-3",
         (
             Kill(canary_post_in_flight, prepare=_hold_canary, in_flight=lambda ids: {ids[0]}),
-            Kill(ten_of_wave_2_received),
-            Kill(sixty_received),
+            Kill(half_of_wave_2_received),
+            Kill(early_wave_3),
         ),
     ),
     # Accepted VPSes installing, readiness polls running, nothing being sent: after the canary,
@@ -454,8 +468,8 @@ SCENARIOS = [
         "session-refresh-then-resumes-killed",
         (
             Kill(session_refresh_in_flight),
-            Kill(two_twenty_received),
-            Kill(two_fifty_received),
+            Kill(mid_wave_3),
+            Kill(late_wave_3),
         ),
     ),
 ]

@@ -4,7 +4,8 @@ line and field of every problem — and never shows a secret.
 Each case marks the line it expects a problem on with ``# <-- here`` (in the manifest or in
 the template file named by the expectation), so the expected line numbers are exact.
 Every case runs the command in-process (``main(argv)``: the loader, the checks and the
-printing); a few also run through the real ``python -m orchestrator`` process.
+printing); a few (``THROUGH_THE_PROCESS``) also run through the real command in
+``tests/test_cli_process.py``.
 """
 
 from __future__ import annotations
@@ -470,22 +471,9 @@ def test_bad_manifest(name: str, tmp_path: Path) -> None:
     check_case(name, run_case(name, tmp_path))
 
 
-# One case per kind of source of the problem: YAML syntax, the schema, a template file, the
-# environment, several at once.
-THROUGH_THE_PROCESS = (
-    "yaml-syntax-error",
-    "unknown-vps-key",
-    "rendered-mime-multipart",
-    "empty-env-var",
-    "multiple-problems-at-once",
-)
-
-
-@pytest.mark.subprocess
-def test_bad_manifests_through_the_real_command(tmp_path: Path) -> None:
-    """The same output and exit code from a real process (stream encoding, exit status)."""
-    for name in THROUGH_THE_PROCESS:
-        check_case(name, run_case(name, tmp_path / name, process=True))
+# A YAML syntax error, a template file's problem, several problems at once:
+# tests/test_cli_process.py runs these through a real process.
+THROUGH_THE_PROCESS = ("yaml-syntax-error", "rendered-mime-multipart", "multiple-problems-at-once")
 
 
 def test_non_cloudinit_image_is_only_a_warning_without_strict(tmp_path: Path) -> None:

@@ -1,84 +1,65 @@
 """``edis-fleet simulator`` end to end: a real auth call, then SIGINT or SIGTERM, exit 0.
 
-The SIGINT test runs the real command in a process; the others run it in-process
-(``main(argv)``), stopped by a signal to this process once it serves.
+The command runs in-process (``main(argv)``), stopped by a signal to this process once it
+serves: its own handlers turn SIGINT and SIGTERM into a clean exit.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import signal
-import sys
 from pathlib import Path
 
 import aiohttp
 import anyio
-import pytest
 
 from orchestrator.cli import main as cli_main
 from tests.cli_support import run_serving_cli
 
 SECRET = "cli-Secret+&=%ü"
-STARTUP_BOUND = 30.0  # seconds; only stops a hung test, not a speed check
 
 
-async def _start(*args: str, env: dict[str, str]) -> tuple[asyncio.subprocess.Process, list[str]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "orchestrator",
-        "simulator",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **env},
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    while True:
-        raw = await asyncio.wait_for(proc.stdout.readline(), STARTUP_BOUND)
-        assert raw, f"the simulator exited early: {lines}"
-        lines.append(raw.decode())
-        if raw.startswith(b"stop with"):
-            return proc, lines
-
-
-async def _stop(proc: asyncio.subprocess.Process, signum: int) -> tuple[int, str]:
-    proc.send_signal(signum)
-    out, _ = await asyncio.wait_for(proc.communicate(), STARTUP_BOUND)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode()
-
-
-def _session_url(lines: list[str]) -> str:
-    match = re.search(r"^session URL: (http://127\.0\.0\.1:\d+)$", "".join(lines), re.M)
-    assert match, lines
+def _session_url(text: str) -> str:
+    match = re.search(r"^session URL: (http://127\.0\.0\.1:\d+)$", text, re.M)
+    assert match, text
     return match.group(1)
 
 
-@pytest.mark.subprocess
-async def test_simulator_command_serves_until_sigint() -> None:
-    proc, lines = await _start("--vps", "3", "--port", "0", env={"EDIS_SIM_PASSWORD": SECRET})
-    try:
-        url = _session_url(lines)
-        text = "".join(lines)
-        assert "email: operator@example.com" in text
-        assert "password: from $EDIS_SIM_PASSWORD" in text
-        assert f"{url}/kvm/v2/get/auth" in text  # the sample curl command
-        assert f"state: {url}/_sim/state" in text
-        assert SECRET not in text
+def _auth_data(url: str, email: str, password: str) -> dict[str, object]:
+    """POST get/auth (from a helper thread: its own event loop); return the ``data``."""
+
+    async def post() -> dict[str, object]:
         async with aiohttp.ClientSession() as http:
-            form = {"email": "operator@example.com", "pw": SECRET}
+            form = {"email": email, "pw": password}
             async with http.post(f"{url}/kvm/v2/get/auth", data=form) as resp:
                 assert resp.status == 200
-                data = (await resp.json())["data"]
-        assert list(data) == ["kvm_100001_200001", "kvm_100002_200002", "kvm_100003_200003"]
-    finally:
-        code, rest = await _stop(proc, signal.SIGINT)
-    assert code == 0
-    assert "simulator stopped" in rest
+                data: dict[str, object] = (await resp.json())["data"]
+                return data
+
+    return anyio.run(post)
+
+
+def test_simulator_command_serves_until_sigint(tmp_path: Path) -> None:
+    done, data = run_serving_cli(
+        ["simulator", "--vps", "3", "--port", "0"],
+        cwd=tmp_path,
+        env={"EDIS_SIM_PASSWORD": SECRET},
+        url_file=tmp_path / "url",
+        use=lambda url: (url, _auth_data(url, "operator@example.com", SECRET)),
+        stop=signal.SIGINT,
+    )
+    served_at, answer = data
+    text = done.stdout
+    url = _session_url(text)
+    assert url == served_at  # the URL file holds the printed URL
+    assert "email: operator@example.com" in text
+    assert "password: from $EDIS_SIM_PASSWORD" in text
+    assert f"{url}/kvm/v2/get/auth" in text  # the sample curl command
+    assert f"state: {url}/_sim/state" in text
+    assert SECRET not in text + done.stderr
+    assert list(answer) == ["kvm_100001_200001", "kvm_100002_200002", "kvm_100003_200003"]
+    assert done.returncode == 0
+    assert text.rstrip().endswith("simulator stopped")
 
 
 def _auth_status(url: str, email: str, password: str) -> int:

@@ -352,7 +352,7 @@ def test_real_cloud_init_schema(tmp_path: Path) -> None:
 
 
 @NEEDS_CLOUD_INIT
-def test_validate_runs_cloud_init_schema(tmp_path: Path) -> None:
+def test_validate_runs_cloud_init_schema(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     manifest = """\
         version: 1
         account: {email: a@b.c, password: {env: EDIS_PASSWORD}}
@@ -372,6 +372,10 @@ def test_validate_runs_cloud_init_schema(tmp_path: Path) -> None:
           mode: explode
         """
     write_fleet(tmp_path, manifest, {"templates/bad.yaml.j2": template})
+    # A private temporary folder: other test processes check documents at the same time.
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
     leftovers = set(Path(tempfile.gettempdir()).glob("edis-fleet-*.yaml"))
     proc = cli(["validate", "fleet.yaml"], cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
