@@ -14,8 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The suite on every core (pytest-xdist), with branch coverage of orchestrator/ printed and
+# held to the floor in pyproject.toml ([tool.coverage.report] fail_under). Commands run
+# in-process; the few real processes are marked 'subprocess'. The soak is `make soak`.
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --cov --cov-report=term-missing:skip-covered
 
 lint: install
 	$(BIN)/ruff check .
@@ -66,6 +69,7 @@ bench: install
 
 # The soak: chaos, kill-and-resume and bad-input runs of the real CLI against the simulator,
 # one line per promise; fails when one is broken (tests/soak/soak.py; about 12 minutes on
-# 2 cores). SOAK_FLAGS=--short runs the small version that `make test` runs too.
+# 2 cores). SOAK_FLAGS=--short runs the small version (2-3 minutes; not part of `make test`;
+# `pytest tests/soak/test_soak_short.py` runs it with a check of every promise line).
 soak: install
 	$(BIN)/python tests/soak/soak.py $(SOAK_FLAGS)
