@@ -143,15 +143,15 @@ class PgStore:
 
     def write_batch(self, batch: Batch) -> dict[IntentRequest, str]:
         """Commit ``batch`` in one transaction: outcomes, attempts, progress, then intents
-        (``pg_batch.write``). Returns the refused intent requests with the reason; a refused
-        request writes nothing."""
-
-        def tx(cur: psycopg.Cursor[Any]) -> dict[IntentRequest, str]:
-            return pg_batch.write(
-                cur, batch, pid=self.pid, hostname=self.hostname, ignored=self.ignored_outcomes
-            )
-
-        return self._tx(tx, write=True, pipeline=True)
+        (``pg_batch``), in one round trip. Returns the refused intent requests with the
+        reason; a refused request writes nothing."""
+        try:
+            with self._conn.pipeline(), self._conn.transaction():
+                queued = pg_batch.queue(self._conn, batch, pid=self.pid, hostname=self.hostname)
+            self.commits += 1
+            return queued.finish(self._conn, self.ignored_outcomes)
+        except psycopg.Error as exc:
+            raise JournalError(f"journal {self.path}: {self._clean(exc)}") from None
 
     # ----------------------------------------------------------------- runs and targets
 
