@@ -23,13 +23,14 @@ WAIT_BOUND = 5.0
 
 
 async def _banner(host: str, port: int) -> bytes | None:
-    """Return the banner the listener sends, or None if the connection was refused."""
+    """Return the banner line the VPS's SSH server sends, or None if the connection was
+    refused."""
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except ConnectionRefusedError:
         return None
     try:
-        return await asyncio.wait_for(reader.read(), WAIT_BOUND)
+        return await asyncio.wait_for(reader.readline(), WAIT_BOUND)
     finally:
         writer.close()
         with contextlib.suppress(OSError):

@@ -18,7 +18,7 @@ YAML account format (every key but ``vps`` and ``kvm_id`` is optional)::
         image: cloudinit_debian-bookworm   # current image, must be one of images
         suspended: false
         state: running                 # or failed
-        install_outcome: ok            # ok | fail | hang: how its reinstalls end
+        install_outcome: ok            # ok | fail | hang | noop: how its reinstalls end
         lps: "01"
         lps_ispremium: false
         hw: {ram: "2048", disk: "40960", cpu_set_cores: socket, drive_boost: "102400"}
@@ -220,7 +220,7 @@ def _parse_vps(
         clock=clock,
         suspended=_bool(entry, "suspended", where),
         state="failed" if state == "failed" else "running",
-        install_outcome="fail" if outcome == "fail" else "hang" if outcome == "hang" else "ok",
+        install_outcome=next(o for o in INSTALL_OUTCOMES if o == outcome),
         lps=_string(entry, "lps", "01", where),
         lps_ispremium=_bool(entry, "lps_ispremium", where),
         hw={str(k): str(v) for k, v in hw.items()},

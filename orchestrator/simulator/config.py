@@ -76,7 +76,10 @@ class SimConfig:
     after a failed install. Off by default: it costs one file descriptor per VPS (50,000 VPSes
     need ``ulimit -n`` raised to about 51,000).
     ``ssh_port``: the port of those listeners on every VPS address; 0 picks one free port and
-    uses it for all. Never 22, which belongs to the machine's own sshd.
+    uses it for all. Never 22, which belongs to the machine's own sshd. Each is a real SSH
+    server (``sshd.py``).
+    ``cloud_init_seconds``: how long cloud-init runs after an install ends (times
+    ``time_scale``) before ``cloud-init status`` says ``done``.
     """
 
     vps_count: int = 5
@@ -101,6 +104,7 @@ class SimConfig:
     request_log_size: int = 10_000
     tcp_listeners: bool = False
     ssh_port: int = 0
+    cloud_init_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         """Check every field; raises ``ValueError`` naming the first bad one."""
@@ -133,6 +137,10 @@ class SimConfig:
         _check(0 <= self.port <= 65535, "port must be in 0..65535")
         _check(self.request_log_size >= 0, "request_log_size must be >= 0")
         _check(0 <= self.ssh_port <= 65535, "ssh_port must be in 0..65535")
+        _check(
+            _finite(self.cloud_init_seconds) and self.cloud_init_seconds >= 0,
+            "cloud_init_seconds must be >= 0",
+        )
         _check(self.ssh_port != RESERVED_SSH_PORT, "ssh_port must not be 22 (use 0 or e.g. 2222)")
 
     def nodes_for(self, vps_count: int) -> int:

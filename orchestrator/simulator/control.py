@@ -14,7 +14,7 @@ Bodies are JSON objects; answers are JSON. Bad input answers 400 ``{"error": ...
   ``{"kind", "retry_after", "latency", "burst"}``. Applied in that order.
 * ``POST /_sim/suspend`` ``{"kvm_id": ..., "suspended": true}``.
 * ``POST /_sim/images`` ``{"kvm_id": ..., "images": [...]}``.
-* ``POST /_sim/install_outcome`` ``{"kvm_id": ..., "outcome": "ok" | "fail" | "hang"}``.
+* ``POST /_sim/install_outcome`` ``{"kvm_id": ..., "outcome": "ok" | "fail" | "hang" | "noop"}``.
 * ``POST /_sim/advance`` ``{"seconds": s}``: move the simulator clock forward.
 * ``POST /_sim/switches`` ``{"second_reinstall": ..., "error_style": ...}`` (either or both).
 """
@@ -168,8 +168,8 @@ async def install_outcome(request: web.Request) -> web.Response:
     doc = await _body(request)
     kvm_id = _kvm_id(doc)
     outcome = doc.get("outcome")
-    if outcome not in ("ok", "fail", "hang"):
-        raise ValueError("outcome must be ok, fail or hang")
+    if outcome not in ("ok", "fail", "hang", "noop"):
+        raise ValueError("outcome must be ok, fail, hang or noop")
     request.app[RUNTIME].set_install_outcome(kvm_id, outcome)
     return json_response({"kvm_id": kvm_id, "outcome": outcome})
 

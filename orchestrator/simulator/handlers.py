@@ -239,13 +239,18 @@ async def reinstall(request: web.Request) -> web.Response:
     if fault is not None:
         outcome = "fail" if fault == "install_fail" else "hang"
         request[INSTALL_FAULT_APPLIED] = True
+    if outcome == "noop":
+        # Answered like any accepted reinstall, but nothing happens: the old system runs on.
+        vps.reinstalls_accepted += 1
+        return success()
     hostname = None
     user_data = form.get("cloudinit_user_data")
     # Only cloud-init images read user data; others ignore it, as documented.
     if user_data and image.startswith("cloudinit_"):
         match = _CLOUD_HOSTNAME.search(user_data)
         hostname = match.group(1) if match else None
-    install = Install(image, rt.install_duration(image), outcome, hostname)
+    system = rt.ssh.build_system(vps, image, user_data) if rt.ssh is not None else None
+    install = Install(image, rt.install_duration(image), outcome, hostname, system)
     vps.start_install(install, restart=mode == "restart")
     vps.reinstalls_accepted += 1
     # Before the answer leaves: once a client holds "success", the VPS's port is down.

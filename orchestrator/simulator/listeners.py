@@ -1,9 +1,10 @@
-"""Per-VPS TCP listeners: each VPS's "SSH port" on its own loopback IP, down while it installs.
+"""Per-VPS listeners: each VPS's SSH port on its own loopback IP, down while it installs.
 
 With ``SimConfig.tcp_listeners`` the simulator binds a listener on every VPS's primary IP
 (``127.0.2.N``...) at one port (``SimConfig.ssh_port``, or a free port picked once for all).
-A connection is accepted, sent ``SSH-2.0-EdisSim\\r\\n`` and closed, so a readiness probe can
-be tested for real. The listener follows the VPS's state:
+Each accepted connection is handed to ``serve`` (``sshd.SshServers.serve``: a real SSH server
+whose banner is ``SSH-2.0-EdisSim``); without one it is sent that banner and closed. The
+listener follows the VPS's state:
 
 - ``running``: open;
 - reinstall accepted: closed at once, before the ``success`` answer leaves (a connect is
@@ -53,10 +54,17 @@ class SshListeners:
     ``port`` is the port every VPS listens on (0 before ``open`` when none was configured).
     """
 
-    def __init__(self, vpses: Iterable[Vps], port: int, now: Callable[[], float]) -> None:
+    def __init__(
+        self,
+        vpses: Iterable[Vps],
+        port: int,
+        now: Callable[[], float],
+        serve: Callable[[Vps, socket.socket], None] | None = None,
+    ) -> None:
         """Prepare listeners for ``vpses`` on ``port`` (0 = pick one free port at ``open``);
-        ``now`` is the simulator clock. Raises ``ValueError`` if a VPS's IP is not on loopback
-        or two VPSes share one IP (each listener needs its own address)."""
+        ``now`` is the simulator clock; ``serve`` takes over each accepted connection.
+        Raises ``ValueError`` if a VPS's IP is not on loopback or two VPSes share one IP
+        (each listener needs its own address)."""
         self._vpses: dict[str, Vps] = {}
         seen: dict[str, str] = {}
         for vps in vpses:
@@ -70,6 +78,7 @@ class SshListeners:
             seen[vps.ip] = vps.kvm_id
             self._vpses[vps.kvm_id] = vps
         self._requested = port
+        self._serve = serve
         self.port = port
         self._now = now
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -228,7 +237,7 @@ class SshListeners:
             raise OSError(
                 exc.errno, f"cannot listen on {vps.ip}:{self.port}: {exc.strerror}"
             ) from exc
-        self._loop.add_reader(sock.fileno(), _accept, sock)
+        self._loop.add_reader(sock.fileno(), _accept, sock, vps, self._serve)
         self._sockets[vps.kvm_id] = sock
 
     def _close_one(self, kvm_id: str) -> None:
@@ -244,13 +253,19 @@ class SshListeners:
             self._close_one(kvm_id)
 
 
-def _accept(sock: socket.socket) -> None:
-    """Greet and close the connections waiting on ``sock``."""
+def _accept(
+    sock: socket.socket, vps: Vps, serve: Callable[[Vps, socket.socket], None] | None
+) -> None:
+    """Hand the connections waiting on ``sock`` to ``serve``, or greet and close them."""
     for _ in range(ACCEPT_BATCH):
         try:
             conn, _ = sock.accept()
         except OSError:  # nothing left (EAGAIN), or the peer gave up already
             return
+        if serve is not None:
+            conn.setblocking(False)
+            serve(vps, conn)
+            continue
         with conn:
             conn.setblocking(False)
             # A 17-byte write to a fresh loopback connection never blocks; a peer that already

@@ -26,6 +26,7 @@ from orchestrator.simulator.faults import Fault, FaultPlan, FaultRules
 from orchestrator.simulator.listeners import SshListeners
 from orchestrator.simulator.profiles import Profile, get_profile
 from orchestrator.simulator.sessions import SignatureBook
+from orchestrator.simulator.sshd import CLOUD_INIT_ENDS, CloudInitEnd, SshFaults, SshServers
 from orchestrator.simulator.stats import Counters, LogEntry, RequestLog
 from orchestrator.simulator.vps import INSTALL_OUTCOMES, InstallOutcome, Vps
 
@@ -98,10 +99,13 @@ class Runtime:
         if cfg.rate_limit is not None:
             burst = cfg.rate_burst if cfg.rate_burst is not None else max(1.0, cfg.rate_limit)
             self.bucket = TokenBucket(cfg.rate_limit, burst)
-        # Per-VPS "SSH" listeners, bound by Simulator.start (listeners.py).
-        self.listeners: SshListeners | None = (
-            SshListeners(self._order, cfg.ssh_port, self.clock.now) if cfg.tcp_listeners else None
-        )
+        # Per-VPS SSH servers (sshd.py) behind listeners bound by Simulator.start
+        # (listeners.py).
+        self.ssh: SshServers | None = None
+        self.listeners: SshListeners | None = None
+        if cfg.tcp_listeners:
+            self.ssh = SshServers(self.clock.now, cfg.cloud_init_seconds * cfg.time_scale)
+            self.listeners = SshListeners(self._order, cfg.ssh_port, self.clock.now, self.ssh.serve)
 
     # -- the account ----------------------------------------------------------------------------
 
@@ -162,10 +166,50 @@ class Runtime:
             self.listeners.check()
 
     def install_started(self, vps: Vps) -> None:
-        """Called when a reinstall of ``vps`` is accepted: its TCP listener (if any) closes
-        until the install ends ``ok``."""
+        """Called when a reinstall of ``vps`` is accepted: its listener (if any) closes until
+        the install ends ``ok``, and its SSH connections are cut."""
         if self.listeners is not None:
             self.listeners.install_started(vps)
+        if self.ssh is not None:
+            self.ssh.drop(vps.kvm_id)
+
+    def set_ssh_fault(
+        self,
+        kvm_id: str,
+        *,
+        cloud_init: CloudInitEnd | None = None,
+        errors: Iterable[str] | None = None,
+        refuse_keys: bool | None = None,
+        delay: float | None = None,
+    ) -> None:
+        """Change what goes wrong on ``kvm_id``'s SSH side (``sshd.SshFaults``): how the
+        cloud-init of its next installs ends (and with which errors), whether its server
+        refuses every key, and the seconds its server waits before its banner. Raises
+        ``KeyError`` for an unknown VPS, ``ValueError`` for bad values or without SSH servers."""
+        vps = self.vps(kvm_id)
+        if self.ssh is None:
+            raise ValueError("the simulator runs no SSH servers (SimConfig.tcp_listeners)")
+        faults = self.ssh.faults.setdefault(vps.kvm_id, SshFaults())
+        if cloud_init is not None:
+            if cloud_init not in CLOUD_INIT_ENDS:
+                raise ValueError(f"cloud_init must be one of {CLOUD_INIT_ENDS}")
+            faults.cloud_init = cloud_init
+        if errors is not None:
+            faults.errors = tuple(str(e) for e in errors)
+        if refuse_keys is not None:
+            faults.refuse_keys = refuse_keys
+        if delay is not None:
+            if not delay >= 0:
+                raise ValueError("delay must be >= 0")
+            faults.delay = delay
+
+    def host_key(self, kvm_id: str) -> str:
+        """The public SSH host key ``kvm_id`` presents now (``ssh-ed25519 AAAA...``); raises
+        ``KeyError`` for an unknown VPS and ``ValueError`` without SSH servers."""
+        vps = self.vps(kvm_id)
+        if self.ssh is None:
+            raise ValueError("the simulator runs no SSH servers (SimConfig.tcp_listeners)")
+        return self.ssh.host_key_line(vps)
 
     @property
     def ssh_port(self) -> int:

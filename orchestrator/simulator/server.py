@@ -129,6 +129,8 @@ class Simulator(Runtime):
         """Close every host, its connections and every TCP listener; safe to call twice."""
         if self.listeners is not None:
             self.listeners.close()
+        if self.ssh is not None:
+            self.ssh.close()
         runners, self._runners = self._runners, []
         for runner in runners:
             await runner.cleanup()

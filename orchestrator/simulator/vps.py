@@ -17,25 +17,35 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
 
 VpsState = Literal["running", "installing", "failed"]
-InstallOutcome = Literal["ok", "fail", "hang"]
+# ``noop``: the reinstall is answered ``success`` but nothing is installed (the old system
+# keeps running): the case only a proof of reinstall catches.
+InstallOutcome = Literal["ok", "fail", "hang", "noop"]
 
 VPS_STATES: tuple[VpsState, ...] = ("running", "installing", "failed")
-INSTALL_OUTCOMES: tuple[InstallOutcome, ...] = ("ok", "fail", "hang")
+INSTALL_OUTCOMES: tuple[InstallOutcome, ...] = ("ok", "fail", "hang", "noop")
 
 
 class Install:
     """One accepted reinstall: what it installs, how long it takes and how it ends."""
 
-    __slots__ = ("duration", "hostname", "image", "outcome")
+    __slots__ = ("duration", "hostname", "image", "outcome", "system")
 
     def __init__(
-        self, image: str, duration: float, outcome: InstallOutcome, hostname: str | None
+        self,
+        image: str,
+        duration: float,
+        outcome: InstallOutcome,
+        hostname: str | None,
+        system: object = None,
     ) -> None:
         self.image = image
         self.duration = duration
         self.outcome: InstallOutcome = outcome
         # The hostname cloud-init will set, if the user data names one.
         self.hostname = hostname
+        # What the installed system runs (its sshd's host key, who may log in, cloud-init:
+        # ``sshd.System``), opaque here; None when the simulator runs no SSH servers.
+        self.system = system
 
 
 class Vps:
@@ -45,7 +55,9 @@ class Vps:
     ``description``, ``ip`` (primary IPv4), ``suspended``, ``lps``, ``lps_ispremium``, ``hw``,
     ``install_outcome`` (what its next reinstalls do), ``node`` and ``api_host`` (where it is
     served), and the counters ``reinstalls_received``, ``reinstalls_accepted`` and
-    ``bad_signature``. ``state``, ``image`` and ``images`` are read-only properties and
+    ``bad_signature``; ``system`` (what the running system is, ``sshd.System``, or None for
+    the one it had from the start) and ``booted_at`` (simulator time its last install ended).
+    ``state``, ``image`` and ``images`` are read-only properties and
     ``hostname`` a property; each first settles finished installs.
     """
 
@@ -61,6 +73,7 @@ class Vps:
         "_state",
         "api_host",
         "bad_signature",
+        "booted_at",
         "description",
         "hw",
         "index",
@@ -73,6 +86,7 @@ class Vps:
         "reinstalls_accepted",
         "reinstalls_received",
         "suspended",
+        "system",
     )
 
     def __init__(
@@ -123,6 +137,8 @@ class Vps:
         self.reinstalls_received = 0
         self.reinstalls_accepted = 0
         self.bad_signature = 0
+        self.system: object = None
+        self.booted_at = 0.0
 
     def __repr__(self) -> str:
         return f"Vps({self.kvm_id!r}, state={self.state!r}, image={self.image!r})"
@@ -190,7 +206,7 @@ class Vps:
         now = self._clock()
         while self._state == "installing" and self._ends is not None and now >= self._ends:
             ended_at = self._ends
-            self._finish()
+            self._finish(ended_at)
             if self._queue:
                 self._begin(self._queue.popleft(), ended_at)
 
@@ -210,7 +226,7 @@ class Vps:
         self._current = install
         self._ends = None if install.outcome == "hang" else start + install.duration
 
-    def _finish(self) -> None:
+    def _finish(self, ended_at: float) -> None:
         install = self._current
         self._current = None
         self._ends = None
@@ -218,5 +234,7 @@ class Vps:
             self._state = "failed"
             return
         self._state = "running"
+        self.system = install.system
+        self.booted_at = ended_at
         if install.hostname:
             self._hostname = install.hostname
