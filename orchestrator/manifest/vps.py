@@ -10,7 +10,7 @@ every entry: the first mistake is reported once, where it is.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -21,6 +21,10 @@ from orchestrator.manifest.schema import DefaultsModel, GroupModel, SettingsMode
 from orchestrator.suggest import did_you_mean
 from orchestrator.units import kind_of
 from orchestrator.yamldoc import FieldPath
+
+# Name comparisons spent on "did you mean" for unknown tags and groups (VpsResolver._hint):
+# under a second of difflib at the worst.
+MAX_HINT_COMPARISONS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +73,8 @@ class VpsResolver:
         self.declared = declared_tags
         # id of a level's raw vars -> (the raw vars, kept alive; its frozen values)
         self._frozen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
+        self._hints: dict[tuple[str, str], str] = {}
+        self._hint_budget = MAX_HINT_COMPARISONS
 
     def run(self, raw: list[Any]) -> Entries:
         """Check every entry of ``raw`` (the YAML list); report every problem."""
@@ -138,7 +144,7 @@ class VpsResolver:
         if self.declared and model.tags:
             for j, tag in enumerate(model.tags):
                 if tag not in self.declared:
-                    hint = did_you_mean(tag, self.declared)
+                    hint = self._hint(tag, "tags", self.declared)
                     self.reporter.problem(
                         (*level.path, "tags", j),
                         f"tag {tag!r} is not declared in the top-level 'tags'{hint}",
@@ -155,8 +161,8 @@ class VpsResolver:
         if group is not None:
             return Level(group, ("groups", name))
         if groups is not None and name not in groups:
-            hint = did_you_mean(name, groups)
-            known = f" (groups: {', '.join(groups)})" if groups and not hint else ""
+            hint = self._hint(name, "groups", groups)
+            known = f" (groups: {_first(groups)})" if groups and not hint else ""
             self.reporter.problem((*path, "group"), f"unknown group {name!r}{hint}{known}")
         return None
 
@@ -217,6 +223,20 @@ class VpsResolver:
             where=f"{self.reporter.shown}:{self.reporter.position(path).line}",
         )
         return entry, complete
+
+    def _hint(self, word: str, kind: str, choices: Collection[str]) -> str:
+        """``did_you_mean``, remembered per word, within ``MAX_HINT_COMPARISONS``: each
+        costs a comparison with every choice, so thousands of distinct misspellings against
+        thousands of names would take minutes. Past the budget, messages go without one."""
+        key = (kind, word)
+        known = self._hints.get(key)
+        if known is None:
+            known = ""
+            if self._hint_budget >= len(choices):
+                self._hint_budget -= len(choices)
+                known = did_you_mean(word, choices)
+            self._hints[key] = known
+        return known
 
     def _frozen_vars(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Return one level's vars with each value frozen, once per level: the VPSes of a
@@ -286,6 +306,13 @@ class VpsResolver:
             else min_install,
             poll_interval_s=f.DEFAULT_POLL_INTERVAL_S if poll_interval is None else poll_interval,
         )
+
+
+def _first(names: Iterable[str], shown: int = 10) -> str:
+    """Name the first few of ``names`` (a message lists ten, not ten thousand)."""
+    items = list(names)
+    more = f", and {len(items) - shown} more" if len(items) > shown else ""
+    return ", ".join(items[:shown]) + more
 
 
 def _pick(levels: Sequence[Level], attr: str) -> tuple[Any, FieldPath | None]:
