@@ -293,3 +293,13 @@ async def test_the_journal_takes_host_locks_with_its_own(tmp_path: Path) -> None
     finally:
         await a.close()
         await b.close()
+
+
+def test_a_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
+    shared = tmp_path / "locks"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    locks = HostLocks(shared, account_scope("u", "e"), journal="j")
+    with pytest.raises(JournalError, match="not be writable by others"):
+        locks.acquire("run-1", ["k1"])
+    assert list(shared.iterdir()) == []

@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import sqlite3
+import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -48,6 +49,16 @@ _SCHEMA = """
         PRIMARY KEY (scope, kvm_id)
     )
 """
+
+
+def _check_private(directory: Path) -> None:
+    """Refuse a lock directory that is a symlink, not ours, or writable by others: whoever
+    can write there could fake or delete the locks. Raises ``OSError``."""
+    st = os.lstat(directory)
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise OSError(f"{directory} is not a directory")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise OSError(f"{directory} must belong to this user and not be writable by others")
 
 
 def account_scope(endpoint: str, account: str) -> str:
@@ -85,6 +96,7 @@ class HostLocks:
             if not self.directory.exists():
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(self.directory, 0o700)
+            _check_private(self.directory)
             fd = os.open(
                 self._owner_file(self.token), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
                 0o600,
