@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
+import anyio
 import pytest
 
 from orchestrator.clock import FakeClock, SystemClock
@@ -19,6 +20,7 @@ from orchestrator.errors import (
     ThrottledError,
 )
 from orchestrator.fleet import DEFAULT_MIN_INSTALL_S, ReadinessMode, default_ready_deadline
+from orchestrator.model import Clock
 from orchestrator.run.readiness import (
     ReadyResult,
     is_powered_on,
@@ -285,8 +287,15 @@ async def test_tcp_connect_never_raises() -> None:
 # -- against the simulator --------------------------------------------------------------------
 
 LINUX = "cloudinit_ubuntu-lts-24-04"
-# time_scale=0.001 (conftest): a Linux install takes 0.3 s of real time.
-FAST: dict[str, Any] = {"min_install_seconds": 0.05, "poll_interval": 0.02, "deadline_seconds": 5.0}
+# time_scale=0.001 (conftest): a Linux install takes 0.3 s of real time. A wait that ends
+# ready ends as soon as the install does, so its deadline is only a bound for a loaded machine.
+FAST: dict[str, Any] = {
+    "min_install_seconds": 0.05,
+    "poll_interval": 0.02,
+    "deadline_seconds": 60.0,
+}
+# Installs that never come back wait out the deadline on a FakeClock: the polls are real
+# (power and TCP answers of the simulator), the time between them is not.
 SHORT: dict[str, Any] = {
     "min_install_seconds": 0.05,
     "poll_interval": 0.02,
@@ -317,7 +326,9 @@ async def reinstall(listening_sim: Simulator) -> AsyncIterator[Waiter]:
     async with client:
         book = SessionBook(client, clock=clock)
 
-        async def go(mode: ReadinessMode, index: int = 0, **options: Any) -> ReadyResult:
+        async def go(
+            mode: ReadinessMode, index: int = 0, wait_clock: Clock | None = None, **options: Any
+        ) -> ReadyResult:
             kvm_id = sim.vps_ids[index]
             host = primary_ipv4(await book.call(kvm_id, client.details))
             assert host == sim.vps(kvm_id).ip
@@ -326,10 +337,12 @@ async def reinstall(listening_sim: Simulator) -> AsyncIterator[Waiter]:
                 await client.reinstall(cred, image=LINUX, password=Secret("N3w-root-pw"))
 
             await book.call(kvm_id, send)
+            # The session book keeps the real clock: signatures expire in real time.
+            waits = wait_clock or clock
             return await wait_ready(
                 mode,
-                clock=clock,
-                accepted_at=clock.monotonic(),
+                clock=waits,
+                accepted_at=waits.monotonic(),
                 power=lambda: book.call(kvm_id, client.power),
                 host=host,
                 port=sim.ssh_port,
@@ -351,15 +364,43 @@ async def test_a_real_install_becomes_ready(
         if mode == "api"
         else f"port {listening_sim.ssh_port} answered (down after 0 s)"
     )
-    assert 0.2 < result.seconds < 5.0  # the install itself takes 0.3 s
+    assert result.seconds > 0.2  # the install itself takes 0.3 s
     assert listening_sim.vps(listening_sim.vps_ids[0]).state == "running"
     assert listening_sim.vps(listening_sim.vps_ids[0]).image == LINUX
+
+
+class PacedClock(FakeClock):
+    """A FakeClock whose every sleep also lets ``pace`` seconds of real time pass: the
+    simulator's install (real time) ends after a few polls, however loaded the machine,
+    while the wait's own arithmetic stays on the fake clock."""
+
+    def __init__(self, pace: float) -> None:
+        super().__init__()
+        self.pace = pace
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(self.pace)
+        await super().sleep(seconds)
+
+
+async def test_a_failed_install_is_reported_failed_at_the_deadline(
+    listening_sim: Simulator, reinstall: Waiter
+) -> None:
+    """``api`` mode: a VPS still powered off when the deadline passes failed its install.
+    30 polls at least 0.05 s apart in real time: the 0.3 s install has long ended."""
+    listening_sim.set_install_outcome(listening_sim.vps_ids[1], "fail")
+    options = {"min_install_seconds": 0.05, "poll_interval": 1.0, "deadline_seconds": 30.0}
+    result = await reinstall("api", 1, wait_clock=PacedClock(0.05), **options)
+    assert not result.ready
+    assert result.reason.startswith(
+        "install failed: power reports 'server powered off' after the install"
+    ), result.reason
+    assert result.seconds == 30.0
 
 
 @pytest.mark.parametrize(
     ("outcome", "mode", "reason"),
     [
-        ("fail", "api", "install failed: power reports 'server powered off' after the install"),
         ("fail", "tcp", "deadline of 1 s passed; 127.0.2.2:"),
         ("hang", "api", "deadline of 1 s passed; last power state: 'server is being reinstalled'"),
         ("hang", "tcp", "deadline of 1 s passed; 127.0.2.2:"),
@@ -373,9 +414,11 @@ async def test_failed_and_hanging_installs_end_at_the_deadline(
     reason: str,
 ) -> None:
     listening_sim.set_install_outcome(listening_sim.vps_ids[1], outcome)
-    result = await reinstall(mode, 1, **SHORT)
+    clock = FakeClock()
+    result = await reinstall(mode, 1, wait_clock=clock, **SHORT)
     assert not result.ready
     assert result.reason.startswith(reason), result.reason
-    assert 1.0 <= result.seconds < 3.0
+    # On the fake clock the wait ends exactly at the deadline (no poll is started after it).
+    assert result.seconds == 1.0
     if mode == "tcp":
         assert result.reason.endswith("went down after 0 s and never answered again")
