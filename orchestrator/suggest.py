@@ -8,7 +8,7 @@ close enough.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 # difflib's similarity ratio a suggestion needs: below it, a guess misleads more than it helps.
 CUTOFF = 0.6
@@ -25,3 +25,33 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     to be appended to a message about ``word``."""
     match = closest(word, choices)
     return "" if match is None else f"; did you mean {match!r}?"
+
+
+# Name comparisons one ``Suggestions`` may spend: under a second of difflib at the worst.
+COMPARISONS = 30_000
+
+
+class Suggestions:
+    """``did_you_mean`` for many unknown names at once, within a budget of comparisons.
+
+    Each suggestion compares a name with every choice, so thousands of distinct unknown
+    names against thousands of choices would take minutes. Suggestions are remembered per
+    name; once ``budget`` comparisons are spent, the rest go without one.
+    """
+
+    def __init__(self, budget: int = COMPARISONS) -> None:
+        self._budget = budget
+        self._known: dict[tuple[str, str], str] = {}
+
+    def __call__(self, word: str, choices: Collection[str], kind: str = "") -> str:
+        """Return ``did_you_mean(word, choices)``, or ``""`` once the budget is spent.
+        ``kind`` keeps the answers for different sets of choices apart."""
+        key = (kind, word)
+        known = self._known.get(key)
+        if known is None:
+            known = ""
+            if self._budget >= len(choices):
+                self._budget -= len(choices)
+                known = did_you_mean(word, choices)
+            self._known[key] = known
+        return known

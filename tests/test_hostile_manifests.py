@@ -560,3 +560,14 @@ def test_thousands_of_distinct_misspellings_stay_fast(
     assert len([p for p in report.problems if "unknown group" in p]) == n
     assert "did you mean 'grp00001'?" in report.problems[0]
     assert max(len(p) for p in report.problems) < 400  # ten groups named, not 1,500
+
+
+def test_suggestions_stop_when_their_budget_is_spent() -> None:
+    from orchestrator.suggest import Suggestions
+
+    names = [f"name{i:04d}" for i in range(1000)]
+    hint = Suggestions(budget=2500)
+    assert hint("nama0001", names) == "; did you mean 'name0001'?"
+    assert hint("nama0001", names) == "; did you mean 'name0001'?"  # remembered, free
+    assert hint("nama0002", names) == "; did you mean 'name0002'?"
+    assert hint("nama0003", names) == ""  # 2,000 of 2,500 spent: no room for 1,000 more

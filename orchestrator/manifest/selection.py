@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from orchestrator.errors import SelectionError
 from orchestrator.fleet import KVM_ID_RE, Fleet, VpsEntry
-from orchestrator.suggest import did_you_mean
+from orchestrator.suggest import Suggestions
 
 ONLY_KEYS = ("tag", "group")
 
@@ -126,17 +126,18 @@ def select(fleet: Fleet, selection: Selection) -> SelectedFleet:
     """
     problems: list[str] = []
     known_ids = list(fleet.ids)
+    hint = Suggestions()  # bounded: thousands of unknown ids must not take minutes
     for option, ids in (("--limit", selection.limit or ()), ("--exclude", selection.exclude)):
         for kvm_id in ids:
             if fleet.get(kvm_id) is None:
                 problems.append(
-                    f"{option}: {kvm_id} is not in {fleet.path}{did_you_mean(kvm_id, known_ids)}"
+                    f"{option}: {kvm_id} is not in {fleet.path}{hint(kvm_id, known_ids, 'id')}"
                 )
     for key, values in selection.only:
         known = fleet.tags if key == "tag" else fleet.groups
         for value in sorted(values - known):
             problems.append(
-                f"--only {key}={value}: no such {key} in {fleet.path}{did_you_mean(value, known)}"
+                f"--only {key}={value}: no such {key} in {fleet.path}{hint(value, known, key)}"
             )
     limit = None if selection.limit is None else frozenset(selection.limit)
     exclude = frozenset(selection.exclude)

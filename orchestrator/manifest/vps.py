@@ -10,7 +10,7 @@ every entry: the first mistake is reported once, where it is.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -18,13 +18,9 @@ from typing import Any
 from orchestrator import fleet as f
 from orchestrator.manifest.check import Reporter, Sources
 from orchestrator.manifest.schema import DefaultsModel, GroupModel, SettingsModel, VpsModel
-from orchestrator.suggest import did_you_mean
+from orchestrator.suggest import Suggestions
 from orchestrator.units import kind_of
 from orchestrator.yamldoc import FieldPath
-
-# Name comparisons spent on "did you mean" for unknown tags and groups (VpsResolver._hint):
-# under a second of difflib at the worst.
-MAX_HINT_COMPARISONS = 30_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,8 +69,8 @@ class VpsResolver:
         self.declared = declared_tags
         # id of a level's raw vars -> (the raw vars, kept alive; its frozen values)
         self._frozen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
-        self._hints: dict[tuple[str, str], str] = {}
-        self._hint_budget = MAX_HINT_COMPARISONS
+        # "did you mean" for unknown tags and groups, within a budget (suggest.Suggestions).
+        self._hint = Suggestions()
 
     def run(self, raw: list[Any]) -> Entries:
         """Check every entry of ``raw`` (the YAML list); report every problem."""
@@ -144,7 +140,7 @@ class VpsResolver:
         if self.declared and model.tags:
             for j, tag in enumerate(model.tags):
                 if tag not in self.declared:
-                    hint = self._hint(tag, "tags", self.declared)
+                    hint = self._hint(tag, self.declared, "tag")
                     self.reporter.problem(
                         (*level.path, "tags", j),
                         f"tag {tag!r} is not declared in the top-level 'tags'{hint}",
@@ -161,7 +157,7 @@ class VpsResolver:
         if group is not None:
             return Level(group, ("groups", name))
         if groups is not None and name not in groups:
-            hint = self._hint(name, "groups", groups)
+            hint = self._hint(name, groups, "group")
             known = f" (groups: {_first(groups)})" if groups and not hint else ""
             self.reporter.problem((*path, "group"), f"unknown group {name!r}{hint}{known}")
         return None
@@ -224,20 +220,6 @@ class VpsResolver:
         )
         return entry, complete
 
-    def _hint(self, word: str, kind: str, choices: Collection[str]) -> str:
-        """``did_you_mean``, remembered per word, within ``MAX_HINT_COMPARISONS``: each
-        costs a comparison with every choice, so thousands of distinct misspellings against
-        thousands of names would take minutes. Past the budget, messages go without one."""
-        key = (kind, word)
-        known = self._hints.get(key)
-        if known is None:
-            known = ""
-            if self._hint_budget >= len(choices):
-                self._hint_budget -= len(choices)
-                known = did_you_mean(word, choices)
-            self._hints[key] = known
-        return known
-
     def _frozen_vars(self, raw: dict[str, Any]) -> dict[str, Any]:
         """Return one level's vars with each value frozen, once per level: the VPSes of a
         level share the frozen values, so a large ``vars`` costs its size once, not once per
@@ -273,10 +255,12 @@ class VpsResolver:
         deadline: float | None = None
         min_install: float | None = None
         poll_interval: float | None = None
+        ssh = f.SshLogin()
         for level in levels:
             r = level.model.readiness
             if r is None:
                 continue
+            ssh = self._ssh_login(ssh, r.ssh)
             mode = r.mode if r.mode is not None else mode
             port = r.port if r.port is not None else port
             deadline = r.deadline if r.deadline is not None else deadline
@@ -305,6 +289,23 @@ class VpsResolver:
             if min_install is None
             else min_install,
             poll_interval_s=f.DEFAULT_POLL_INTERVAL_S if poll_interval is None else poll_interval,
+            ssh=ssh,
+        )
+
+    def _ssh_login(self, below: f.SshLogin, model: Any) -> f.SshLogin:
+        """``readiness.ssh`` of one level over the levels below it (field by field)."""
+        if model is None:
+            return below
+        identity = below.identity_file
+        if model.identity is not None:
+            file = model.identity.file
+            identity = None if file is None else self.sources.base / file
+        return f.SshLogin(
+            user=model.user if model.user is not None else below.user,
+            identity_file=identity,
+            cloud_init_deadline_s=below.cloud_init_deadline_s
+            if model.cloud_init_deadline is None
+            else model.cloud_init_deadline,
         )
 
 
