@@ -9,6 +9,7 @@ The contract both backends share (runs, targets, attempts, locks, takeovers, res
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from orchestrator.journal.journal import Journal, TargetSpec, TargetState
 from orchestrator.journal.location import JournalConfig, redact_url
 from orchestrator.journal.pg_schema import PG_MIGRATIONS, migrate
 from orchestrator.journal.schema import SCHEMA_VERSION
+from tests.cli_support import run_cli
 
 
 async def new_run(j: Journal, kvm_ids: list[str], *, lock: bool = True) -> str:
@@ -303,3 +305,43 @@ def test_a_lock_directory_others_can_write_is_refused(tmp_path: Path) -> None:
     with pytest.raises(JournalError, match="not be writable by others"):
         locks.acquire("run-1", ["k1"])
     assert list(shared.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- the cli
+
+
+def test_runs_status_and_report_from_any_directory(pg_url: str, tmp_path: Path) -> None:
+    """A run recorded by one runner is listed, shown and reported by another (another
+    working directory, another host name) through EDIS_FLEET_JOURNAL."""
+
+    async def record() -> str:
+        async with await Journal.open(pg_url, hostname="runner-a") as j:
+            run_id = await new_run(j, ["k1", "k2"])
+            await j.write_intents(run_id, ["k1"])
+            await j.record_outcome(run_id, "k1", TargetState.ACCEPTED, durable=True)
+            return run_id
+
+    run_id = anyio.run(record)
+    env = {"EDIS_FLEET_JOURNAL": pg_url, "EDIS_FLEET_HOSTNAME": "runner-b"}
+    listed = run_cli(["runs"], cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert run_id in listed.stdout
+    status = run_cli(["status", run_id], cwd=tmp_path, env=env)
+    assert status.returncode == 0, status.stderr
+    assert "resume would: send 1, check readiness of 1" in status.stdout
+    report = run_cli(["report", run_id, "--format", "json"], cwd=tmp_path, env=env)
+    assert report.returncode == 0, report.stderr
+    assert {t["kvm_id"]: t["state"] for t in json.loads(report.stdout)["targets"]} == {
+        "k1": "accepted",
+        "k2": "pending",
+    }
+    assert not (tmp_path / ".edis-fleet").exists()  # no SQLite journal was made on the side
+
+
+def test_the_cli_never_prints_the_database_password(pg_server: Any, tmp_path: Path) -> None:
+    url = pg_server.url("no_such_db").replace("postgres@", "postgres:Sekrit-Pw-99@")
+    for args in (["runs", "--journal", url], ["runs"]):
+        done = run_cli(args, cwd=tmp_path, env={"EDIS_FLEET_JOURNAL": url})
+        assert done.returncode == 2
+        assert "postgres:***@" in done.stderr
+        assert "Sekrit-Pw-99" not in done.stdout + done.stderr
