@@ -1,10 +1,10 @@
 """edis-fleet: reinstall whole fleets of EDIS Global KVM VPSes safely.
 
 The library API: what the ``edis-fleet`` commands do, as functions. ``validate`` is a plain
-function (offline); ``plan``, ``apply``, ``resume``, ``retry_failed``, ``run_report`` and
-``runs`` are coroutines (they talk to the API or the journal): run them with ``asyncio.run``,
-or await them in your own event loop. Errors come from ``orchestrator.errors`` (every one an
-``EdisFleetError``), with secrets redacted::
+function (offline); ``plan``, ``apply``, ``resume``, ``retry_failed``, ``run_report``,
+``runs``, ``init``, ``account_vps`` and ``account_images`` are coroutines (they talk to the API
+or the journal): run them with ``asyncio.run``, or await them in your own event loop. Errors
+come from ``orchestrator.errors`` (every one an ``EdisFleetError``), with secrets redacted::
 
     import asyncio
     import orchestrator
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
         PreflightError,
         UsageError,
     )
+    from orchestrator.run.account import AccountVps, ImageList, account_images, account_vps
     from orchestrator.run.execute import RunOutcome
     from orchestrator.run.library import (
         PlanCheck,
@@ -51,17 +52,23 @@ if TYPE_CHECKING:
         validate,
     )
     from orchestrator.run.options import (
+        AccountOptions,
         Confirmation,
         Endpoint,
         ReportFormat,
         SelectionOptions,
     )
     from orchestrator.run.plan import Plan
+    from orchestrator.run.starter import InitResult, init
 
 __all__ = [
+    "AccountOptions",
+    "AccountVps",
     "Confirmation",
     "EdisFleetError",
     "Endpoint",
+    "ImageList",
+    "InitResult",
     "JournalError",
     "LockedError",
     "ManifestError",
@@ -74,7 +81,10 @@ __all__ = [
     "UsageError",
     "Validation",
     "__version__",
+    "account_images",
+    "account_vps",
     "apply",
+    "init",
     "plan",
     "resume",
     "retry_failed",
@@ -99,11 +109,18 @@ __getattr__, __dir__ = lazy_exports(
         "runs": _LIBRARY,
         "Validation": _LIBRARY,
         "PlanCheck": _LIBRARY,
+        "AccountOptions": _OPTIONS,
         "Confirmation": _OPTIONS,
         "Endpoint": _OPTIONS,
         "ReportFormat": _OPTIONS,
         "SelectionOptions": _OPTIONS,
         "RunOutcome": "orchestrator.run.execute",
+        "account_vps": "orchestrator.run.account",
+        "account_images": "orchestrator.run.account",
+        "AccountVps": "orchestrator.run.account",
+        "ImageList": "orchestrator.run.account",
+        "init": "orchestrator.run.starter",
+        "InitResult": "orchestrator.run.starter",
         "Plan": "orchestrator.run.plan",
         "EdisFleetError": _ERRORS,
         "JournalError": _ERRORS,

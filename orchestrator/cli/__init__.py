@@ -23,8 +23,10 @@ import sys
 from collections.abc import Sequence
 
 from orchestrator.cli import (
+    account_cmd,
     apply_cmd,
     exitcodes,
+    init_cmd,
     plan_cmd,
     resume_cmd,
     runs_cmd,
@@ -55,7 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"edis-fleet {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (validate_cmd, plan_cmd, apply_cmd, resume_cmd, runs_cmd, simulator_cmd):
+    for module in (
+        init_cmd,
+        account_cmd,
+        validate_cmd,
+        plan_cmd,
+        apply_cmd,
+        resume_cmd,
+        runs_cmd,
+        simulator_cmd,
+    ):
         module.register(sub)
     return parser
 

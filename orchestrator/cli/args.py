@@ -11,6 +11,7 @@ import argparse
 
 from orchestrator.run.options import (
     DEFAULT_JOURNAL,
+    AccountOptions,
     Confirmation,
     Endpoint,
     LoadOptions,
@@ -136,3 +137,52 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
 def confirmation(args: argparse.Namespace) -> Confirmation:
     """Return ``--yes`` and ``--confirm-count``."""
     return Confirmation(yes=args.yes, count=args.confirm_count)
+
+
+def add_account_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of the commands that read an account without a manifest (init, vps, images):
+    where the login is read from, the endpoint overrides and the request rate."""
+    defaults = AccountOptions()
+    p.add_argument(
+        "--email-env",
+        default=defaults.email_env,
+        metavar="VAR",
+        help=f"the environment variable holding the account's e-mail ({defaults.email_env})",
+    )
+    p.add_argument(
+        "--password-env",
+        default=defaults.password_env,
+        metavar="VAR",
+        help=f"the environment variable holding its password ({defaults.password_env})",
+    )
+    add_account_overrides(p)
+    p.add_argument("--ca-file", metavar="PEM", help="also trust this CA (a private proxy)")
+    p.add_argument(
+        "--rate",
+        type=_rate,
+        default=defaults.rate,
+        metavar="N",
+        help=f"at most N requests per second ({defaults.rate:g}); every request is read-only",
+    )
+
+
+def account_options(args: argparse.Namespace) -> AccountOptions:
+    """Return the account options given on the command line."""
+    return AccountOptions(
+        email_env=args.email_env,
+        password_env=args.password_env,
+        session_url=args.session_url,
+        extra_api_hosts=tuple(args.allow_api_host),
+        ca_file=args.ca_file,
+        rate=args.rate,
+    )
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0.01 <= value <= 1000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rate from 0.01 to 1000 per second")
+    return value

@@ -6,6 +6,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 from orchestrator.cli import exitcodes
+from orchestrator.errors import (
+    ApiError,
+    AuthenticationError,
+    HostNotAllowedError,
+    ManifestError,
+    UsageError,
+)
+from orchestrator.secrets import Redactor
 
 if TYPE_CHECKING:
     from orchestrator.run.load import Refusal
@@ -33,3 +41,23 @@ def fail(
 def refuse(refusal: Refusal, err: TextIO) -> int:
     """Write a refusal's problems and warnings to ``err``, redacted; return exit code 2."""
     return fail(refusal.source, refusal.problems, refusal.warnings, refusal.redact, err)
+
+
+def account_failure(exc: Exception, secret: str, err: TextIO) -> int:
+    """Write why a read of the account failed to ``err`` with ``secret`` (the account password)
+    redacted; return exit code 3 for a refused login, else 2. Re-raises anything else."""
+    redact = Redactor([secret])
+    if isinstance(exc, AuthenticationError):
+        err.write(redact(f"edis-fleet: {exc}\n"))
+        return exitcodes.CREDENTIALS
+    if isinstance(exc, ApiError | HostNotAllowedError):
+        err.write(redact(f"edis-fleet: the account could not be read: {exc}\n"))
+        return exitcodes.USAGE
+    if isinstance(exc, ManifestError):
+        for problem in exc.problems:
+            err.write(redact(f"edis-fleet: {problem}\n"))
+        return exitcodes.USAGE
+    if isinstance(exc, UsageError | OSError):
+        err.write(redact(f"edis-fleet: {exc}\n"))
+        return exitcodes.USAGE
+    raise exc

@@ -130,3 +130,30 @@ class OutputOptions:
     events: str | None = None
     quiet: bool = False
     log_format: LogFormat = LogFormat.TEXT
+
+
+@dataclass(frozen=True)
+class AccountOptions:
+    """How to reach an account without a manifest (``init``, ``vps``, ``images``).
+
+    ``email_env`` and ``password_env`` name the environment variables that hold the login (the
+    values never travel in argv); ``session_url`` replaces the provider's session host (e.g.
+    the bundled simulator; ``None``: the provider's) and ``extra_api_hosts`` are allowed besides
+    ``*.edisglobal.com``. ``rate`` caps the requests per second and ``concurrency`` the
+    requests in flight; every call is read-only.
+    """
+
+    email_env: str = "EDIS_EMAIL"
+    password_env: str = "EDIS_PASSWORD"  # noqa: S105 (a variable name, not a password)
+    session_url: str | None = None
+    extra_api_hosts: tuple[str, ...] = ()
+    ca_file: str | None = None
+    rate: float = 5.0
+    concurrency: int = 8
+
+
+class ListFormat(StrEnum):
+    """How ``vps`` and ``images`` print: a table a person reads, or JSON."""
+
+    TEXT = "text"
+    JSON = "json"
