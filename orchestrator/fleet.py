@@ -51,12 +51,16 @@ class ReadinessMode(enum.StrEnum):
     """How to tell that a reinstalled VPS is back (``orchestrator.run.readiness`` waits).
 
     ``API``: the power state through the API; ``TCP``: a TCP port on the VPS's IP answers
-    again; ``NONE``: accepted is enough. The values are the manifest's words.
+    again; ``SSH``: the VPS's SSH server presents this run's host key, then cloud-init reports
+    done; ``NONE``: accepted is enough. The values are the manifest's words.
     """
 
     API = "api"
     TCP = "tcp"
     NONE = "none"
+    # Proof of reinstall over SSH (orchestrator/run/proof.py): this run's host key, then
+    # cloud-init's own status.
+    SSH = "ssh"
 
 
 DEFAULT_READY_MODE = ReadinessMode.TCP
@@ -108,6 +112,20 @@ class TemplateSource:
         return f"{self.name}@{self.line_offset}#{hash(self.text) & 0xFFFFFFFFFFFF:x}"
 
 
+DEFAULT_CLOUD_INIT_DEADLINE_S = 15 * 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class SshLogin:
+    """Readiness mode ``ssh``'s login for the cloud-init stage: ``user``, the operator's
+    private key file ``identity_file`` (None: the SSH agent), and the stage's deadline
+    ``cloud_init_deadline_s`` (counted from the host-key proof)."""
+
+    user: str | None = None
+    identity_file: Path | None = None
+    cloud_init_deadline_s: float = DEFAULT_CLOUD_INIT_DEADLINE_S
+
+
 @dataclass(frozen=True, slots=True)
 class Readiness:
     """How to tell that a reinstalled VPS is back.
@@ -122,6 +140,7 @@ class Readiness:
     deadline_s: float
     min_install_s: float = DEFAULT_MIN_INSTALL_S
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    ssh: SshLogin = SshLogin()
 
 
 class InDoubtPolicy(enum.StrEnum):

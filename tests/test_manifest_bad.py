@@ -259,9 +259,9 @@ CASES: dict[str, Case] = {
     "readiness-mode": Case(
         base_with(
             "    hostname: vps-001\n",
-            f"    hostname: vps-001\n    readiness: {{mode: ssh}} {HERE}\n",
+            f"    hostname: vps-001\n    readiness: {{mode: telnet}} {HERE}\n",
         ),
-        [Expect("vps[0].readiness.mode", "expected 'api', 'tcp' or 'none'")],
+        [Expect("vps[0].readiness.mode", "expected 'api', 'tcp', 'none' or 'ssh'")],
     ),
     "readiness-port-out-of-range": Case(
         base_with(

@@ -238,7 +238,8 @@ async def _noop_power() -> str:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"mode": "ssh"}, "readiness mode must be one of"),
+        ({"mode": "telnet"}, "readiness mode must be one of"),
+        ({"mode": "ssh"}, "readiness mode 'ssh' is waited for by"),
         ({"mode": "api"}, "needs a power query"),
         ({"mode": "tcp"}, "needs the VPS's host"),
         ({"mode": "api", "power": _noop_power, "min_install_seconds": 2000}, "min_install"),

@@ -263,6 +263,33 @@ class CloudInitSource(_Model):
         return self
 
 
+class SshIdentityModel(_Model):
+    """The operator's private key for the cloud-init stage: ``{file: PATH}`` (relative to the
+    manifest), or ``agent`` (the SSH agent of ``SSH_AUTH_SOCK``)."""
+
+    file: NonEmpty | None = None
+    agent: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return {"agent": True} if data == "agent" else data
+
+    @model_validator(mode="after")
+    def _one(self) -> SshIdentityModel:
+        _exactly_one(self, ("file", "agent"), "give exactly one of {file: PATH} or agent")
+        return self
+
+
+class SshReadinessModel(_Model):
+    """``readiness.ssh``: who logs in to read cloud-init's status, with which key, and how
+    long that stage may take (counted from the host-key proof)."""
+
+    user: NonEmpty | None = None
+    identity: SshIdentityModel | None = None
+    cloud_init_deadline: Duration | None = None
+
+
 class ReadinessModel(_Model):
     """How to tell a reinstalled VPS is back; every field falls through when not set."""
 
@@ -271,6 +298,7 @@ class ReadinessModel(_Model):
     deadline: Duration | None = None
     min_install: Duration | None = None
     poll_interval: PollInterval | None = None
+    ssh: SshReadinessModel | None = None
 
 
 class SettingsModel(_Model):

@@ -155,6 +155,8 @@ async def wait_ready(
     )
     if mode is ReadinessMode.NONE:
         return ReadyResult(True, "readiness not checked", waiter.elapsed(), 0)
+    if mode is ReadinessMode.SSH:
+        raise ValueError("readiness mode 'ssh' is waited for by orchestrator.run.proof")
     if mode is ReadinessMode.API:
         if power is None:
             raise ValueError("readiness mode 'api' needs a power query")

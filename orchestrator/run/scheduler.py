@@ -43,6 +43,7 @@ from orchestrator.model import (
     TargetState,
 )
 from orchestrator.run.limits import Limits
+from orchestrator.run.proof import ProofSpec, Prover
 from orchestrator.run.readiness import ReadyResult, wait_ready
 from orchestrator.run.retry import RetryBudget, RetryPolicy, call_with_retries
 from orchestrator.secrets import Secret
@@ -70,6 +71,8 @@ class Job:
     # intent was written and no outcome (in doubt since that wall-clock time).
     accepted_already: bool = False
     in_doubt_since: float | None = None
+    # Readiness mode ssh: what proves this VPS's reinstall (run/proof.py).
+    proof: ProofSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,9 @@ class Scheduler:
         self._everything: anyio.CancelScope | None = None
         self._in_flight: dict[str, int] = {}  # kvm id -> wave, while its POST is out
         self._doubts: dict[str, str] = {}
+        # Readiness mode ssh: the proof's stages and what they saw; each VPS's address.
+        self.prover = Prover(clock)
+        self._addresses: dict[str, str | None] = {}
 
     @property
     def result(self) -> RunResult:
@@ -217,6 +223,8 @@ class Scheduler:
                 self._set(job.kvm_id, job.wave, TargetState.SKIPPED, self._stop_reason())
                 continue
             self._set(job.kvm_id, job.wave, TargetState.PENDING)
+            if job.proof is not None and job.in_doubt_since is None:
+                await self._before_send(job)
             step = await self._first_send(job, wave_budget)
             if step == "accepted":
                 followups.start_soon(self._await_ready, job, started, wave_budget)
@@ -330,6 +338,11 @@ class Scheduler:
 
     async def _readiness(self, job: Job, deadline: float) -> ReadyResult:
         host: str | None = None
+        if job.proof is not None:
+            host = await self._address(job)
+            if host is None:
+                return ReadyResult(False, "no IP address known for the ssh proof", 0.0, 0)
+            return await self.prover.wait(job.kvm_id, job.proof, host, job.port, deadline)
         if job.readiness is ReadinessMode.TCP:
             host = await self._polled(lambda: self._api.address(job.kvm_id))
             if host is None:
@@ -350,6 +363,23 @@ class Scheduler:
             port=job.port,
             rng=random.Random(job.kvm_id),
         )
+
+    async def _address(self, job: Job) -> str | None:
+        """The VPS's IPv4 address (``get/details``, asked once per run); None if unknown."""
+        if job.kvm_id not in self._addresses:
+            try:
+                self._addresses[job.kvm_id] = await self._polled(
+                    lambda: self._api.address(job.kvm_id)
+                )
+            except ApiError:
+                return None  # not remembered: the next look asks again
+        return self._addresses[job.kvm_id]
+
+    async def _before_send(self, job: Job) -> None:
+        """Readiness mode ssh: record the host key the VPS presents just before its send."""
+        host = await self._address(job)
+        if host is not None:
+            await self.prover.before_send(job.kvm_id, host, job.port)
 
     async def _polled(self, fn: Callable[[], Awaitable[T]]) -> T:
         await self._limits.requests.acquire("poll")

@@ -1,0 +1,251 @@
+"""Readiness mode ``ssh``: proof that a VPS was reinstalled with this run's user data, then
+cloud-init's own verdict.
+
+Stages, each with its own deadline, each reported in the VPS's reason:
+
+1. *Host-key proof* (``readiness.deadline``, counted from acceptance). With ``pinned`` set
+   (a ``#cloud-config`` user data that carries this run's ed25519 host key in ``ssh_keys``),
+   the VPS counts as reinstalled only when its SSH server presents exactly that key. Without
+   it (a ``#!`` script, an image without cloud-init), the weaker proof is "the host key
+   changed from the one recorded by a key scan just before the send". While the port is
+   down only a TCP connect is tried (cheap); a key exchange is made only when it answers.
+2. *cloud-init completion* (``readiness.ssh.cloud_init_deadline``, counted from the proof).
+   Log in as ``readiness.ssh.user`` trusting only the proven key, run ``cloud-init status
+   --wait --long --format json``: ``done`` is ready (recoverable errors become warnings in
+   the reason), ``error`` / ``degraded`` fail with cloud-init's first errors. Skipped when
+   no login is configured or the user data is not ``#cloud-config``.
+
+Nothing here calls the provider's API: the address comes from the scheduler, which looks it
+up before the send (it also needs it for the pre-send key scan).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from orchestrator.fleet import Readiness
+from orchestrator.model import Clock
+from orchestrator.run.readiness import ReadyResult, tcp_connect
+from orchestrator.secrets import Secret
+from orchestrator.templates.hostkey import with_host_key
+
+STATUS_COMMAND = "cloud-init status --wait --long --format json"
+# A key scan or login that hangs longer than this counts as "no answer" for that probe.
+SCAN_TIMEOUT = 5.0
+# While the port is down it is probed this often (a TCP connect costs ~0.1 ms); a key scan
+# (a key exchange, ~2 ms of CPU) follows only when it answers.
+DOWN_INTERVAL = 0.5
+# At most this long between two looks while the old system still answers.
+MAX_INTERVAL = 2.0
+# How many of cloud-init's error lines a failed VPS's reason carries.
+ERROR_LINES = 3
+
+
+@dataclass(frozen=True)
+class ProofSpec:
+    """What one VPS's proof needs. ``pinned``: the public host key put into its user data
+    (None: the key-changed fallback). ``user``: who logs in for cloud-init (None: the stage is
+    skipped); ``identity_file`` (None: the SSH agent). ``cloud_init_deadline_s``: the second
+    stage's deadline."""
+
+    pinned: str | None
+    user: str | None
+    identity_file: Path | None
+    cloud_init_deadline_s: float
+    cloud_init: bool = True
+
+
+def prepare_proof(
+    user_data: Secret | None, readiness: Readiness
+) -> tuple[Secret | None, ProofSpec, Secret | None]:
+    """Make this run's host key for one VPS and put it into its ``#cloud-config`` user data.
+
+    Returns the user data to send, the VPS's ``ProofSpec`` and the private host key (a
+    secret for the redactor; None when the user data cannot carry it: a ``#!`` script or no
+    user data, which get the key-changed fallback). Raises ``HostKeyConflict`` (a
+    ``ValueError``) when the template sets ``ssh_keys`` itself.
+    """
+    login = readiness.ssh
+    text = None if user_data is None else user_data.reveal()
+    if text is None or not text.startswith("#cloud-config"):
+        spec = ProofSpec(None, login.user, login.identity_file, login.cloud_init_deadline_s, False)
+        return user_data, spec, None
+    from orchestrator.run import ssh as ssh_module  # noqa: PLC0415 -- only in mode ssh
+
+    key = ssh_module.new_host_key()
+    sent = Secret(with_host_key(text, key.private, key.public))
+    spec = ProofSpec(key.public, login.user, login.identity_file, login.cloud_init_deadline_s)
+    return sent, spec, key.private
+
+
+@dataclass
+class Observation:
+    """What was seen of a VPS while waiting: for reasons and for reconciliation."""
+
+    pre_key: str | None = None
+    last_key: str | None = None
+    seen_down: bool = False
+    scans: int = 0
+
+
+@dataclass
+class Prover:
+    """Runs the stages for every VPS of a run and remembers what it saw (the pre-send keys,
+    the proven keys for ``--known-hosts``)."""
+
+    clock: Clock
+    port: int = 22
+    observed: dict[str, Observation] = field(default_factory=dict)
+    proven: dict[str, str] = field(default_factory=dict)
+    proof_kind: dict[str, str] = field(default_factory=dict)
+    _identities: dict[Path | None, Any] = field(default_factory=dict)
+
+    def _ssh(self) -> Any:
+        from orchestrator.run import ssh  # noqa: PLC0415 -- 0.35 s: only runs in mode ssh
+
+        return ssh
+
+    async def before_send(self, kvm_id: str, host: str, port: int) -> None:
+        """Record the host key ``kvm_id`` presents just before its send (None if down)."""
+        key = await self._ssh().scan_host_key(host, port, limit=SCAN_TIMEOUT)
+        self.observed.setdefault(kvm_id, Observation()).pre_key = key
+
+    async def wait(
+        self, kvm_id: str, spec: ProofSpec, host: str, port: int, deadline_s: float
+    ) -> ReadyResult:
+        """Run the stages for ``kvm_id`` (accepted just now) and return how they ended."""
+        start = self.clock.monotonic()
+        seen = self.observed.setdefault(kvm_id, Observation())
+        proof = await self._host_key_stage(seen, spec, host, port, start + deadline_s)
+        elapsed = self.clock.monotonic() - start
+        if proof is None:
+            return ReadyResult(False, _unproven(seen, spec, deadline_s), elapsed, seen.scans)
+        kind, key = proof
+        self.proven[kvm_id] = key
+        self.proof_kind[kvm_id] = kind
+        if spec.user is None or not spec.cloud_init:
+            why = "no readiness.ssh.user" if spec.user is None else "user data is not cloud-config"
+            return ReadyResult(True, f"{kind}; cloud-init not checked ({why})", elapsed, seen.scans)
+        ready, verdict = await self._cloud_init_stage(spec, host, port, key)
+        elapsed = self.clock.monotonic() - start
+        return ReadyResult(ready, f"{kind}; {verdict}", elapsed, seen.scans)
+
+    async def look(self, host: str, port: int) -> str | None:
+        """One key scan (reconciliation): the key presented now, or None."""
+        result: str | None = await self._ssh().scan_host_key(host, port, limit=SCAN_TIMEOUT)
+        return result
+
+    async def _host_key_stage(
+        self, seen: Observation, spec: ProofSpec, host: str, port: int, deadline: float
+    ) -> tuple[str, str] | None:
+        ssh = self._ssh()
+        interval = DOWN_INTERVAL
+        while True:
+            if seen.seen_down and not await tcp_connect(host, port, connect_timeout=SCAN_TIMEOUT):
+                key = None
+            else:
+                key = await ssh.scan_host_key(host, port, limit=SCAN_TIMEOUT)
+                seen.scans += 1
+            if key is None:
+                seen.seen_down = True
+                interval = DOWN_INTERVAL
+            else:
+                seen.last_key = key
+                if spec.pinned is not None and ssh.same_key(key, spec.pinned):
+                    return "proof: this run's host key", key
+                changed = seen.pre_key is not None and not ssh.same_key(key, seen.pre_key)
+                if spec.pinned is None and changed:
+                    return "proof: host key changed since the pre-send scan", key
+                # The old system still answers (the install may not have started yet).
+                interval = min(MAX_INTERVAL, interval * 2)
+            now = self.clock.monotonic()
+            if now >= deadline:
+                return None
+            await self.clock.sleep(min(interval, deadline - now))
+
+    async def _cloud_init_stage(
+        self, spec: ProofSpec, host: str, port: int, key: str
+    ) -> tuple[bool, str]:
+        ssh = self._ssh()
+        if spec.identity_file not in self._identities:
+            self._identities[spec.identity_file] = ssh.load_identity(spec.identity_file)
+        identity = self._identities[spec.identity_file]
+        deadline = self.clock.monotonic() + spec.cloud_init_deadline_s
+        last = "no answer"
+        while True:
+            left = deadline - self.clock.monotonic()
+            if left <= 0:
+                return False, (
+                    f"cloud-init not done within {spec.cloud_init_deadline_s:g} s ({last})"
+                )
+            try:
+                done = await ssh.run_pinned(
+                    host,
+                    port,
+                    host_key=key,
+                    user=spec.user or "root",
+                    identity=identity,
+                    command=STATUS_COMMAND,
+                    limit=left,
+                )
+            except ssh.SshLoginError as exc:
+                if exc.refused:
+                    return False, f"cloud-init not checked: {exc.reason}"
+                last = exc.reason  # sshd may still be starting: try again
+                await self.clock.sleep(min(DOWN_INTERVAL, max(0.0, left)))
+                continue
+            verdict = _verdict(done.exit_status, done.stdout)
+            if verdict is not None:
+                return verdict
+            last = "cloud-init still running"
+            await self.clock.sleep(min(DOWN_INTERVAL, max(0.0, left)))
+
+
+def _verdict(exit_status: int | None, stdout: str) -> tuple[bool, str] | None:
+    """Read ``cloud-init status --long --format json``: (ready, reason), or None while it
+    still runs. Never raises for odd output."""
+    try:
+        doc = json.loads(stdout)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return False, f"cloud-init status gave no JSON (exit {exit_status})"
+    status = str(doc.get("status", ""))
+    extended = str(doc.get("extended_status", status))
+    errors = [str(e) for e in doc.get("errors") or []][:ERROR_LINES]
+    if status in ("running", "not started", "not run"):
+        return None
+    if status == "error" or (extended.startswith("degraded") and errors):
+        shown = "; ".join(e[:300] for e in errors) or "no error text"
+        return False, f"cloud-init {extended}: {shown}"
+    if status == "done":
+        warnings = _recoverable(doc.get("recoverable_errors"))
+        return True, "cloud-init done" + (f" (warnings: {warnings})" if warnings else "")
+    return False, f"cloud-init status {status!r}"
+
+
+def _recoverable(value: object) -> str:
+    if not isinstance(value, dict):
+        return ""
+    lines = [f"{level}: {m}" for level, ms in value.items() for m in (ms or [])[:ERROR_LINES]]
+    return "; ".join(line[:200] for line in lines[:ERROR_LINES])
+
+
+def _unproven(seen: Observation, spec: ProofSpec, deadline_s: float) -> str:
+    """Why the host-key stage ended without proof: what was seen, in one sentence."""
+    head = f"no proof within {deadline_s:g} s: "
+    if seen.last_key is None:
+        return head + "the SSH server never answered"
+    if seen.pre_key is not None and seen.last_key.split()[:2] == seen.pre_key.split()[:2]:
+        if not seen.seen_down:
+            return head + (
+                "it still presents the pre-send host key and was never seen down "
+                "(accepted, but nothing was installed)"
+            )
+        return head + "it presents the pre-send host key again (the old system)"
+    if spec.pinned is not None:
+        return head + "it presents a host key that is neither this run's nor the pre-send one"
+    return head + "the host key did not change"

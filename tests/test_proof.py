@@ -1,0 +1,193 @@
+"""Readiness mode ``ssh``: the host-key proof and cloud-init's verdict, through the scheduler,
+against the simulator's SSH servers over loopback (time-scaled: an install takes 0.6 s)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from orchestrator.errors import ManifestError
+from orchestrator.fleet import Readiness, ReadinessMode, SshLogin
+from orchestrator.manifest.loader import load_fleet
+from orchestrator.model import TargetState
+from orchestrator.run.proof import prepare_proof
+from orchestrator.run.scheduler import Job, RunResult, WaveSpec
+from orchestrator.secrets.values import Secret
+from orchestrator.simulator import Simulator
+from orchestrator.templates.hostkey import HostKeyConflict, with_host_key
+from tests.conftest import SimFactory
+from tests.manifest_support import BASE, ENV, write_fleet
+from tests.test_scheduler import assert_exactly_once, jobs_for, scheduler_for, settings
+
+LINUX = "cloudinit_ubuntu-lts-24-04"
+SIM = {"vps_count": 4, "time_scale": 0.002, "tcp_listeners": True, "cloud_init_seconds": 30}
+
+
+@pytest.fixture
+def operator(tmp_path: Path) -> tuple[Path, str]:
+    """The operator's key file and its public line."""
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    path = tmp_path / "ops_ed25519"
+    path.write_bytes(key.export_private_key("openssh"))
+    path.chmod(0o600)
+    return path, key.export_public_key("openssh").decode().strip()
+
+
+def _cloud_config(public: str) -> str:
+    return (
+        "#cloud-config\nhostname: web\n"
+        f"users:\n  - name: ops\n    ssh_authorized_keys:\n      - {public}\n"
+    )
+
+
+def _ssh_jobs(
+    sim: Simulator, operator: tuple[Path, str], *, deadline: float = 10.0, script: bool = False
+) -> tuple[tuple[Job, ...], dict[str, Secret | None]]:
+    path, public = operator
+    readiness = Readiness(
+        ReadinessMode.SSH,
+        sim.ssh_port,
+        deadline,
+        ssh=SshLogin(user="ops", identity_file=path, cloud_init_deadline_s=10.0),
+    )
+    jobs: list[Job] = []
+    keys: dict[str, Secret | None] = {}
+    for job in jobs_for(sim.vps_ids, image=LINUX):
+        text = "#!/bin/sh\necho hi\n" if script else _cloud_config(public)
+        user_data, proof, key = prepare_proof(Secret(text), readiness)
+        keys[job.kvm_id] = key
+        jobs.append(
+            dataclasses.replace(
+                job,
+                user_data=user_data,
+                readiness=ReadinessMode.SSH,
+                port=sim.ssh_port,
+                deadline_s=deadline,
+                proof=proof,
+            )
+        )
+    return tuple(jobs), keys
+
+
+async def _run(sim: Simulator, jobs: Sequence[Job], budget: int = 4) -> tuple[RunResult, object]:
+    async with scheduler_for(sim, settings(run_budget=budget)) as (sched, _):
+        result = await sched.run([WaveSpec(1, tuple(jobs), budget=budget)])
+        return result, sched.prover
+
+
+async def test_ready_only_with_this_runs_host_key(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    async with make_sim(**SIM) as sim:
+        jobs, keys = _ssh_jobs(sim, operator)
+        result, prover = await _run(sim, jobs)
+        for job in jobs:
+            assert job.proof is not None
+            assert result.states[job.kvm_id] is TargetState.READY, result.reasons[job.kvm_id]
+            reason = result.reasons[job.kvm_id]
+            assert "this run's host key" in reason
+            assert "cloud-init done" in reason
+            # What the VPS presents now is exactly the key made for it.
+            assert sim.host_key(job.kvm_id) == job.proof.pinned
+            assert prover.proven[job.kvm_id] == job.proof.pinned  # type: ignore[attr-defined]
+            assert keys[job.kvm_id] is not None
+        assert_exactly_once(sim, result)
+
+
+async def test_accepted_but_nothing_installed_is_never_ready(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    async with make_sim(**SIM) as sim:
+        noop = sim.vps_ids[0]
+        sim.set_install_outcome(noop, "noop")
+        jobs, _ = _ssh_jobs(sim, operator, deadline=2.0)
+        result, _ = await _run(sim, jobs)
+    assert result.states[noop] is TargetState.FAILED
+    assert "still presents the pre-send host key and was never seen down" in result.reasons[noop]
+    assert "nothing was installed" in result.reasons[noop]
+    others = [k for k in sim.vps_ids if k != noop]
+    assert all(result.states[k] is TargetState.READY for k in others)
+
+
+async def test_cloud_init_error_fails_with_its_messages_and_degraded_warns(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    async with make_sim(**SIM) as sim:
+        bad, meh, refused = sim.vps_ids[0], sim.vps_ids[1], sim.vps_ids[2]
+        sim.set_ssh_fault(bad, cloud_init="error", errors=["runcmd: exit status 3", "second"])
+        sim.set_ssh_fault(meh, cloud_init="degraded")
+        jobs, _ = _ssh_jobs(sim, operator)
+        sim.set_ssh_fault(refused, refuse_keys=True)
+        result, _ = await _run(sim, jobs)
+    assert result.states[bad] is TargetState.FAILED
+    assert "cloud-init error: runcmd: exit status 3; second" in result.reasons[bad]
+    assert "this run's host key" in result.reasons[bad]  # reinstalled, but cloud-init failed
+    assert result.states[meh] is TargetState.READY
+    assert "warnings: WARNING:" in result.reasons[meh]
+    assert result.states[refused] is TargetState.FAILED
+    assert "refused the key of user 'ops'" in result.reasons[refused]
+
+
+async def test_a_script_gets_the_key_changed_fallback(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    async with make_sim(**SIM) as sim:
+        before = {k: sim.host_key(k) for k in sim.vps_ids}
+        jobs, keys = _ssh_jobs(sim, operator, script=True)
+        result, prover = await _run(sim, jobs)
+        for job in jobs:
+            assert job.proof is not None
+            assert job.proof.pinned is None
+            assert keys[job.kvm_id] is None
+            reason = result.reasons[job.kvm_id]
+            assert result.states[job.kvm_id] is TargetState.READY, reason
+            assert "host key changed since the pre-send scan" in reason
+            assert "cloud-init not checked" in reason
+            assert sim.host_key(job.kvm_id) != before[job.kvm_id]
+            assert prover.proven[job.kvm_id] == sim.host_key(job.kvm_id)  # type: ignore[attr-defined]
+
+
+def test_a_template_that_sets_ssh_keys_is_refused() -> None:
+    text = "#cloud-config\nssh_keys:\n  rsa_private: x\n"
+    with pytest.raises(HostKeyConflict, match="sets ssh_keys itself"):
+        with_host_key(text, Secret("k"), "ssh-ed25519 AAAA")
+    readiness = Readiness(ReadinessMode.SSH, 22, 60.0)
+    with pytest.raises(ValueError, match="remove ssh_keys from the template"):
+        prepare_proof(Secret(text), readiness)
+    assert issubclass(HostKeyConflict, ValueError)
+    assert not issubclass(ManifestError, HostKeyConflict)
+
+
+def test_the_injected_key_is_valid_cloud_config_and_the_template_text_is_kept() -> None:
+    readiness = Readiness(ReadinessMode.SSH, 22, 60.0)
+    original = "#cloud-config\nruncmd:\n  - [echo, hi]\n"
+    sent, proof, private = prepare_proof(Secret(original), readiness)
+    assert sent is not None
+    assert private is not None
+    assert proof.pinned is not None
+    text = sent.reveal()
+    assert text.startswith(original)
+    assert private.reveal().strip().splitlines()[1] in text
+    assert f"ed25519_public: {proof.pinned}" in text
+
+
+def test_the_manifest_reads_readiness_ssh(tmp_path: Path) -> None:
+    text = BASE.replace(
+        "  cloud_init: templates/ok.yaml.j2\n",
+        "  cloud_init: templates/ok.yaml.j2\n"
+        "  readiness:\n    mode: ssh\n    deadline: 10m\n"
+        "    ssh: {user: ops, identity: {file: keys/ops}, cloud_init_deadline: 5m}\n",
+    ).replace(
+        "    hostname: vps-002\n",
+        "    hostname: vps-002\n    readiness: {ssh: {identity: agent}}\n",
+    )
+    fleet = load_fleet(write_fleet(tmp_path, text), ENV)
+    first, second = (e.readiness for e in fleet.vps)
+    assert first.mode is ReadinessMode.SSH
+    assert first.deadline_s == 600.0
+    assert first.ssh == SshLogin("ops", tmp_path.resolve() / "keys/ops", 300.0)
+    assert second.ssh == SshLogin("ops", None, 300.0)  # the agent, the rest inherited
