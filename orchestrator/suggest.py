@@ -28,7 +28,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 
 # Name comparisons one ``Suggestions`` may spend: under a second of difflib at the worst.
-COMPARISONS = 30_000
+COMPARISONS = 20_000
 
 
 class Suggestions:
