@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import asyncssh
 import pytest
 
 from orchestrator.simulator import Simulator
@@ -467,3 +468,62 @@ def test_a_killed_run_with_generated_passwords_resumes_without_leaking_them(
         assert len(set(passwords)) == len(passwords)
         out.collect_files()
         out.assert_clean({"generated password": passwords, "account password": [ACCOUNT_PW]})
+
+
+def test_an_ssh_proof_run_leaks_no_private_host_key(
+    make_thread_sim: ThreadSims, tmp_path: Path
+) -> None:
+    """Readiness mode ssh: each VPS gets a private host key made for this run, inside its user
+    data. A run (one VPS whose cloud-init fails, one whose SSH server refuses the key) with
+    JSON logs, report files, events and every report format: no private host key, in any
+    encoding line, appears anywhere."""
+    operator = asyncssh.generate_private_key("ssh-ed25519")
+    key_file = tmp_path / "ops_ed25519"
+    key_file.write_bytes(operator.export_private_key("openssh"))
+    key_file.chmod(0o600)
+    public = operator.export_public_key("openssh").decode().strip()
+    template = TEMPLATE + f"ssh_authorized_keys:\n  - {public}\n"
+    with make_thread_sim(
+        vps_count=4, time_scale=0.002, password=ACCOUNT_PW, email=EMAIL, tcp_listeners=True
+    ) as sim:
+        ids = sim.vps_ids[:3]
+        sim.set_ssh_fault(ids[1], cloud_init="error", errors=["runcmd failed"])
+        sim.set_ssh_fault(ids[2], refuse_keys=True)
+        readiness = (
+            f", readiness: {{mode: ssh, port: {sim.ssh_port}, deadline: 30s, "
+            "ssh: {user: root, identity: {file: ops_ed25519}, cloud_init_deadline: 30s}}"
+        )
+        path = write_fleet(
+            sim, tmp_path, vps_lines(ids, dict.fromkeys(ids, readiness)), template=template
+        )
+        out = Produced(tmp_path, {path, tmp_path / "templates" / "secret.yaml.j2", key_file})
+        journal = "journal.sqlite"
+        out.run("plan", str(path), "--format", "json", "-o", "plan.json", env=env(sim), expect=0)
+        args = [
+            "apply", str(path), "--yes", "--journal", journal, "--log-format", "json",
+            "--report-json", "run.json", "--junit", "run.xml", "--events", "run.ndjson",
+        ]  # fmt: skip
+        out.run(*args, env=env(sim), expect=1)
+        runs_out, _ = out.run("runs", "--journal", journal, env={}, expect=0)
+        run_id = runs_out.strip().splitlines()[1].split()[0]
+        for fmt in ("text", "json", "junit", "ndjson"):
+            out.run("report", run_id, "--format", fmt, "--journal", journal, env={}, expect=0)
+        out.collect_files()
+        # The searched bytes hold the proof's outcomes (so the search is not vacuous).
+        assert b"this run's host key" in out.blobs["run.json"]
+        assert b"runcmd failed" in out.blobs["run.json"]
+        private_lines: list[str] = []
+        for kvm_id in ids:
+            system = sim.vps(kvm_id).system
+            host_key = system.host_key  # type: ignore[attr-defined]
+            pem = host_key.export_private_key("openssh").decode()
+            # Every base64 line of the key's body (the header and footer are not secret).
+            private_lines += [line for line in pem.splitlines() if not line.startswith("-----")]
+        assert len(private_lines) >= 3 * 4
+        out.assert_clean(
+            {
+                "private host key": private_lines,
+                "root password": [ROOT_PW],
+                "user data": [USER_DATA],
+            }
+        )
