@@ -277,6 +277,24 @@ def test_host_locks_of_a_dead_process_are_taken_over(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "locks").iterdir()) == ["vps-locks.sqlite"]
 
 
+def test_owner_files_of_dead_processes_are_swept(tmp_path: Path) -> None:
+    for n in range(3):  # three processes that died holding host locks of another account
+        dead = HostLocks(tmp_path / "locks", account_scope("other", str(n)), journal="j")
+        dead.acquire("run-0", ["k9"])
+        assert dead._fd is not None
+        os.close(dead._fd)
+    live = HostLocks(tmp_path / "locks", account_scope("other", "live"), journal="j")
+    live.acquire("run-1", ["k1"])
+    alive = HostLocks(tmp_path / "locks", account_scope("u", "e"), journal="j")
+    try:
+        alive.acquire("run-2", ["k1"])
+        owners = sorted(p.name for p in (tmp_path / "locks").glob("owner-*"))
+        assert owners == sorted([f"owner-{live.token}.lock", f"owner-{alive.token}.lock"])
+    finally:
+        live.close()
+        alive.close()
+
+
 async def test_the_journal_takes_host_locks_with_its_own(tmp_path: Path) -> None:
     scope = account_scope("u", "e")
     a = await Journal.open(

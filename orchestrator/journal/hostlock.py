@@ -97,16 +97,18 @@ class HostLocks:
                 self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(self.directory, 0o700)
             _check_private(self.directory)
-            fd = os.open(
-                self._owner_file(self.token), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW,
-                0o600,
-            )  # fmt: skip
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # Locked under a temporary name, then renamed: an owner file never exists unlocked
+            # under its final name, so a sweep cannot take a starting process for a dead one.
+            fresh = self.directory / f"new-{self.token}.lock"
+            fd = os.open(fresh, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             self._fd = fd
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.rename(fresh, self._owner_file(self.token))
             path = self.directory / "vps-locks.sqlite"
             prepare_file(path)
             conn = sqlite3.connect(path, timeout=10.0, isolation_level=None)
             conn.execute(_SCHEMA)
+            self._sweep()
         except (OSError, sqlite3.Error) as exc:
             self._close_fd()
             raise JournalError(
@@ -114,6 +116,14 @@ class HostLocks:
             ) from exc
         self._conn = conn
         return conn
+
+    def _sweep(self) -> None:
+        """Drop the owner files of processes that died (their locks are taken over when a run
+        wants those VPSes; the files would only pile up)."""
+        for path in self.directory.glob("owner-*.lock"):
+            token = path.name[len("owner-") : -len(".lock")]
+            if token != self.token:
+                self._owner_alive(token)  # unlinks the file of a dead owner
 
     def _owner_alive(self, token: str) -> bool:
         """Whether the process behind ``token`` still holds its owner file's ``flock``."""
@@ -135,8 +145,9 @@ class HostLocks:
 
     def _close_fd(self) -> None:
         if self._fd is not None:
-            with contextlib.suppress(OSError):
-                self._owner_file(self.token).unlink()
+            for path in (self._owner_file(self.token), self.directory / f"new-{self.token}.lock"):
+                with contextlib.suppress(OSError):
+                    path.unlink()
             os.close(self._fd)
             self._fd = None
 
