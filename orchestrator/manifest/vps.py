@@ -10,7 +10,8 @@ every entry: the first mistake is reported once, where it is.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import itertools
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -67,6 +68,7 @@ class VpsResolver:
         self.defaults = defaults
         self.groups = groups
         self.declared = declared_tags
+        self._declared_set = frozenset(declared_tags)  # membership for every entry's tags
         # id of a level's raw vars -> (the raw vars, kept alive; its frozen values)
         self._frozen: dict[int, tuple[dict[str, Any], dict[str, Any]]] = {}
         # "did you mean" for unknown tags and groups, within a budget (suggest.Suggestions).
@@ -139,7 +141,7 @@ class VpsResolver:
         model = level.model
         if self.declared and model.tags:
             for j, tag in enumerate(model.tags):
-                if tag not in self.declared:
+                if tag not in self._declared_set:
                     hint = self._hint(tag, self.declared, "tag")
                     self.reporter.problem(
                         (*level.path, "tags", j),
@@ -309,11 +311,10 @@ class VpsResolver:
         )
 
 
-def _first(names: Iterable[str], shown: int = 10) -> str:
+def _first(names: Collection[str], shown: int = 10) -> str:
     """Name the first few of ``names`` (a message lists ten, not ten thousand)."""
-    items = list(names)
-    more = f", and {len(items) - shown} more" if len(items) > shown else ""
-    return ", ".join(items[:shown]) + more
+    more = f", and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(itertools.islice(names, shown)) + more
 
 
 def _pick(levels: Sequence[Level], attr: str) -> tuple[Any, FieldPath | None]:
