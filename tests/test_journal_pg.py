@@ -121,6 +121,19 @@ async def test_two_runners_opening_a_new_database_at_once(pg_url: str) -> None:
         await j.close()
 
 
+async def test_a_lost_connection_is_opened_again(pg_url: str) -> None:
+    async with await Journal.open(pg_url) as j:
+        run_id = await new_run(j, ["k1", "k2"])
+        # The database drops the journal's connection (a restart, a network blip).
+        rows(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                     " WHERE application_name = 'edis-fleet'")  # fmt: skip
+        with pytest.raises(JournalError):
+            await j.write_intents(run_id, ["k1"])  # this one fails: nothing is sent
+        await j.write_intents(run_id, ["k2"])  # the next one reconnects
+        states = {t.kvm_id: t.state for t in await j.targets(run_id)}
+    assert states == {"k1": TargetState.PENDING, "k2": TargetState.INTENT}
+
+
 # --------------------------------------------------------------------------- the URL
 
 

@@ -77,21 +77,9 @@ class PgStore:
         self._secrets = [s for s in secrets if s]
         self.commits = 0
         self.ignored_outcomes: list[tuple[str, str, TargetState, str | None]] = []
-        ms = max(1, int(busy_timeout * 1000))
-        try:
-            self._conn: psycopg.Connection[Any] = psycopg.connect(
-                conninfo,
-                autocommit=True,
-                connect_timeout=max(1, int(busy_timeout)),
-                application_name="edis-fleet",
-            )
-            # A lock another runner holds (a row, the advisory lock) is waited for this long,
-            # then the call fails: never hang a run on a stuck peer. Set here rather than with
-            # ``options=``, which would replace the URL's own (a ``search_path``, say).
-            self._conn.execute(f"SET lock_timeout = {ms}")
-            self._conn.execute("SET idle_in_transaction_session_timeout = 60000")
-        except psycopg.Error as exc:
-            raise JournalError(f"cannot open journal {shown}: {self._clean(exc)}") from None
+        self._conninfo = conninfo
+        self._busy_timeout = busy_timeout
+        self._conn = self._connect()
         try:
             self.schema_version = migrate(self._conn)
         except psycopg.Error as exc:
@@ -100,6 +88,36 @@ class PgStore:
         except BaseException:
             self._conn.close()
             raise
+
+    def _connect(self) -> psycopg.Connection[Any]:
+        """Open a connection (autocommit; transactions are explicit). Raises ``JournalError``."""
+        ms = max(1, int(self._busy_timeout * 1000))
+        try:
+            conn = psycopg.connect(
+                self._conninfo,
+                autocommit=True,
+                connect_timeout=max(1, int(self._busy_timeout)),
+                application_name="edis-fleet",
+            )
+            # A lock another runner holds (a row, the advisory lock) is waited for this long,
+            # then the call fails: never hang a run on a stuck peer. Set here rather than with
+            # ``options=``, which would replace the URL's own (a ``search_path``, say).
+            conn.execute(f"SET lock_timeout = {ms}")
+            conn.execute("SET idle_in_transaction_session_timeout = 60000")
+        except psycopg.Error as exc:
+            raise JournalError(f"cannot open journal {self.path}: {self._clean(exc)}") from None
+        return conn
+
+    def _live(self) -> psycopg.Connection[Any]:
+        """The connection, opened anew when the last one broke (a database restart, a network
+        blip): the call that met the broken connection failed — safely: an intent whose
+        commit is unknown is not sent, and reads as in doubt later — and the next call
+        reconnects instead of failing for the rest of the run."""
+        if self._conn.broken or self._conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                self._conn.close()
+            self._conn = self._connect()
+        return self._conn
 
     def _clean(self, exc: BaseException) -> str:
         """The error's text with any secret of the connection replaced by ``***``."""
@@ -117,13 +135,14 @@ class PgStore:
         happens only where ``fn`` reads a result, and at the commit (the batch's hot path: on
         a busy host each round trip costs a scheduling delay of the server process).
         """
+        conn = self._live()
         stack = contextlib.ExitStack()
         try:
             with stack:
                 if pipeline:
-                    stack.enter_context(self._conn.pipeline())
-                stack.enter_context(self._conn.transaction())
-                cur = stack.enter_context(self._conn.cursor())
+                    stack.enter_context(conn.pipeline())
+                stack.enter_context(conn.transaction())
+                cur = stack.enter_context(conn.cursor())
                 result = fn(cur)
         except psycopg.Error as exc:
             raise JournalError(f"journal {self.path}: {self._clean(exc)}") from None
@@ -145,11 +164,12 @@ class PgStore:
         """Commit ``batch`` in one transaction: outcomes, attempts, progress, then intents
         (``pg_batch``), in one round trip. Returns the refused intent requests with the
         reason; a refused request writes nothing."""
+        conn = self._live()
         try:
-            with self._conn.pipeline(), self._conn.transaction():
-                queued = pg_batch.queue(self._conn, batch, pid=self.pid, hostname=self.hostname)
+            with conn.pipeline(), conn.transaction():
+                queued = pg_batch.queue(conn, batch, pid=self.pid, hostname=self.hostname)
             self.commits += 1
-            return queued.finish(self._conn, self.ignored_outcomes)
+            return queued.finish(conn, self.ignored_outcomes)
         except psycopg.Error as exc:
             raise JournalError(f"journal {self.path}: {self._clean(exc)}") from None
 
