@@ -189,7 +189,7 @@ async def test_on_throttled_runs_even_when_the_call_gives_up() -> None:
 
     with pytest.raises(ThrottledError):
         await call_with_retries(
-            Script(*forever(ThrottledError)),
+            Script(*forever(ThrottledError, status=503)),  # bare 503s: the attempt cap holds
             destructive=False,
             policy=RetryPolicy(attempts=2),
             budget=RetryBudget(),
@@ -315,3 +315,22 @@ async def test_retries_after_overload_do_not_spend_the_budget() -> None:
     with pytest.raises(ThrottledError):
         await run(Script(*bare), budget=budget)  # one retry from the reserve, then refused
     assert (budget.retries, budget.refused) == (1, 1)
+
+
+async def test_overload_answers_count_against_no_attempt_cap_only_the_deadline() -> None:
+    policy = RetryPolicy(attempts=3, base=0.1, cap=1.0, deadline=60.0)
+    fn = Script(*forever(ThrottledError, n=20, status=429))
+    assert await run(fn, policy=policy) == "ok"
+    assert fn.calls == 21
+    # Sporadic errors still stop at the cap, 429s in between or not.
+    mixed = [ThrottledError("boom", endpoint=EP, status=429), *forever(NotSentError, n=5)]
+    fn = Script(*mixed)
+    with pytest.raises(NotSentError):
+        await run(fn, policy=policy)
+    assert fn.calls == 4  # one 429 and three counted attempts
+    # The deadline bounds a server that never stops throttling.
+    clock = FakeClock()
+    fn = Script(*forever(ThrottledError, status=429, retry_after=5.0), clock=clock, cost=1.0)
+    with pytest.raises(ThrottledError):
+        await run(fn, policy=policy, clock=clock)
+    assert clock.monotonic() <= 60.0 + 1.0

@@ -8,8 +8,10 @@ This is the only module that imports tenacity (DESIGN.md, "Layout").
   so an outage does not turn per-call retries into a retry storm ("Pitfalls": retry storms).
   A retry after an overload signal (a 429, a 503 with ``Retry-After``: ``limits.signal_of``)
   does not spend it: that retry waits for the fleet's rate, which the overload already cut
-  (``adaptive.py``), so it adds no load; attempts and the deadline still bound it. A provider
-  that answers a steady share of 429s must not exhaust the budget that sporadic errors need.
+  (``adaptive.py``), so it adds no load. Nor does it count against a call's ``attempts``:
+  a 429 says "not now", and only the ``deadline`` bounds how long a call waits for "now". A
+  provider that answers a steady share of 429s must not exhaust the budget that sporadic
+  errors need, nor fail a pre-flight read that met a burst of 429s six times.
 - ``call_with_retries`` runs one API call under a ``RetryPolicy``: full-jitter exponential
   backoff, at most ``attempts`` attempts, an overall ``deadline``, sleeps on the injected clock
   and at least the server's ``Retry-After`` after a throttle. When it gives up it re-raises the
@@ -75,7 +77,8 @@ def decide(outcome: Outcome, *, destructive: bool) -> Action:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How one call is retried: at most ``attempts`` attempts (the first included), backoff
+    """How one call is retried: at most ``attempts`` attempts (the first included; attempts
+    answered with an overload signal do not count, only the deadline bounds those), backoff
     ``base`` × 2**n seconds capped at ``cap`` with full jitter, and no attempt started after
     ``deadline`` seconds from the first. Raises ``ValueError`` for impossible values."""
 
@@ -204,15 +207,20 @@ async def call_with_retries(
     def wait(state: RetryCallState) -> float:
         return wait_after(_error(state), policy, state.attempt_number - 1, rng)
 
+    overloads = 0  # attempts answered with an overload signal: they count against no cap
+
     def stop(state: RetryCallState) -> bool:
         # tenacity computes the wait before asking whether to stop, so a retry whose sleep
         # would end past the deadline is not started. The budget is asked last, so it is
         # only spent on retries that really happen.
-        if state.attempt_number >= policy.attempts:
+        nonlocal overloads
+        overload = signal_of(_error(state)) is Signal.THROTTLE
+        overloads += overload
+        if state.attempt_number - overloads >= policy.attempts:
             return True
         if clock.monotonic() - started + state.upcoming_sleep > policy.deadline:
             return True
-        if signal_of(_error(state)) is Signal.THROTTLE:
+        if overload:
             budget.overload_retries += 1
             return False
         return not budget.try_spend()
