@@ -59,7 +59,7 @@ MID_WAVE_3 = 110
 LATE_WAVE_3 = 125
 # The wave-3 VPSes the retry scenarios script faults for (by position in wave 3).
 THROTTLED = 20
-RETRIED = 40
+RETRIED = 100  # far enough after THROTTLED that it is not yet sent at that kill
 ROLLOUT = f"""\
   waves: [1, "10%", "100%"]
   concurrency: {CONCURRENCY}
