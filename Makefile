@@ -1,4 +1,4 @@
-# Everything starts from nothing but python3: `make test` and `make demo` build the venv first.
+# Everything starts from nothing but python3: `make test` and `make demo` build their venv first.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -39,18 +39,31 @@ clean:
 
 # The main job against the bundled simulator: no credentials, no network beyond loopback.
 # The simulator runs time-scaled (a Linux install takes 3 s), so the run takes seconds.
-demo: install
+# The tool runs as a user gets it: the package alone, without the dev extras, in a venv of its
+# own (.venv-demo, rebuilt when the package changes), and the manifest is the example that
+# ships inside it (`edis-fleet init --example`), not the checkout's copy.
+DEMO     := .venv-demo
+DEMO_SRC := pyproject.toml $(shell find orchestrator -type f ! -path '*/__pycache__/*')
+
+$(DEMO)/.installed: $(DEMO_SRC)
+	$(PYTHON) -m venv $(DEMO)
+	$(DEMO)/bin/python -m pip install --quiet --upgrade pip
+	$(DEMO)/bin/python -m pip install --quiet .
+	touch $@
+
+demo: $(DEMO)/.installed
 	@bash -c 'set -euo pipefail; \
 	  work=$$(mktemp -d); \
-	  $(BIN)/edis-fleet simulator --vps 5 --port 0 --time-scale 0.01 \
+	  $(DEMO)/bin/edis-fleet init --example "$$work/fleet.yaml" > /dev/null; \
+	  $(DEMO)/bin/edis-fleet simulator --vps 5 --port 0 --time-scale 0.01 \
 	    --url-file "$$work/url" > "$$work/simulator.log" 2>&1 & sim=$$!; \
 	  trap "kill $$sim 2>/dev/null; wait $$sim 2>/dev/null; rm -rf \"$$work\"" EXIT; \
 	  for i in $$(seq 100); do [ -s "$$work/url" ] && break; sleep 0.1; done; \
 	  [ -s "$$work/url" ] || { cat "$$work/simulator.log"; exit 1; }; \
 	  echo "== simulator at $$(cat "$$work/url") (5 VPSes, installs time-scaled x0.01)"; \
-	  echo "== edis-fleet apply fleets/example.yaml"; \
+	  echo "== edis-fleet apply fleet.yaml (the bundled example: edis-fleet init --example)"; \
 	  EDIS_EMAIL=operator@example.com EDIS_PASSWORD=sim-pass EDIS_ROOT_PASSWORD=demo-Root-pass-42 \
-	  $(BIN)/edis-fleet apply fleets/example.yaml --session-url "$$(cat "$$work/url")" \
+	  $(DEMO)/bin/edis-fleet apply "$$work/fleet.yaml" --session-url "$$(cat "$$work/url")" \
 	    --allow-api-host 127.0.0.0/8 --journal "$$work/journal.sqlite"'
 
 # Benchmarks: scripts, not tests (tests/bench is not collected). Each prints its numbers;
