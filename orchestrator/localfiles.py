@@ -76,6 +76,8 @@ def _open(path: Path, *, follow: bool) -> int:
         return os.open(path, flags)
     except OSError as exc:
         raise LocalFileError(_os_reason(exc)) from None
+    except ValueError:  # a NUL character: no file system takes it
+        raise LocalFileError("is not a usable path (it holds a NUL character)") from None
 
 
 def _check(fd: int, max_bytes: int) -> os.stat_result:

@@ -236,7 +236,24 @@ CASES: dict[str, Case] = {
         BASE.replace("password: {env: EDIS_PASSWORD}", "password: {file: /dev/zero}"),
         "is a character device", "account.password.file",
     ),
+    "password-file-path-with-nul": Case(
+        _root_password('{file: "root\\0.txt"}'), "not a usable path", "defaults.root_password"
+    ),
+    "ca-file-path-with-nul": Case(
+        BASE.replace(
+            "  password: {env: EDIS_PASSWORD}\n",
+            '  password: {env: EDIS_PASSWORD}\n  ca_file: "ca\\0.pem"\n',
+        ),
+        "not a usable path", "account.ca_file",
+    ),
+    "template-path-with-escapes": Case(
+        _cloud_init('{file: "t\\e]0;owned\\a.j2"}'), "t\\x1b]0;owned\\x07.j2 not found",
+        "defaults.cloud_init",
+    ),
     # 10. The generated-passwords file.
+    "generate-path-with-nul": Case(
+        _root_password('{generate: "gen\\0.txt"}'), "not a usable path", "defaults.root_password"
+    ),
     "generate-through-symlink": Case(
         _root_password("{generate: gen.txt}"), "is a symbolic link", "defaults.root_password",
         None, _symlink("gen.txt", "victim.txt"),

@@ -133,8 +133,12 @@ class Sources:
         self.named_templates: dict[str, tuple[f.TemplateSource, FieldPath]] = {}
 
     def shown_path(self, relative: str) -> str:
-        """Return a manifest-relative path as the user would see it."""
-        return os.path.normpath(os.path.join(self.display_dir, relative))
+        """Return a manifest-relative path as the user would see it: control characters
+        escaped (a path must not rewrite the terminal), cut short past 200 characters."""
+        text = os.path.normpath(os.path.join(self.display_dir, relative))
+        if not text.isprintable():
+            text = text.encode("unicode_escape").decode("ascii")
+        return text if len(text) <= 200 else text[:197] + "..."
 
     # ---------------------------------------------------------------- templates
 

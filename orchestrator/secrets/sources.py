@@ -162,6 +162,11 @@ class PasswordBook:
 # remove or replace the file, and a file planted in advance is refused by its owner).
 
 
+# Linux's limits on a whole path and on one of its names, in bytes.
+_PATH_MAX = 4096
+_NAME_MAX = 255
+
+
 def _directory_problem(st: os.stat_result, shown: str) -> str | None:
     if not stat.S_ISDIR(st.st_mode):
         return f"{shown} is not a directory"
@@ -198,6 +203,9 @@ def generated_output_problem(path: Path, shown: str) -> str | None:
     Writes nothing: used by ``validate``. Missing directories are fine (they are created
     with mode 0700) when the nearest existing one passes the directory rules.
     """
+    raw = os.fsencode(path)
+    if b"\x00" in raw or len(raw) >= _PATH_MAX or any(len(p) > _NAME_MAX for p in raw.split(b"/")):
+        return f"{shown} is not a usable path (a NUL character, or too long)"
     ancestor = path.parent
     try:
         while not os.path.lexists(ancestor) and ancestor != ancestor.parent:
