@@ -228,6 +228,28 @@ class Crash:
         self.in_flight_at_kills.append(in_flight)
         self.received_at_kills.append(self.received())
 
+    def walk(self, path: Path, kills: tuple[Kill, ...]) -> str | None:
+        """Kill ``apply`` at the first moment and each recovering command at the next one;
+        return the run's id, or None if it was never recorded."""
+        run_id: str | None = None
+        for kill in kills:
+            if kill.prepare is not None:
+                self.on_sim_loop(kill.prepare)
+            if run_id is None:
+                self.kill_at(["apply", str(path), "--yes", "--quiet"], kill.moment)
+            else:
+                self.kill_at(["resume", run_id, "--quiet"], kill.moment)
+            self.on_sim_loop(lambda c: c.sim.clear_faults())  # not for the next command
+            if kill.recorded:
+                run_id = run_id or self.run_id(status="running")
+            else:
+                # Killed before the run was recorded: nothing was sent, and the recovery is a
+                # new apply (there is nothing to resume).
+                assert run_id is None
+                assert not self.journal.exists()
+                assert self.sim.counters.requests["set/reinstall"] == 0
+        return run_id
+
     def run_id(self, *, status: str) -> str:
         """The id of the journal's one run, as ``edis-fleet runs`` lists it (first column of
         the last line), checking its status (a killed run never recorded an end)."""
@@ -253,24 +275,25 @@ Moment = Callable[[Crash], Awaitable[None]]
 class Kill:
     """One kill moment. ``prepare`` runs before the command it kills starts (fault scripts),
     ``idle`` says the moment has no send in flight, ``in_flight`` (given the fleet's ids)
-    what exactly is in flight at it, when the scenario knows."""
+    what exactly is in flight at it, when the scenario knows; ``recorded`` whether the run
+    exists in the journal at it (if not, the recovery is a new ``apply``)."""
 
     moment: Moment
     prepare: Callable[[Crash], None] | None = None
     idle: bool = False
     in_flight: Callable[[list[str]], set[str]] | None = None
+    recorded: bool = True
 
 
 @dataclass(frozen=True)
 class Scenario:
-    """Kill moments walked in turn: the first kills ``apply``, each further one the
-    ``resume`` that follows; then a ``resume`` runs to the end. ``recorded`` says whether the
-    run exists in the journal at the first kill."""
+    """Kill moments walked in turn: the first kills ``apply``, each further one the command
+    that recovers (``resume`` of the run, or a new ``apply`` when the run was not recorded);
+    then that command runs to the end."""
 
     name: str
     kills: tuple[Kill, ...]
     time_scale: float = FAST_INSTALLS
-    recorded: bool = True
 
 
 def _wave_3_vps(crash: Crash, n: int) -> str:
@@ -430,15 +453,12 @@ async def mid_wave_3(crash: Crash) -> None:
 
 
 SCENARIOS = [
+    # Before the first send (a new apply recovers), the canary's POST held at the server, then
+    # mid wave 2, then early wave 3.
     Scenario(
-        "before-the-first-send",
-        (Kill(auth_done_preflight_running, idle=True),),
-        recorded=False,
-    ),
-    # The canary's POST held at the server, then mid wave 2, then early wave 3.
-    Scenario(
-        "canary-post-then-waves-2-and-3",
+        "before-sending-canary-post-waves-2-and-3",
         (
+            Kill(auth_done_preflight_running, idle=True, recorded=False),
             Kill(canary_post_in_flight, prepare=_hold_canary, in_flight=lambda ids: {ids[0]}),
             Kill(half_of_wave_2_received),
             Kill(early_wave_3),
@@ -496,26 +516,12 @@ def test_kill_then_resume_wipes_every_vps_at_most_once(
             sim, make_thread_sim, tmp_path, sim.vps_ids[:FLEET_SIZE], tmp_path / "journal.sqlite"
         )
 
-        first, *later = scenario.kills
-        if first.prepare is not None:
-            crash.on_sim_loop(first.prepare)
-        crash.kill_at(["apply", str(path), "--yes", "--quiet"], first.moment)
-        crash.on_sim_loop(lambda c: c.sim.clear_faults())  # what is left must not hit the resume
-        assert crash.journal.exists() == scenario.recorded
-        if not scenario.recorded:
-            # Killed before the run was recorded: nothing was sent, and the recovery is a new
-            # apply (there is nothing to resume).
-            assert not later
-            assert sim.counters.requests["set/reinstall"] == 0
+        run_id = crash.walk(path, scenario.kills)
+        if run_id is None:
             code, out, err = crash.run("apply", str(path), "--yes", "--quiet")
             run_id = crash.run_id(status="done")
         else:
-            run_id = crash.run_id(status="running")
-            for kill in later:
-                if kill.prepare is not None:
-                    crash.on_sim_loop(kill.prepare)
-                crash.kill_at(["resume", run_id, "--quiet"], kill.moment)
-                crash.on_sim_loop(lambda c: c.sim.clear_faults())
+            assert crash.run_id(status="running") == run_id
             code, out, err = crash.run("resume", run_id, "--quiet")
 
         states = crash.report(run_id)
