@@ -3,7 +3,9 @@ against the simulator's SSH servers over loopback (time-scaled: an install takes
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -19,9 +21,12 @@ from orchestrator.run.scheduler import Job, RunResult, WaveSpec
 from orchestrator.secrets.values import Secret
 from orchestrator.simulator import Simulator
 from orchestrator.templates.hostkey import HostKeyConflict, with_host_key
-from tests.conftest import SimFactory
-from tests.manifest_support import BASE, ENV, write_fleet
+from tests.cli_support import run_cli
+from tests.conftest import SimFactory, ThreadSims
+from tests.manifest_support import BASE, ENV
+from tests.manifest_support import write_fleet as write_manifest
 from tests.test_scheduler import assert_exactly_once, jobs_for, scheduler_for, settings
+from tests.test_secrets import ACCOUNT_PW, TEMPLATE, env, vps_lines, write_fleet
 
 LINUX = "cloudinit_ubuntu-lts-24-04"
 SIM = {"vps_count": 4, "time_scale": 0.002, "tcp_listeners": True, "cloud_init_seconds": 30}
@@ -185,9 +190,58 @@ def test_the_manifest_reads_readiness_ssh(tmp_path: Path) -> None:
         "    hostname: vps-002\n",
         "    hostname: vps-002\n    readiness: {ssh: {identity: agent}}\n",
     )
-    fleet = load_fleet(write_fleet(tmp_path, text), ENV)
+    fleet = load_fleet(write_manifest(tmp_path, text), ENV)
     first, second = (e.readiness for e in fleet.vps)
     assert first.mode is ReadinessMode.SSH
     assert first.deadline_s == 600.0
     assert first.ssh == SshLogin("ops", tmp_path.resolve() / "keys/ops", 300.0)
     assert second.ssh == SshLogin("ops", None, 300.0)  # the agent, the rest inherited
+
+
+def test_known_hosts_from_apply_lets_ssh_connect_without_trust_on_first_use(
+    make_thread_sim: ThreadSims, tmp_path: Path
+) -> None:
+    operator = asyncssh.generate_private_key("ssh-ed25519")
+    key_file = tmp_path / "ops_ed25519"
+    key_file.write_bytes(operator.export_private_key("openssh"))
+    public = operator.export_public_key("openssh").decode().strip()
+    template = TEMPLATE + f"ssh_authorized_keys:\n  - {public}\n"
+    with make_thread_sim(
+        vps_count=3, time_scale=0.002, tcp_listeners=True, password=ACCOUNT_PW
+    ) as sim:
+        readiness = (
+            f", readiness: {{mode: ssh, port: {sim.ssh_port}, deadline: 30s, "
+            "ssh: {user: root, identity: {file: ops_ed25519}}}"
+        )
+        ids = sim.vps_ids
+        path = write_fleet(
+            sim, tmp_path, vps_lines(ids, dict.fromkeys(ids, readiness)), template=template
+        )
+        args = ["apply", str(path), "--yes", "--journal", "j.sqlite", "--quiet"]
+        args += ["--known-hosts", "known_hosts", "--report-json", "run.json"]
+        done = run_cli(args, cwd=tmp_path, env={"PATH": "/usr/bin:/bin", **env(sim)})
+        assert done.returncode == 0, done.stderr
+        lines = (tmp_path / "known_hosts").read_text().splitlines()
+        assert len(lines) == len(ids)
+        report = json.loads((tmp_path / "run.json").read_text())
+        assert all(line in json.dumps(report) for line in lines)
+
+        async def status(kvm_id: str) -> str:
+            async with asyncssh.connect(
+                sim.vps(kvm_id).ip,
+                sim.ssh_port,
+                username="root",
+                client_keys=[operator],
+                known_hosts=str(tmp_path / "known_hosts"),
+                agent_path=None,
+                config=None,
+            ) as conn:
+                done = await conn.run("cloud-init status --format json", check=True)
+                return str(done.stdout)
+
+        for kvm_id in ids:
+            assert json.loads(asyncio.run(status(kvm_id)))["status"] == "done"
+        # And a key it does not list is refused: the file pins, it does not trust blindly.
+        (tmp_path / "known_hosts").write_text(lines[1].replace(sim.vps(ids[1]).ip, "127.0.9.9"))
+        with pytest.raises(asyncssh.HostKeyNotVerifiable):
+            asyncio.run(status(ids[0]))

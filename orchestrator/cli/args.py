@@ -87,6 +87,11 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report-json", metavar="FILE", help="write the JSON report here at the end")
     p.add_argument("--junit", metavar="FILE", help="write a JUnit XML report here at the end")
     p.add_argument(
+        "--known-hosts",
+        metavar="FILE",
+        help="readiness mode ssh: write each proven VPS's new host key here (known_hosts format)",
+    )
+    p.add_argument(
         "--events",
         metavar="FILE",
         help="stream one JSON line per state change to FILE ('-' for stdout)",
@@ -128,6 +133,7 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
         journal=args.journal,
         report_json=args.report_json,
         junit=args.junit,
+        known_hosts=args.known_hosts,
         events=args.events,
         quiet=args.quiet,
         log_format=LogFormat(args.log_format),

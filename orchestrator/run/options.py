@@ -127,6 +127,8 @@ class OutputOptions:
     journal: str | None = None
     report_json: str | None = None
     junit: str | None = None
+    # Readiness mode ssh: a known_hosts file with each proven VPS's new host key.
+    known_hosts: str | None = None
     events: str | None = None
     quiet: bool = False
     log_format: LogFormat = LogFormat.TEXT

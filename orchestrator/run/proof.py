@@ -22,6 +22,7 @@ up before the send (it also needs it for the pre-send key scan).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,9 @@ DOWN_INTERVAL = 0.5
 MAX_INTERVAL = 2.0
 # How many of cloud-init's error lines a failed VPS's reason carries.
 ERROR_LINES = 3
+# The proven host key ends the VPS's reason as a known_hosts line, so the journal, every
+# report and ``--known-hosts`` (from the journal: a resumed run's too) all have it.
+KNOWN_HOSTS_MARK = "; known_hosts: "
 
 
 @dataclass(frozen=True)
@@ -123,15 +127,17 @@ class Prover:
         elapsed = self.clock.monotonic() - start
         if proof is None:
             return ReadyResult(False, _unproven(seen, spec, deadline_s), elapsed, seen.scans)
-        kind, key = proof
+        proven, key = proof
         self.proven[kvm_id] = key
-        self.proof_kind[kvm_id] = kind
+        self.proof_kind[kvm_id] = proven
+        entry = f"{KNOWN_HOSTS_MARK}{_known_hosts_line(host, port, key)}"
         if spec.user is None or not spec.cloud_init:
             why = "no readiness.ssh.user" if spec.user is None else "user data is not cloud-config"
-            return ReadyResult(True, f"{kind}; cloud-init not checked ({why})", elapsed, seen.scans)
+            reason = f"{proven}; cloud-init not checked ({why}){entry}"
+            return ReadyResult(True, reason, elapsed, seen.scans)
         ready, verdict = await self._cloud_init_stage(spec, host, port, key)
         elapsed = self.clock.monotonic() - start
-        return ReadyResult(ready, f"{kind}; {verdict}", elapsed, seen.scans)
+        return ReadyResult(ready, f"{proven}; {verdict}{entry}", elapsed, seen.scans)
 
     async def look(self, host: str, port: int) -> str | None:
         """One key scan (reconciliation): the key presented now, or None."""
@@ -202,6 +208,24 @@ class Prover:
                 return verdict
             last = "cloud-init still running"
             await self.clock.sleep(min(DOWN_INTERVAL, max(0.0, left)))
+
+
+def known_hosts_text(reasons: Iterable[str]) -> str:
+    """The known_hosts file of a run: one line per VPS whose host key was proven, read from
+    the reasons the journal recorded (``KNOWN_HOSTS_MARK``)."""
+    lines = []
+    for reason in reasons:
+        _, mark, line = reason.rpartition(KNOWN_HOSTS_MARK)
+        parts = line.split()
+        if mark and len(parts) == 3 and parts[1].startswith("ssh-"):
+            lines.append(" ".join(parts))
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _known_hosts_line(host: str, port: int, public: str) -> str:
+    """One known_hosts line for ``host:port`` (``[host]:port`` unless the port is 22)."""
+    name = host if port == 22 else f"[{host}]:{port}"
+    return f"{name} {' '.join(public.split()[:2])}"
 
 
 def _verdict(exit_status: int | None, stdout: str) -> tuple[bool, str] | None:

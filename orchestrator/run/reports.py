@@ -19,6 +19,7 @@ from orchestrator.report import (
 )
 from orchestrator.run.execute import RunOutcome
 from orchestrator.run.options import OutputOptions, ReportFormat
+from orchestrator.run.proof import known_hosts_text
 
 
 def render_report(
@@ -46,9 +47,9 @@ def render_report(
 def write_reports(
     outcome: RunOutcome, output: OutputOptions, redact: Callable[[str], str]
 ) -> list[tuple[str, OSError]]:
-    """Write the JSON and JUnit reports ``output`` asks for; return the files that could not
-    be written, with why (not fatal: the journal holds everything and a report can be written
-    again from it)."""
+    """Write the JSON and JUnit reports and the known_hosts file ``output`` asks for; return
+    the files that could not be written, with why (not fatal: the journal holds everything
+    and a report can be written again from it)."""
     run, targets, attempts = outcome.run, outcome.targets, outcome.attempts
     failed: list[tuple[str, OSError]] = []
     if output.report_json:
@@ -57,6 +58,8 @@ def write_reports(
         _write(output.report_json, text, failed)
     if output.junit:
         _write(output.junit, junit_report(run, targets, attempts, redact=redact), failed)
+    if output.known_hosts:
+        _write(output.known_hosts, known_hosts_text(t.reason for t in targets), failed)
     return failed
 
 

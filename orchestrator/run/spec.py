@@ -9,12 +9,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.fleet import Fleet, takes_cloud_init
+from orchestrator.errors import ManifestError
+from orchestrator.fleet import Fleet, ReadinessMode, takes_cloud_init
 from orchestrator.journal import JournalConfig, TargetSpec
 from orchestrator.manifest import SelectedFleet
 from orchestrator.run.execute import Account, RunSpec
 from orchestrator.run.options import Endpoint
 from orchestrator.run.plan import Plan
+from orchestrator.run.proof import ProofSpec, prepare_proof
 from orchestrator.run.retry import RetryPolicy
 from orchestrator.run.scheduler import Job, RunSettings, WaveSpec
 from orchestrator.secrets import (
@@ -88,6 +90,14 @@ def build_spec(
             if entry.template is not None and takes_cloud_init(entry.image):
                 user_data = Secret(templates.render(entry, root).text)
             r = entry.readiness
+            proof: ProofSpec | None = None
+            if r.mode is ReadinessMode.SSH:
+                try:
+                    user_data, proof, host_key = prepare_proof(user_data, r)
+                except ValueError as exc:
+                    raise ManifestError([f"vps {kvm_id}: readiness mode ssh: {exc}"]) from None
+                if host_key is not None:
+                    redact.add(host_key)
             jobs.append(
                 Job(
                     kvm_id=kvm_id,
@@ -104,6 +114,7 @@ def build_spec(
                     vps_deadline_s=rollout.vps_deadline_s,
                     accepted_already=resume is not None and kvm_id in resume.accepted,
                     in_doubt_since=None if resume is None else resume.in_doubt_since.get(kvm_id),
+                    proof=proof,
                 )
             )
             targets.append(

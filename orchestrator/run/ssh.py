@@ -158,13 +158,6 @@ async def run_pinned(
     return CommandResult(done.exit_status, _text(done.stdout), _text(done.stderr))
 
 
-def known_hosts_line(host: str, port: int, public: str) -> str:
-    """One known_hosts line for ``host:port`` (``[host]:port`` when the port is not 22)."""
-    name = host if port == 22 else f"[{host}]:{port}"
-    kind, blob = public.split()[:2]
-    return f"{name} {kind} {blob}"
-
-
 def _public_line(key: asyncssh.SSHKey) -> str:
     return " ".join(key.export_public_key("openssh").decode("ascii").split()[:2])
 
