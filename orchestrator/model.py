@@ -103,6 +103,9 @@ class TargetEvent:
     wave: int
     at: float
     reason: str = ""
+    # ``in_doubt`` only: the in-doubt policy decided to resend this VPS once its install
+    # window has passed (the journal records the decision, so resume serves that window).
+    resend: bool = False
 
 
 class ReinstallAPI(Protocol):

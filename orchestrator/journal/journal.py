@@ -365,8 +365,14 @@ class Journal:
         ]  # fmt: skip
         await self._call(partial(self._store.add_targets, rows))
 
-    async def write_intents(self, run_id: str, kvm_ids: Iterable[str]) -> None:
+    async def write_intents(
+        self, run_id: str, kvm_ids: Iterable[str], *, resend: bool = False
+    ) -> None:
         """Durably record that the reinstall POSTs for ``kvm_ids`` are about to leave.
+
+        ``resend`` marks the in-doubt resend after the install window: it is refused for a VPS
+        already resent in this run (at most one resend per VPS per run, across any number of
+        kills) and recorded as ``resent_at``.
 
         Returns only after the commit; concurrent callers share one transaction. All of
         ``kvm_ids`` are written or none: raises ``JournalError`` (nothing written for this
@@ -378,7 +384,7 @@ class Journal:
         if not ids:
             return
         self._check_open()
-        req = IntentRequest(run_id, ids, self._clock.time())
+        req = IntentRequest(run_id, ids, self._clock.time(), resend=resend)
         ticket = self._ticket
         self._batch.intents.append(req)
         self._enqueued()
@@ -438,6 +444,16 @@ class Journal:
         if self._oldest is None:
             self._oldest = self._clock.monotonic()
 
+    def enqueue_resend_decision(self, run_id: str, kvm_id: str, at: float | None = None) -> None:
+        """Buffer the in-doubt policy's decision to resend ``kvm_id`` once its install window
+        (counted from the recorded ``sent_at``) has passed: resume then serves the rest of
+        that window and resends, instead of leaving the VPS in doubt. Ignored for a VPS
+        already resent. Raises ``JournalError`` when closed."""
+        self._check_open()
+        self._batch.resends.append((self._clock.time() if at is None else at, run_id, kvm_id))
+        if self._oldest is None:
+            self._oldest = self._clock.monotonic()
+
     async def record_attempt(self, run_id: str, attempt: Attempt, *, durable: bool = False) -> None:
         """Record one API call of the run, buffered unless ``durable``; its message is redacted.
 
@@ -468,11 +484,13 @@ class Journal:
         failures: int | None = None,
         retries: int | None = None,
         counters: Mapping[str, int] | None = None,
+        wave_ready: Mapping[int, float] | None = None,
     ) -> None:
         """Durably store the counters resume carries over: the wave position, the failure and
-        retry budgets used, and any further named ``counters`` (which replace the stored
-        mapping). Only the ones given change. Returns after the commit; raises ``JournalError``
-        when it fails."""
+        retry budgets used, any further named ``counters`` (which replace the stored
+        mapping) and ``wave_ready`` (when each wave became ready; replaces the stored one).
+        Only the ones given change. Returns after the commit; raises ``JournalError`` when it
+        fails."""
         fields: dict[str, Any] = {"updated_at": self._clock.time()}
         if wave is not None:
             fields["wave_position"] = wave
@@ -482,6 +500,8 @@ class Journal:
             fields["retries"] = retries
         if counters is not None:
             fields["counters_json"] = json.dumps(dict(counters), sort_keys=True)
+        if wave_ready is not None:
+            fields["waves_json"] = json.dumps({str(k): v for k, v in wave_ready.items()})
         self._check_open()
         ticket = self._ticket
         self._batch.progress.setdefault(run_id, {}).update(fields)
@@ -504,14 +524,21 @@ class Journal:
             if len(self._batch):
                 await self.flush()
 
-    async def finish_run(self, run_id: str, status: RunStatus) -> RunRecord:
-        """Flush, then set the run's status and end time; return the run.
+    async def finish_run(self, run_id: str, status: RunStatus, *, error: str = "") -> RunRecord:
+        """Flush, then set the run's status and end time; return the run. ``error`` (a
+        ``crashed`` run's cause) is redacted and recorded with it.
 
         ``running`` reopens it for this process instead (resume). Raises ``JournalError`` for
         an unknown run.
         """
         await self.flush()
-        fn = partial(self._store.set_run_status, run_id, RunStatus(status), self._clock.time())
+        fn = partial(
+            self._store.set_run_status,
+            run_id,
+            RunStatus(status),
+            self._clock.time(),
+            self._redact(error),
+        )
         return await self._call(fn)
 
     async def reopen_run(self, run_id: str) -> RunRecord:
@@ -531,9 +558,12 @@ class Journal:
         await self.flush()
         return await self._call(partial(self._store.run, run_id))
 
-    async def targets(self, run_id: str) -> list[TargetRecord]:
-        """Return the run's targets with their states, in wave and position order."""
-        await self.flush()
+    async def targets(self, run_id: str, *, flush: bool = True) -> list[TargetRecord]:
+        """Return the run's targets with their states, in wave and position order (this
+        instance's pending writes flushed first, unless not ``flush``: reading a journal that
+        can no longer be written)."""
+        if flush:
+            await self.flush()
         return await self._call(partial(self._store.targets, run_id))
 
     async def attempts(self, run_id: str, kvm_id: str | None = None) -> list[AttemptRecord]:

@@ -27,7 +27,7 @@ import psycopg
 
 from orchestrator.journal.pg_schema import LOCKS_KEY
 from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM
-from orchestrator.journal.store import Batch, IntentRequest
+from orchestrator.journal.store import RESENT_ONCE, Batch, IntentRequest
 from orchestrator.model import TargetState
 
 _log = logging.getLogger("orchestrator.journal.journal")
@@ -70,27 +70,40 @@ _INTENT_FROM = ", ".join(f"'{st.value}'" for st in INTENT_FROM)
 # problem are written, all in the statement's one snapshot; the problems come back.
 _INTENTS_SQL = f"""
     WITH req AS (
-        SELECT * FROM unnest(%(req)s::int[], %(run)s::text[], %(kvm)s::text[], %(at)s::float8[])
-            AS v(req, run_id, kvm_id, at)
+        SELECT * FROM unnest(%(req)s::int[], %(run)s::text[], %(kvm)s::text[], %(at)s::float8[],
+                             %(resend)s::bool[])
+            AS v(req, run_id, kvm_id, at, resend)
     ), chk AS (
-        SELECT r.req, r.run_id, r.kvm_id, r.at, t.state,
-               l.run_id AS lock_run, l.pid AS lock_pid, l.hostname AS lock_host
+        SELECT r.req, r.run_id, r.kvm_id, r.at, r.resend, t.state,
+               l.run_id AS lock_run, l.pid AS lock_pid, l.hostname AS lock_host,
+               (r.resend AND t.resent_at IS NOT NULL) AS resent
         FROM req r
         LEFT JOIN targets t ON t.run_id = r.run_id AND t.kvm_id = r.kvm_id
         LEFT JOIN locks l ON l.kvm_id = r.kvm_id
     ), bad AS (
         SELECT * FROM chk
         WHERE state IS NULL OR state NOT IN ({_INTENT_FROM}) OR lock_run IS NULL
-           OR lock_run <> run_id OR lock_pid <> %(pid)s OR lock_host <> %(host)s
+           OR lock_run <> run_id OR lock_pid <> %(pid)s OR lock_host <> %(host)s OR resent
     ), written AS (
-        UPDATE targets t SET state = 'intent', sent_at = c.at, sends = t.sends + 1, reason = ''
+        UPDATE targets t SET state = 'intent', sent_at = c.at, sends = t.sends + 1, reason = '',
+            resent_at = CASE WHEN c.resend THEN c.at ELSE t.resent_at END
         FROM chk c
         WHERE t.run_id = c.run_id AND t.kvm_id = c.kvm_id
           AND c.req NOT IN (SELECT req FROM bad)
     )
-    SELECT req, kvm_id, state, lock_run, lock_pid, lock_host FROM bad ORDER BY req, kvm_id
+    SELECT req, kvm_id, state, lock_run, lock_pid, lock_host, resent FROM bad
+    ORDER BY req, kvm_id
 """  # noqa: S608 - built from our own enums, never from input
-_PROGRESS_COLUMNS = frozenset({"wave_position", "failures", "retries", "counters_json"})
+_PROGRESS_COLUMNS = frozenset(
+    {"wave_position", "failures", "retries", "counters_json", "waves_json"}
+)
+# The in-doubt policy decided to resend (as ``store._DECIDE_RESEND``), for a whole batch.
+_RESENDS_SQL = """
+    UPDATE targets t SET resend_decided_at = v.at
+    FROM unnest(%s::float8[], %s::text[], %s::text[]) AS v(at, run_id, kvm_id)
+    WHERE t.run_id = v.run_id AND t.kvm_id = v.kvm_id
+      AND t.resend_decided_at IS NULL AND t.resent_at IS NULL
+"""
 
 
 Round = list[tuple[str, str, TargetState, str, float]]
@@ -134,10 +147,12 @@ class Queued:
 
 def _problem(run_id: str, row: Sequence[Any]) -> str:
     """Why an intent of ``run_id`` may not be written, from a row ``(kvm_id, state, lock's
-    run, pid, host)`` of ``_INTENTS_SQL`` (in the SQLite store's words)."""
-    kvm_id, state, run, pid, host = row
+    run, pid, host, resent already)`` of ``_INTENTS_SQL`` (in the SQLite store's words)."""
+    kvm_id, state, run, pid, host, resent = row
     if state is None:
         return f"{kvm_id}: not a target of run {run_id}"
+    if resent:
+        return f"{kvm_id}: {RESENT_ONCE}"
     if TargetState(state) not in INTENT_FROM:
         return f"{kvm_id}: state is {state}; another send could repeat it"
     who = "nobody" if run is None else f"run {run} (pid {pid} on {host})"
@@ -179,6 +194,9 @@ def queue(conn: psycopg.Connection[Any], batch: Batch, *, pid: int, hostname: st
             f"UPDATE runs SET {sets}updated_at = %(updated_at)s WHERE id = %(run)s",  # noqa: S608
             {**fields, "run": run_id},
         )
+    if batch.resends:
+        resends = [(float(at), r, k) for at, r, k in batch.resends]
+        conn.execute(_RESENDS_SQL, [list(c) for c in zip(*resends, strict=True)])
     if batch.intents:
         _queue_intents(conn, batch.intents, queued, pid=pid, hostname=hostname)
     return queued
@@ -196,7 +214,7 @@ def _queue_intents(
     # A VPS claimed by an earlier request of this batch: refused here, as the earlier intent
     # makes its state ``intent`` (one statement cannot see its own writes).
     claimed: set[tuple[str, str]] = set()
-    rows: list[tuple[int, str, str, float]] = []
+    rows: list[tuple[int, str, str, float, bool]] = []
     for n, req in enumerate(requests):
         keys = {(req.run_id, k) for k in req.kvm_ids}
         if keys & claimed:
@@ -207,7 +225,7 @@ def _queue_intents(
             continue
         claimed |= keys
         queued.requests[n] = req
-        rows += [(n, req.run_id, k, float(req.at)) for k in req.kvm_ids]
+        rows += [(n, req.run_id, k, float(req.at), req.resend) for k in req.kvm_ids]
     if not rows:
         return
     # Taken before the statement's snapshot: a takeover committed earlier is seen, a later
@@ -218,6 +236,6 @@ def _queue_intents(
     cur.execute(
         _INTENTS_SQL,
         {"req": columns[0], "run": columns[1], "kvm": columns[2], "at": columns[3],
-         "pid": pid, "host": hostname},
+         "resend": columns[4], "pid": pid, "host": hostname},
     )  # fmt: skip
     queued.intents = cur

@@ -107,10 +107,26 @@ def _migrate_to_1(cur: psycopg.Cursor[Any]) -> None:
         )""")
 
 
+def _migrate_to_2(cur: psycopg.Cursor[Any]) -> None:
+    """Version 2 (as ``schema._migrate_to_2``): the statuses ``rto_missed`` and ``crashed``,
+    ``runs.error``, ``runs.waves_json``, ``targets.resend_decided_at`` and
+    ``targets.resent_at``."""
+    cur.execute("ALTER TABLE runs DROP CONSTRAINT IF EXISTS runs_status_check")
+    cur.execute(
+        f"ALTER TABLE runs ADD CONSTRAINT runs_status_check"  # our own enum, never input
+        f" CHECK (status IN ({sql_list(RunStatus)}))"
+    )
+    cur.execute("ALTER TABLE runs ADD COLUMN error TEXT NOT NULL DEFAULT ''")
+    cur.execute("ALTER TABLE runs ADD COLUMN waves_json TEXT NOT NULL DEFAULT '{}'")
+    cur.execute("ALTER TABLE targets ADD COLUMN resend_decided_at DOUBLE PRECISION")
+    cur.execute("ALTER TABLE targets ADD COLUMN resent_at DOUBLE PRECISION")
+
+
 PgMigration = Callable[["psycopg.Cursor[Any]"], None]
 
 PG_MIGRATIONS: dict[int, PgMigration] = {
     1: _migrate_to_1,
+    2: _migrate_to_2,
 }
 
 

@@ -213,20 +213,24 @@ class PgStore:
         except JournalError as exc:
             raise JournalError(f"cannot add targets: {exc}") from None
 
-    def set_run_status(self, run_id: str, status: RunStatus, now: float) -> RunRecord:
-        """Set a run's status (``running`` also takes it over for this process); return it."""
+    def set_run_status(
+        self, run_id: str, status: RunStatus, now: float, error: str = ""
+    ) -> RunRecord:
+        """Set a run's status and ``error`` (``running`` also takes it over for this process
+        and clears the error); return it."""
 
         def tx(cur: psycopg.Cursor[Any]) -> RunRecord:
             if status is RunStatus.RUNNING:
                 cur.execute(
                     "UPDATE runs SET status = 'running', ended_at = NULL, pid = %s,"
-                    " hostname = %s, updated_at = %s WHERE id = %s",
+                    " hostname = %s, updated_at = %s, error = '' WHERE id = %s",
                     (self.pid, self.hostname, now, run_id),
                 )
             else:
                 cur.execute(
-                    "UPDATE runs SET status = %s, ended_at = %s, updated_at = %s WHERE id = %s",
-                    (status.value, now, now, run_id),
+                    "UPDATE runs SET status = %s, ended_at = %s, updated_at = %s, error = %s"
+                    " WHERE id = %s",
+                    (status.value, now, now, error, run_id),
                 )
             return self._run(run_id)
 

@@ -63,13 +63,13 @@ import json
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from orchestrator.errors import JournalError
 from orchestrator.model import Outcome, TargetState
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # "EDIS" in ASCII: marks the file as an edis-fleet journal for `file(1)` and for us.
 APPLICATION_ID = 0x45444953
 
@@ -83,6 +83,10 @@ class RunStatus(enum.StrEnum):
     ABORTED = "aborted"
     INTERRUPTED = "interrupted"
     IN_DOUBT = "in_doubt"
+    # Version 2: every VPS back but over the RTO; stopped by an internal error or a fault of
+    # this machine (``runs.error`` says which). The words of ``report.verdict``.
+    RTO_MISSED = "rto_missed"
+    CRASHED = "crashed"
 
 
 # For each outcome state, the states a target may be in to take it. An outcome that does not
@@ -95,7 +99,9 @@ OUTCOME_FROM: dict[TargetState, frozenset[TargetState]] = {
     TargetState.FAILED: frozenset(
         {TargetState.PENDING, TargetState.INTENT, TargetState.ACCEPTED, TargetState.IN_DOUBT}
     ),
-    TargetState.IN_DOUBT: frozenset({TargetState.INTENT}),
+    # From ``in_doubt`` too: a resumed run re-states a doubt it carries over (with its
+    # decided resend) before serving the rest of the install window.
+    TargetState.IN_DOUBT: frozenset({TargetState.INTENT, TargetState.IN_DOUBT}),
     TargetState.SKIPPED: frozenset({TargetState.PENDING}),
 }
 
@@ -188,10 +194,57 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
         )""")
 
 
+# Version 2's new columns, shared with the PostgreSQL schema: ``runs.error`` (why a crashed
+# run stopped, redacted), ``runs.waves_json`` (``{wave: unix time it became ready}``: resume
+# serves an interrupted soak in full from it), ``targets.resend_decided_at`` (the in-doubt
+# policy decided to resend this VPS after its install window, counted from ``sent_at``) and
+# ``targets.resent_at`` (that resend's intent was written: never a second one in this run).
+V2_RUN_COLUMNS = ("error", "waves_json")
+V2_TARGET_COLUMNS = ("resend_decided_at", "resent_at")
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    """Version 2: the statuses ``rto_missed`` and ``crashed`` (SQLite cannot change a CHECK:
+    ``runs`` is rebuilt; ``Store`` migrates before it switches foreign keys on), ``runs.error``,
+    ``runs.waves_json``, ``targets.resend_decided_at`` and ``targets.resent_at``."""
+    conn.execute(f"""
+        CREATE TABLE runs_v2 (
+            id              TEXT PRIMARY KEY,
+            manifest_path   TEXT NOT NULL,
+            manifest_sha256 TEXT NOT NULL,
+            plan_sha256     TEXT NOT NULL,
+            options_json    TEXT NOT NULL DEFAULT '{{}}',
+            pid             INTEGER NOT NULL,
+            hostname        TEXT NOT NULL,
+            started_at      REAL NOT NULL,
+            updated_at      REAL NOT NULL,
+            ended_at        REAL,
+            status          TEXT NOT NULL CHECK (status IN ({sql_list(RunStatus)})),
+            wave_position   INTEGER NOT NULL DEFAULT 0,
+            failures        INTEGER NOT NULL DEFAULT 0,
+            retries         INTEGER NOT NULL DEFAULT 0,
+            counters_json   TEXT NOT NULL DEFAULT '{{}}',
+            error           TEXT NOT NULL DEFAULT '',
+            waves_json      TEXT NOT NULL DEFAULT '{{}}'
+        )""")
+    conn.execute(
+        "INSERT INTO runs_v2 (id, manifest_path, manifest_sha256, plan_sha256, options_json, pid,"
+        " hostname, started_at, updated_at, ended_at, status, wave_position, failures, retries,"
+        " counters_json) SELECT id, manifest_path, manifest_sha256, plan_sha256, options_json,"
+        " pid, hostname, started_at, updated_at, ended_at, status, wave_position, failures,"
+        " retries, counters_json FROM runs"
+    )
+    conn.execute("DROP TABLE runs")
+    conn.execute("ALTER TABLE runs_v2 RENAME TO runs")
+    conn.execute("ALTER TABLE targets ADD COLUMN resend_decided_at REAL")
+    conn.execute("ALTER TABLE targets ADD COLUMN resent_at REAL")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
 MIGRATIONS: dict[int, Migration] = {
     1: _migrate_to_1,
+    2: _migrate_to_2,
 }
 
 
@@ -273,6 +326,9 @@ class RunRecord:
     failures: int
     retries: int
     counters: Mapping[str, int]
+    # Version 2: why a crashed run stopped (redacted), and when each wave became ready.
+    error: str = ""
+    wave_ready: Mapping[int, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -294,6 +350,9 @@ class TargetRecord:
     ready_at: float | None
     ended_at: float | None
     reason: str
+    # Version 2: the in-doubt resend was decided (after the window from ``sent_at``) / sent.
+    resend_decided_at: float | None = None
+    resent_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -443,6 +502,10 @@ def run_from_row(row: sqlite3.Row | Mapping[str, Any]) -> RunRecord:
         failures=row["failures"],
         retries=row["retries"],
         counters=_json(row["counters_json"], f"run {row['id']} counters"),
+        error=row["error"],
+        wave_ready={
+            int(k): float(v) for k, v in _json(row["waves_json"], f"run {row['id']} waves").items()
+        },
     )
 
 

@@ -43,11 +43,14 @@ class JournalSink:
     async def before_send(self, kvm_id: str, wave: int) -> None:
         """Make the intent for ``kvm_id`` durable (``wave`` is not needed: the target row has
         it). Raises ``JournalError`` when refused or when the commit fails."""
-        if self._last.get(kvm_id) is TargetState.INTENT:
+        last = self._last.get(kvm_id)
+        if last is TargetState.INTENT:
             self.journal.enqueue_outcome(
                 self.run_id, kvm_id, TargetState.PENDING, reason=self.NOT_SENT
             )
-        await self.journal.write_intents(self.run_id, [kvm_id])
+        # A send after ``in_doubt`` is the in-doubt resend: the journal allows one per run.
+        resend = last is TargetState.IN_DOUBT
+        await self.journal.write_intents(self.run_id, [kvm_id], resend=resend)
         self._last[kvm_id] = TargetState.INTENT
 
     def emit(self, event: TargetEvent) -> None:
@@ -74,6 +77,8 @@ class JournalSink:
         self.journal.enqueue_outcome(
             self.run_id, event.kvm_id, event.state, reason=event.reason, at=event.at
         )
+        if event.state is TargetState.IN_DOUBT and event.resend:
+            self.journal.enqueue_resend_decision(self.run_id, event.kvm_id, at=event.at)
         self._last[event.kvm_id] = event.state
 
 

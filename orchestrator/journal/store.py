@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from orchestrator.errors import JournalError
 from orchestrator.journal import locks as journal_locks
@@ -40,6 +40,7 @@ from orchestrator.model import TargetState
 
 _log = logging.getLogger("orchestrator.journal.journal")
 T = TypeVar("T")
+RESENT_ONCE = "already resent once in this run; never resent twice"
 
 _PHASE_COLUMNS: dict[TargetState, tuple[str, ...]] = {
     TargetState.PENDING: (),
@@ -67,7 +68,14 @@ _INSERT_ATTEMPT = """
     INSERT INTO attempts (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
 """
-_PROGRESS_COLUMNS = frozenset({"wave_position", "failures", "retries", "counters_json"})
+_PROGRESS_COLUMNS = frozenset(
+    {"wave_position", "failures", "retries", "counters_json", "waves_json"}
+)
+# The in-doubt policy decided to resend (schema version 2): once, and never after the resend.
+_DECIDE_RESEND = (
+    "UPDATE targets SET resend_decided_at = ? WHERE run_id = ? AND kvm_id = ?"
+    " AND resend_decided_at IS NULL AND resent_at IS NULL"
+)
 
 
 @dataclass(eq=False)
@@ -77,6 +85,9 @@ class IntentRequest:
     run_id: str
     kvm_ids: tuple[str, ...]
     at: float
+    # The in-doubt resend after the install window: refused when the VPS was already resent
+    # in this run, and recorded (``resent_at``) so no later process resends it again.
+    resend: bool = False
 
 
 @dataclass
@@ -92,14 +103,20 @@ class Batch:
     )
     # run_id -> {column: value}; the latest value of a column wins.
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # (at, run_id, kvm_id): resends decided by the in-doubt policy, written after the outcomes.
+    resends: list[tuple[float, str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return len(self.intents) + len(self.outcomes) + len(self.attempts) + len(self.progress)
+        return (
+            len(self.intents) + len(self.outcomes) + len(self.attempts) + len(self.progress)
+            + len(self.resends)
+        )  # fmt: skip
 
     def take_back(self, failed: Batch) -> None:
         """Put the rows of a ``failed`` batch (all but its intents) before this one's."""
         self.outcomes[:0] = failed.outcomes
         self.attempts[:0] = failed.attempts
+        self.resends[:0] = failed.resends
         for run_id, fields in failed.progress.items():
             self.progress[run_id] = {**fields, **self.progress.get(run_id, {})}
 
@@ -149,7 +166,8 @@ def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
             raise JournalError(f"journal {path}: cannot use WAL mode (got {mode!r})")
         # FULL: a commit is on disk when COMMIT returns. Durability is the point.
         conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
+        # Foreign keys are switched on by ``Store`` once the schema is migrated: a migration
+        # that rebuilds a table (version 2) must drop the old one, which they would refuse.
         if created:
             for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
                 with contextlib.suppress(FileNotFoundError):
@@ -186,6 +204,7 @@ class Store:
             raise JournalError(f"cannot open journal {path}: {exc}") from exc
         try:
             self.schema_version = migrate(self._conn)
+            self._conn.execute("PRAGMA foreign_keys = ON")
         except sqlite3.Error as exc:
             self._conn.close()
             raise JournalError(f"cannot migrate journal {path}: {exc}") from exc
@@ -193,11 +212,17 @@ class Store:
             self._conn.close()
             raise
 
+    #: A fault to inject before every write transaction (tests: a full disk raises
+    #: ``sqlite3.OperationalError("database or disk is full")`` here). None in production.
+    write_fault: ClassVar[Callable[[], None] | None] = None
+
     def _tx(self, fn: Callable[[sqlite3.Connection], T], *, write: bool) -> T:
         """Run ``fn`` in one transaction; roll back and raise ``JournalError`` on failure."""
         conn = self._conn
         try:
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            if write and Store.write_fault is not None:
+                Store.write_fault()
             result = fn(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
@@ -244,6 +269,7 @@ class Store:
                 f"UPDATE runs SET {sets}updated_at = :updated_at WHERE id = :run",  # noqa: S608
                 {**fields, "run": run_id},
             )
+        conn.executemany(_DECIDE_RESEND, batch.resends)
         refused: dict[IntentRequest, str] = {}
         for req in batch.intents:
             problem = self._intent_problem(conn, req)
@@ -251,9 +277,10 @@ class Store:
                 refused[req] = problem
                 continue
             conn.executemany(
-                "UPDATE targets SET state = 'intent', sent_at = ?, sends = sends + 1, reason = ''"
+                "UPDATE targets SET state = 'intent', sent_at = ?, sends = sends + 1, reason = '',"
+                " resent_at = CASE WHEN ? THEN ? ELSE resent_at END"
                 " WHERE run_id = ? AND kvm_id = ?",
-                [(req.at, req.run_id, k) for k in req.kvm_ids],
+                [(req.at, req.resend, req.at, req.run_id, k) for k in req.kvm_ids],
             )
         return refused
 
@@ -262,12 +289,14 @@ class Store:
         problems: list[str] = []
         for kvm_id in req.kvm_ids:
             row = conn.execute(
-                "SELECT t.state, l.run_id, l.pid, l.hostname FROM targets t"
+                "SELECT t.state, l.run_id, l.pid, l.hostname, t.resent_at FROM targets t"
                 " LEFT JOIN locks l ON l.kvm_id = t.kvm_id WHERE t.run_id = ? AND t.kvm_id = ?",
                 (req.run_id, kvm_id),
             ).fetchone()
             if row is None:
                 problems.append(f"{kvm_id}: not a target of run {req.run_id}")
+            elif req.resend and row[4] is not None:
+                problems.append(f"{kvm_id}: {RESENT_ONCE}")
             elif TargetState(row[0]) not in INTENT_FROM:
                 problems.append(f"{kvm_id}: state is {row[0]}; another send could repeat it")
             elif (row[1], row[2], row[3]) != (req.run_id, self.pid, self.hostname):
@@ -315,20 +344,24 @@ class Store:
 
         self._tx(tx, write=True)
 
-    def set_run_status(self, run_id: str, status: RunStatus, now: float) -> RunRecord:
-        """Set a run's status (``running`` also takes it over for this process); return it."""
+    def set_run_status(
+        self, run_id: str, status: RunStatus, now: float, error: str = ""
+    ) -> RunRecord:
+        """Set a run's status and ``error`` (``running`` also takes it over for this process
+        and clears the error); return it."""
 
         def tx(conn: sqlite3.Connection) -> RunRecord:
             if status is RunStatus.RUNNING:
                 conn.execute(
                     "UPDATE runs SET status = 'running', ended_at = NULL, pid = ?, hostname = ?,"
-                    " updated_at = ? WHERE id = ?",
+                    " updated_at = ?, error = '' WHERE id = ?",
                     (self.pid, self.hostname, now, run_id),
                 )
             else:
                 conn.execute(
-                    "UPDATE runs SET status = ?, ended_at = ?, updated_at = ? WHERE id = ?",
-                    (status.value, now, now, run_id),
+                    "UPDATE runs SET status = ?, ended_at = ?, updated_at = ?, error = ?"
+                    " WHERE id = ?",
+                    (status.value, now, now, error, run_id),
                 )
             return self._run(conn, run_id)
 
