@@ -156,12 +156,12 @@ def test_a_suspended_vps_stops_the_run_before_any_wipe(sim: Simulator, tmp_path:
     assert received(sim) == 0
 
 
-def test_budget_tripping_in_the_canary_aborts_with_exit_3(sim: Simulator, tmp_path: Path) -> None:
+def test_budget_tripping_in_the_canary_aborts_with_exit_5(sim: Simulator, tmp_path: Path) -> None:
     sim.set_install_outcome(sim.vps_ids[0], "fail")
     path = fleet(sim, tmp_path, 4)
     path.write_text(path.read_text().replace("deadline: 1m", "deadline: 2s"))
     code, out, err = apply(sim, path)
-    assert code == 3, out + err
+    assert code == 5, out + err  # a budget's own code, never 3 (credentials refused)
     assert "wave 1 failure budget (0) exceeded" in err
     assert received(sim) == 1  # the canary only
 

@@ -120,15 +120,19 @@ async def test_json_report_carries_recovery_and_verdict_and_keeps_its_schema(
     run, targets, attempts = await record(tmp_path / "j.sqlite")
     data = json_report(run, targets, attempts)
     jsonschema.validate(data, REPORT_SCHEMA)
-    assert data["run"]["verdict"] == "failed"
+    # One VPS failed and one is in doubt: in doubt is never hidden by anything milder.
+    assert data["run"]["verdict"] == "in-doubt"
+    assert data["run"]["exit_code"] == 4
     assert data["run"]["rto_s"] is None
     assert data["recovery"]["recovery_s"] == 121.0  # sent at +1, last ready at +122
     assert data["percentiles"]["send_to_ready_s"]["p50"] == 81.0
     assert data["percentiles"]["queue_to_ready_s"]["p50"] == 82.0
     assert data["percentiles"]["time_to_ready_s"]["p50"] == 82.0  # unchanged meaning
-    missed = json_report(replace(run, status=RunStatus.DONE, options={"rto_s": 60.0}), targets)
+    back = [t for t in targets if t.state is TargetState.READY]  # only the VPSes that are back
+    missed = json_report(replace(run, status=RunStatus.DONE, options={"rto_s": 60.0}), back)
     jsonschema.validate(missed, REPORT_SCHEMA)
     assert (missed["run"]["verdict"], missed["recovery"]["rto_met"]) == ("rto-missed", False)
+    assert missed["run"]["exit_code"] == 7
 
 
 # --------------------------------------------------------------------------- JUnit
@@ -233,7 +237,7 @@ def test_html_is_self_contained_with_the_headline_and_every_vps() -> None:
     assert p.rows == 5  # one row per VPS
     for kvm_id in ("c1", "w1", "w2", "f1", "d1"):
         assert any(kvm_id in t for t in p.titles), kvm_id
-    assert p.text("verdict") == "failed"
+    assert p.text("verdict") == "in-doubt"  # d1 is in doubt: that outranks f1's failure
     assert "prod" in p.text("fleet")
     assert "tag=web" in p.text("selection")
     assert "exclude kvm9" in p.text("selection")
@@ -301,7 +305,8 @@ def test_markdown_leads_with_the_verdict_and_escapes_reasons() -> None:
 async def test_markdown_of_an_interrupted_run_says_resume(tmp_path: Path) -> None:
     run, targets, attempts = await record(tmp_path / "j.sqlite", interrupted=True)
     text = markdown_report(run, targets, attempts)
-    assert text.startswith("## ⏸️ edis-fleet prod: interrupted")
+    # Interrupted with a VPS in doubt: the doubt leads (exit 4 outranks 130); resume still next.
+    assert text.startswith("## ⚠️ edis-fleet prod: in-doubt")
     assert f"**Next:** `edis-fleet resume {run.id}`" in text
 
 

@@ -32,11 +32,11 @@ def test_report_html_and_markdown_from_the_journal(tmp_path: Path) -> None:
     done = run_cli(["report", run.id, "--journal", journal, "--format", "html", "-o", str(out)],
                    cwd=tmp_path, env=env)  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert parse(out.read_text()).text("verdict") == "failed"
+    assert parse(out.read_text()).text("verdict") == "in-doubt"  # a failure and a doubt
     md = run_cli(["report", run.id, "--journal", journal, "--format", "markdown"], cwd=tmp_path,
                  env=env)  # fmt: skip
     assert md.returncode == 0
-    assert md.stdout.startswith("## ❌ edis-fleet prod: failed")
+    assert md.stdout.startswith("## ⚠️ edis-fleet prod: in-doubt")
     assert NASTY not in md.stdout  # escaped, not raw
 
 

@@ -9,11 +9,9 @@ library when it runs, calls it, prints, and maps the result to an exit code. Com
 not import each other (import-linter checks it); shared printing is ``cli/output.py``, the
 run's progress, reports and exit codes ``cli/running.py``.
 
-Exit codes:
-  0 all done · 1 some VPSes failed · 2 usage, manifest or pre-flight error ·
-  3 aborted (a failure budget tripped, or authentication failed) ·
-  4 finished with VPSes in doubt · 6 busy (another run holds the VPSes) ·
-  7 the RTO was missed · 130 interrupted, resumable.
+Exit codes: ``cli/exitcodes.py`` (the table of ``--help`` and the README), computed for a
+recorded run by ``report.verdict.judge`` over the whole run. ``--debug`` shows the traceback of
+an internal error (exit 70); without it, one line says what broke and how to resume.
 """
 
 from __future__ import annotations
@@ -25,6 +23,7 @@ from collections.abc import Sequence
 from orchestrator.cli import (
     account_cmd,
     apply_cmd,
+    debug,
     exitcodes,
     init_cmd,
     plan_cmd,
@@ -35,16 +34,7 @@ from orchestrator.cli import (
 )
 from orchestrator.version import __version__
 
-EPILOG = """exit codes:
-  0    all done
-  1    some VPSes failed
-  2    usage, manifest or pre-flight error
-  3    aborted (a failure budget tripped, or authentication failed)
-  4    finished with VPSes in doubt
-  6    busy: another live run holds some of these VPSes (nothing sent; retry later)
-  7    every VPS is back, but later than the RTO (apply --rto, rollout.rto)
-  130  interrupted, resumable
-"""
+EPILOG = exitcodes.TABLE
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"edis-fleet {__version__}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on an internal error (exit 70), print the full traceback",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for module in (
         init_cmd,
@@ -82,5 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help(sys.stderr)
         return exitcodes.USAGE
-    code: int = handler(args)
+    token = debug.DEBUG.set(bool(args.debug))
+    try:
+        code: int = handler(args)
+    except Exception as exc:  # the last boundary: an error no handler mapped is internal
+        sys.stderr.write(f"edis-fleet: internal error: {type(exc).__name__}\n")
+        debug.explain(exc, sys.stderr)
+        return exitcodes.CRASHED
+    finally:
+        debug.DEBUG.reset(token)
     return code

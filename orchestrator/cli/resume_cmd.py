@@ -78,8 +78,13 @@ def resume_run(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     todo = view.left
     if not todo:
-        sys.stdout.write(f"run {view.run.id} has nothing left to do ({view.run.status.value})\n")
-        return exitcodes.OK
+        # Judged as a whole, like every run's exit code: a run that ended in doubt exits 4.
+        tally = view.tally
+        sys.stdout.write(
+            f"run {view.run.id} has nothing left to do ({tally.status.value}; "
+            f"{tally.in_doubt} in doubt)\n"
+        )
+        return exitcodes.CRASHED if tally.exit_code is None else tally.exit_code
     reloaded = reload_run(
         view,
         todo,

@@ -14,6 +14,7 @@ from typing import TextIO
 import anyio
 
 from orchestrator.cli import exitcodes
+from orchestrator.cli.debug import explain
 from orchestrator.cli.output import fail
 from orchestrator.cli.progress import Progress, choose_mode
 from orchestrator.errors import (
@@ -24,11 +25,12 @@ from orchestrator.errors import (
     ManifestError,
     PreflightError,
 )
-from orchestrator.model import TargetState
 from orchestrator.report import NdjsonSink, duration, recovery, text_report
-from orchestrator.report import Verdict as RunVerdict
+from orchestrator.report.verdict import Verdict
+from orchestrator.run.boundary import RunCrashed, leaves
 from orchestrator.run.execute import RunOutcome, RunSpec, execute
-from orchestrator.run.guard import Verdict, check_confirmation, why_confirm
+from orchestrator.run.guard import Verdict as GuardVerdict
+from orchestrator.run.guard import check_confirmation, why_confirm
 from orchestrator.run.load import Loaded
 from orchestrator.run.options import Confirmation, Endpoint, OutputOptions
 from orchestrator.run.plan import Plan
@@ -109,32 +111,46 @@ class Interrupted(EdisFleetError):
     """The operator stopped the command before the run started sending."""
 
 
-def anyio_run(spec: RunSpec) -> RunOutcome | EdisFleetError:
-    """Run ``execute`` on a fresh event loop; return its outcome or the error that stopped it."""
+def anyio_run(spec: RunSpec) -> RunOutcome | BaseException:
+    """Run ``execute`` on a fresh event loop; return its outcome or the error that stopped it
+    (every error is returned, exception groups unwrapped to their one error; ``finish`` maps
+    each to its exit code)."""
     try:
         return anyio.run(execute, spec)
-    except EdisFleetError as exc:
-        return exc
     except KeyboardInterrupt:
         # Ctrl-C before the waves started (pre-flight, set-up): nothing was sent.
         return Interrupted("interrupted before the first reinstall; nothing was sent")
+    except RunCrashed as exc:
+        return exc
+    except Exception as exc:  # the boundary: finish maps it
+        found = leaves(exc)
+        if len(found) == 1 and isinstance(found[0], EdisFleetError):
+            return found[0]
+        return exc
 
 
 def finish(
-    outcome: RunOutcome | EdisFleetError,
+    outcome: RunOutcome | BaseException,
     redact: Callable[[str], str],
     out: TextIO,
     err: TextIO,
     *,
     quiet: bool = False,
 ) -> int:
-    """Print how the run ended (the text report unless ``quiet``) and return its exit code."""
+    """Print how the run ended (the text report unless ``quiet``) and return its exit code:
+    the table of ``cli/exitcodes.py``, judged from the whole run for a recorded one."""
+    if isinstance(outcome, RunOutcome):
+        return _finished(outcome, redact, out, err, quiet=quiet)
     if isinstance(outcome, Interrupted):
         err.write(f"{outcome}\n")
         return exitcodes.INTERRUPTED
+    if isinstance(outcome, RunCrashed):
+        err.write(outcome.message(redact))
+        explain(outcome.cause, err)
+        return exitcodes.CRASHED
     if isinstance(outcome, AuthenticationError):
-        err.write(redact(f"aborted: {outcome}\n"))
-        return exitcodes.ABORTED
+        err.write(redact(f"credentials refused: {outcome}\n"))
+        return exitcodes.CREDENTIALS
     if isinstance(outcome, PreflightError):
         err.write(f"pre-flight failed, nothing was sent ({len(outcome.problems)} problems):\n")
         err.writelines(redact(p) + "\n" for p in outcome.problems)
@@ -144,33 +160,43 @@ def finish(
         err.write(redact(f"busy: {outcome}\n"))
         return exitcodes.BUSY
     if isinstance(outcome, JournalError):
-        err.write(redact(f"refused: {outcome}\n"))
+        err.write(redact(f"refused, nothing was sent: {outcome}\n"))
         return exitcodes.USAGE
     if isinstance(outcome, EdisFleetError):
-        err.write(redact(f"error: {outcome}\n"))
+        err.write(redact(f"refused, nothing was sent: {outcome}\n"))
         return exitcodes.USAGE
-    result = outcome.result
+    # Not one of ours, before the run was recorded: an internal error; nothing was sent.
+    err.write(redact(f"internal error before the first reinstall (nothing was sent): {outcome}\n"))
+    explain(outcome, err)
+    return exitcodes.CRASHED
+
+
+def _finished(
+    outcome: RunOutcome, redact: Callable[[str], str], out: TextIO, err: TextIO, *, quiet: bool
+) -> int:
+    """Report a run that ran to its end (or was interrupted, or aborted) and judge it."""
+    result, tally = outcome.result, outcome.tally
     if not quiet:
         report = text_report(outcome.run, outcome.targets, outcome.attempts, redact=redact)
         out.write(report.rstrip("\n") + "\n")
-    if result.interrupted:
+    verdict = tally.verdict
+    if tally.in_doubt:
+        err.write(
+            f"{tally.in_doubt} VPS(es) in doubt: their reinstall may have run; check them "
+            f"(edis-fleet status {outcome.run_id})\n"
+        )
+    if verdict is Verdict.INTERRUPTED or (result.interrupted and verdict is Verdict.IN_DOUBT):
         err.write(f"interrupted; resume with: edis-fleet resume {outcome.run_id}\n")
-        return exitcodes.INTERRUPTED
     if result.aborted is not None:
         err.write(f"aborted: {result.aborted}\n")
-        return exitcodes.ABORTED
-    if result.count(TargetState.FAILED):
-        return exitcodes.FAILED
-    if result.count(TargetState.IN_DOUBT):
-        return exitcodes.IN_DOUBT
-    rec = recovery(outcome.run, outcome.targets)
-    if rec.verdict is RunVerdict.RTO_MISSED:
+    if verdict is Verdict.RTO_MISSED:
+        rec = recovery(outcome.run, outcome.targets)
         err.write(
             f"RTO missed: recovery took {duration(rec.recovery_s)} (first send → last ready), "
             f"over the RTO of {duration(rec.rto_s)}\n"
         )
-        return exitcodes.RTO_MISSED
-    return exitcodes.OK
+    code = tally.exit_code
+    return exitcodes.CRASHED if code is None else code
 
 
 def guard(
@@ -184,13 +210,13 @@ def guard(
     """
     radius = plan.blast_radius
     verdict = check_confirmation(plan, confirm)
-    if verdict is Verdict.MISMATCH:
+    if verdict is GuardVerdict.MISMATCH:
         err.write(
             f"--confirm-count {confirm.count} does not match: this run would wipe "
             f"{radius} VPS(es). Nothing was sent.\n"
         )
         return exitcodes.USAGE
-    if verdict is Verdict.GO:
+    if verdict is GuardVerdict.GO:
         return None
     why = why_confirm(plan)
     if not stdin.isatty():

@@ -49,22 +49,29 @@ def list_runs(args: argparse.Namespace) -> int:
     import anyio
 
     from orchestrator.errors import JournalError
-    from orchestrator.run.resume import list_runs as read_runs
+    from orchestrator.model import TargetState
+    from orchestrator.run.resume import list_judged
     from orchestrator.run.spec import journal_config
 
     try:
-        runs = anyio.run(read_runs, journal_config(args.journal, os.environ))
+        runs = anyio.run(list_judged, journal_config(args.journal, os.environ))
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
     if not runs:
         sys.stdout.write("no runs recorded\n")
         return exitcodes.OK
-    sys.stdout.write(f"{'run':<24} {'status':<12} {'started (UTC)':<20} failures  manifest\n")
-    for run in runs:
+    sys.stdout.write(
+        f"{'run':<24} {'status':<12} {'started (UTC)':<20} {'ready':>6} {'failed':>6} "
+        f"{'doubt':>6} {'exit':>4}  manifest\n"
+    )
+    for run, tally in runs:
+        # The same judgement as the run's exit code, ``status`` and ``report`` (one function).
+        code = "-" if tally.exit_code is None else str(tally.exit_code)
         sys.stdout.write(
-            f"{run.id:<24} {run.status.value:<12} {_when(run.started_at):<20} "
-            f"{run.failures:>8}  {run.manifest_path}\n"
+            f"{run.id:<24} {tally.status.value:<12} {_when(run.started_at):<20} "
+            f"{tally.count(TargetState.READY):>6} {tally.count(TargetState.FAILED):>6} "
+            f"{tally.in_doubt:>6} {code:>4}  {run.manifest_path}\n"
         )
     return exitcodes.OK
 
@@ -84,11 +91,20 @@ def show_status(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
     sys.stdout.write(text_report(view.run, view.targets, view.attempts, per_vps=False))
+    tally = view.tally
+    code = "none yet (running)" if tally.exit_code is None else str(tally.exit_code)
+    sys.stdout.write(
+        f"\nverdict: {tally.verdict.value} (exit code {code}); in doubt: {tally.in_doubt}\n"
+    )
+    if view.run.error:
+        sys.stdout.write(f"stopped by: {view.run.error}\n")
     c = view.classification
     left = len(view.left)
+    owed = len(view.resend_owed)
     sys.stdout.write(
-        f"\nresume would: send {len(c.pending) + len(c.skipped)}, check readiness of "
+        f"resume would: send {len(c.pending) + len(c.skipped)}, check readiness of "
         f"{len(c.accepted)}, treat {len(c.unresolved)} as in doubt (intent without outcome)"
+        + (f", resend {owed} after their install window" if owed else "")
         + (f" — edis-fleet resume {view.run.id}\n" if left else "; nothing is left to do\n")
     )
     return exitcodes.OK

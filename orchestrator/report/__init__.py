@@ -14,16 +14,19 @@ from orchestrator.report.markdown import markdown_report
 from orchestrator.report.recovery import Recovery, Verdict, recovery, verdict
 from orchestrator.report.summary import iso_time
 from orchestrator.report.text import LABELS, duration
+from orchestrator.report.verdict import Tally, judge
 
 __all__ = [
     "LABELS",
     "NdjsonSink",
     "Recovery",
+    "Tally",
     "Verdict",
     "duration",
     "html_report",
     "iso_time",
     "json_report",
+    "judge",
     "junit_report",
     "markdown_report",
     "ndjson_events",

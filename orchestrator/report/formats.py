@@ -31,8 +31,10 @@ machine-readable form, checked by the tests)::
               "manifest_path", "manifest_sha256", "plan_sha256", "started_at", "ended_at"
               (null while running), "duration_s", "failures", "retries",
               "counters" {name: int, e.g. throttles, session_refreshes},
-              "verdict" (the status refined by the RTO: ok, failed, in-doubt, aborted,
-              interrupted, running, rto-missed), "rto_s" (null: no RTO)},
+              "verdict" (the whole run judged, ``report.verdict``: ok, failed, in-doubt,
+              aborted, interrupted, running, rto-missed, crashed), "exit_code" (the
+              verdict's process exit code; null while running), "error" (why a crashed run
+              stopped, redacted; "" otherwise), "rto_s" (null: no RTO)},
       "totals": {"targets": int, and one int per TargetState value: "pending", "intent",
                  "accepted", "ready", "failed", "in_doubt", "skipped"},
       "waves": [{"wave": int, "targets": int, and one int per TargetState value}],
@@ -133,6 +135,8 @@ def json_report(
             "id": run.id,
             "status": run.status.value,
             "verdict": rec.verdict.value,
+            "exit_code": rec.tally.exit_code,
+            "error": run.error,
             "rto_s": rec.rto_s,
             "fleet": s.fleet,
             "manifest_path": run.manifest_path,

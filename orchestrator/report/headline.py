@@ -23,6 +23,7 @@ VERDICT_WORDS: dict[Verdict, str] = {
     Verdict.INTERRUPTED: "interrupted before the end; resumable",
     Verdict.RUNNING: "still running (or stopped without recording its end)",
     Verdict.RTO_MISSED: "every selected VPS is back, but later than the RTO",
+    Verdict.CRASHED: "stopped by an internal error or a fault of this machine; resumable",
 }
 # Symbols for chat and CI summaries: the verdict at a glance.
 VERDICT_MARK: dict[Verdict, str] = {
@@ -33,6 +34,7 @@ VERDICT_MARK: dict[Verdict, str] = {
     Verdict.INTERRUPTED: "⏸️",
     Verdict.RUNNING: "⏳",
     Verdict.RTO_MISSED: "⏱️",
+    Verdict.CRASHED: "💥",
 }
 
 
@@ -90,10 +92,10 @@ def next_command(run: RunRecord, s: Summary) -> str | None:
     """
     unfinished = s.totals[TargetState.PENDING.value] + s.totals[TargetState.ACCEPTED.value]
     unfinished += s.totals[TargetState.INTENT.value]
-    if run.status in (RunStatus.ABORTED, RunStatus.INTERRUPTED):
+    if run.status in (RunStatus.ABORTED, RunStatus.INTERRUPTED, RunStatus.CRASHED):
         # Skipped because the run stopped: resume sends them once the cause is fixed.
         unfinished += s.totals[TargetState.SKIPPED.value]
-    if run.ended_at is not None and unfinished:
+    if (run.ended_at is not None or run.status is RunStatus.CRASHED) and unfinished:
         return f"edis-fleet resume {run.id}"
     if s.totals[TargetState.FAILED.value]:
         return f"edis-fleet retry-failed {run.id}"

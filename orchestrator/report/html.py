@@ -43,6 +43,7 @@ _BADGE = {
     Verdict.INTERRUPTED: "#4b5563",
     Verdict.RUNNING: "#1d4ed8",
     Verdict.RTO_MISSED: "#a16207",
+    Verdict.CRASHED: "#581c87",
 }
 
 _CSS = """

@@ -18,7 +18,6 @@ precedence (their verdicts say more).
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,30 +25,13 @@ from typing import Any
 from orchestrator.journal import RunRecord, RunStatus, TargetRecord
 from orchestrator.model import TargetState
 from orchestrator.report.summary import percentile
+from orchestrator.report.verdict import Tally, Verdict, judge
+
+__all__ = ["Recovery", "Spread", "Tally", "Verdict", "WaveRecovery", "recovery", "verdict"]
 
 
-class Verdict(enum.StrEnum):
-    """What a run amounts to, for people and CI: its status, refined by the RTO."""
-
-    OK = "ok"
-    FAILED = "failed"
-    IN_DOUBT = "in-doubt"
-    ABORTED = "aborted"
-    INTERRUPTED = "interrupted"
-    RUNNING = "running"
-    RTO_MISSED = "rto-missed"
-
-
-_BY_STATUS: dict[RunStatus, Verdict] = {
-    RunStatus.DONE: Verdict.OK,
-    RunStatus.FAILED: Verdict.FAILED,
-    RunStatus.IN_DOUBT: Verdict.IN_DOUBT,
-    RunStatus.ABORTED: Verdict.ABORTED,
-    RunStatus.INTERRUPTED: Verdict.INTERRUPTED,
-    RunStatus.RUNNING: Verdict.RUNNING,
-}
 # Runs that reached their end: only their recovery time can be judged against the RTO.
-_JUDGED = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.IN_DOUBT})
+_JUDGED = frozenset({RunStatus.DONE, RunStatus.FAILED, RunStatus.IN_DOUBT, RunStatus.RTO_MISSED})
 
 
 @dataclass(frozen=True)
@@ -110,6 +92,8 @@ class Recovery:
     install_by_image: Mapping[str, Spread]
     waves: tuple[WaveRecovery, ...]
     rto_s: float | None
+    # The state of every VPS of the run: the verdict is judged from all of them.
+    states: tuple[TargetState, ...] = ()
 
     @property
     def recovery_s(self) -> float | None:
@@ -125,11 +109,14 @@ class Recovery:
         return self.recovery_s <= self.rto_s
 
     @property
+    def tally(self) -> Tally:
+        """The run judged from its status, every VPS's state and the RTO (``verdict.judge``)."""
+        return judge(self.status, self.states, rto_met=self.rto_met)
+
+    @property
     def verdict(self) -> Verdict:
-        """The run's status as a verdict; ``rto-missed`` only for a ``done`` run."""
-        if self.status is RunStatus.DONE and self.rto_met is False:
-            return Verdict.RTO_MISSED
-        return _BY_STATUS[self.status]
+        """The run's verdict (``verdict.judge``: the one table of verdicts and exit codes)."""
+        return self.tally.verdict
 
     def to_json(self) -> dict[str, Any]:
         """The ``recovery`` object of the JSON report."""
@@ -219,6 +206,7 @@ def recovery(run: RunRecord, targets: Sequence[TargetRecord]) -> Recovery:
         install_by_image={image: Spread.of(v) for image, v in sorted(installs.items())},
         waves=waves,
         rto_s=rto_of(run),
+        states=tuple(t.state for t in targets),
     )
 
 

@@ -79,7 +79,9 @@ _SPREAD: dict[str, Any] = {
 }
 
 # Added in v1 without a new id (optional: reports written before them stay valid).
-VERDICTS = ["ok", "failed", "in-doubt", "aborted", "interrupted", "running", "rto-missed"]
+VERDICTS = [
+    "ok", "failed", "in-doubt", "aborted", "interrupted", "running", "rto-missed", "crashed"
+]  # fmt: skip
 _RECOVERY: dict[str, Any] = {
     "type": "object",
     "required": ["first_send_at", "last_ready_at", "recovery_s", "rto_s", "rto_met", "waves"],
@@ -141,6 +143,10 @@ REPORT_SCHEMA: Final[dict[str, Any]] = {
                 "retries": _COUNT,
                 "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "verdict": {"enum": VERDICTS},
+                # The process exit code of the verdict (``report.verdict``); null while running.
+                "exit_code": {"type": ["integer", "null"]},
+                # Why a crashed run stopped (redacted); empty otherwise.
+                "error": {"type": "string"},
                 "rto_s": {"type": ["number", "null"], "exclusiveMinimum": 0},
             },
         },

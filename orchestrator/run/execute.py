@@ -11,7 +11,7 @@ import gc
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TextIO
 
 import anyio
@@ -19,7 +19,7 @@ import anyio
 from orchestrator.clock import SystemClock
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
-from orchestrator.errors import LockedError, PreflightError
+from orchestrator.errors import JournalError, LockedError, PreflightError
 from orchestrator.journal import (
     AttemptRecord,
     Journal,
@@ -31,7 +31,10 @@ from orchestrator.journal import (
     TargetSpec,
 )
 from orchestrator.model import Attempt, Clock, EventSink, TargetEvent, TargetState
+from orchestrator.report.recovery import recovery
+from orchestrator.report.verdict import Tally, judge_records
 from orchestrator.run.api import EdisFleetAPI, LimitedAuth, ReadRetries
+from orchestrator.run.boundary import close_down
 from orchestrator.run.limits import Limits
 from orchestrator.run.preflight import Check, preflight
 from orchestrator.run.retry import RetryBudget
@@ -72,6 +75,8 @@ class RunSpec:
     targets: Sequence[TargetSpec] = ()
     run_id: str | None = None
     prior_failures: dict[int, int] = field(default_factory=dict)
+    # Resume: when each wave became ready, as recorded (the soak after it is served in full).
+    wave_ready: dict[int, float] = field(default_factory=dict)
     sinks: Sequence[EventSink] = ()
     progress: ProgressView | None = None
     redact: Callable[[str], str] = str
@@ -97,7 +102,8 @@ class ProgressView(EventSink, Protocol):
 @dataclass
 class RunOutcome:
     """What ``execute`` returns: the run id, the scheduler's result, the run's status and the
-    journal's records of the run (for the reports)."""
+    journal's records of the run (for the reports), judged as a whole (``tally``: counts,
+    verdict and exit code of every VPS of the run, not only those this invocation touched)."""
 
     run_id: str
     result: RunResult
@@ -105,6 +111,7 @@ class RunOutcome:
     run: RunRecord
     targets: list[TargetRecord]
     attempts: list[AttemptRecord]
+    tally: Tally
 
 
 class FanOut:
@@ -125,17 +132,22 @@ class FanOut:
             sink.emit(event)
 
 
-def run_status(result: RunResult) -> RunStatus:
-    """Return the journal status of a finished run."""
+def stopped_as(result: RunResult) -> RunStatus:
+    """How this invocation stopped: interrupted, aborted by a budget, or completed (``done``;
+    the run's final status is then judged from all its VPSes, ``report.verdict.judge``)."""
     if result.interrupted:
         return RunStatus.INTERRUPTED
     if result.aborted is not None:
         return RunStatus.ABORTED
-    if result.count(TargetState.FAILED):
-        return RunStatus.FAILED
-    if result.count(TargetState.IN_DOUBT):
-        return RunStatus.IN_DOUBT
     return RunStatus.DONE
+
+
+async def judge_run(journal: Journal, run_id: str, stopped: RunStatus) -> Tally:
+    """Judge the whole run as the journal records it (every VPS, the RTO of its options)."""
+    record = await journal.run(run_id)
+    targets = await journal.targets(run_id)
+    rec = recovery(replace(record, status=stopped), targets)
+    return judge_records(stopped, targets, rto_met=rec.rto_met)
 
 
 class _AttemptRecorder:
@@ -165,6 +177,9 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
 
     Raises ``PreflightError`` (nothing sent, no run recorded), ``AuthenticationError``,
     ``LockedError``, ``JournalError`` and ``HostNotAllowedError`` before the first reinstall.
+    Once the run is recorded, every error goes through the boundary (``run.boundary``):
+    ``AuthenticationError`` (credentials refused mid-run, run ``aborted``) or ``RunCrashed``
+    (run ``crashed``, resumable).
     """
     clock = clock or SystemClock()
     limits = Limits.create(concurrency=spec.concurrency, rate=spec.rate, clock=clock)
@@ -195,51 +210,93 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
             redactor=spec.redact,
             host_locks=spec.journal.host_locks(account.session_url, account.email),
         )
+        crashed = False
         try:
             run_id = await _open_run(journal, spec)
-            recorder.attach(journal, run_id)
-            if spec.progress is not None:
-                spec.progress.stats = RunStats.of_limiter(
-                    limits.requests,
-                    retries=lambda: budget.retries,
-                    refreshes=lambda: book.refreshes,
-                )
-            scheduler = Scheduler(
-                EdisFleetAPI(client, book, reads),
-                FanOut([JournalSink(journal, run_id), *spec.sinks, *_opt(spec.progress)]),
-                clock=clock,
-                limits=limits,
-                settings=spec.settings,
-                budget=budget,
-                prior_failures=spec.prior_failures,
-            )
-            # Everything built so far (the fleet, the jobs, rendered user data) lives for the
-            # whole run: freezing it keeps full collections during the run from walking it again
-            # and again (measured: a third of the client's CPU on 20,000 VPSes).
-            gc.freeze()
             try:
-                result = await _run_waves(scheduler, journal, run_id, spec, clock)
-            finally:
-                # A library caller's process goes on after the run: hand the heap back.
-                gc.unfreeze()
-            status = run_status(result)
-            await journal.save_progress(
-                run_id,
-                failures=result.count(TargetState.FAILED) + result.count(TargetState.IN_DOUBT),
-                retries=budget.retries,
-                counters={
-                    "throttles": limits.requests.throttles,
-                    "session_refreshes": book.refreshes,
-                    **limits.requests.counters(),
-                },
-            )
-            record = await journal.finish_run(run_id, status)
-            targets = await journal.targets(run_id)
-            attempts = await journal.attempts(run_id)
-            return RunOutcome(run_id, result, status, record, targets, attempts)
+                wiring = _Wiring(clock, limits, recorder, budget, client, book, reads)
+                return await _run_recorded(journal, run_id, spec, wiring)
+            except Exception as exc:
+                crashed = True
+                raise await close_down(
+                    journal, run_id, exc, config=spec.journal, redact=spec.redact
+                ) from exc
         finally:
             with anyio.CancelScope(shield=True):
-                await journal.close()
+                try:
+                    await journal.close()
+                except JournalError:
+                    if not crashed:
+                        raise
+
+
+@dataclass(frozen=True)
+class _Wiring:
+    """What ``execute`` built before the run was recorded, for ``_run_recorded``."""
+
+    clock: Clock
+    limits: Limits
+    recorder: _AttemptRecorder
+    budget: RetryBudget
+    client: EdisClient
+    book: SessionBook
+    reads: ReadRetries
+
+
+async def _run_recorded(journal: Journal, run_id: str, spec: RunSpec, w: _Wiring) -> RunOutcome:
+    """Run the waves of a recorded run and record how it ended (the whole run judged, as
+    ``report.verdict`` says); return the outcome."""
+    clock, limits, budget, book = w.clock, w.limits, w.budget, w.book
+    w.recorder.attach(journal, run_id)
+    if spec.progress is not None:
+        spec.progress.stats = RunStats.of_limiter(
+            limits.requests,
+            retries=lambda: budget.retries,
+            refreshes=lambda: book.refreshes,
+        )
+    ready = dict(spec.wave_ready)
+
+    async def wave_ready(index: int, at: float) -> None:
+        ready[index] = at
+        await journal.save_progress(run_id, wave_ready=ready)
+
+    scheduler = Scheduler(
+        EdisFleetAPI(w.client, book, w.reads),
+        FanOut([JournalSink(journal, run_id), *spec.sinks, *_opt(spec.progress)]),
+        clock=clock,
+        limits=limits,
+        settings=spec.settings,
+        budget=budget,
+        prior_failures=spec.prior_failures,
+        wave_ready=spec.wave_ready,
+        on_wave_ready=wave_ready,
+    )
+    # Everything built so far (the fleet, the jobs, rendered user data) lives for the
+    # whole run: freezing it keeps full collections during the run from walking it again
+    # and again (measured: a third of the client's CPU on 20,000 VPSes).
+    gc.freeze()
+    try:
+        result = await _run_waves(scheduler, journal, run_id, spec, clock)
+    finally:
+        # A library caller's process goes on after the run: hand the heap back.
+        gc.unfreeze()
+    stopped = stopped_as(result)
+    whole = await judge_run(journal, run_id, stopped)
+    await journal.save_progress(
+        run_id,
+        # The whole run's failures, not only this invocation's (resume).
+        failures=whole.count(TargetState.FAILED) + whole.in_doubt,
+        retries=budget.retries,
+        counters={
+            "throttles": limits.requests.throttles,
+            "session_refreshes": book.refreshes,
+            **limits.requests.counters(),
+        },
+    )
+    record = await journal.finish_run(run_id, whole.status)
+    targets = await journal.targets(run_id)
+    attempts = await journal.attempts(run_id)
+    return RunOutcome(run_id, result, whole.status, record, targets, attempts, whole)
 
 
 async def _open_run(journal: Journal, spec: RunSpec) -> str:

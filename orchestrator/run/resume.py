@@ -26,6 +26,8 @@ from orchestrator.journal import (
     RunRecord,
     TargetRecord,
 )
+from orchestrator.model import TargetState
+from orchestrator.report import Tally, recovery
 from orchestrator.run.load import Loaded, Refusal, load_and_select, plan_for
 from orchestrator.run.options import Endpoint, LoadOptions, SelectionOptions
 from orchestrator.run.plan import Plan
@@ -43,10 +45,28 @@ class RunView:
     classification: ResumeClassification
 
     @property
+    def tally(self) -> Tally:
+        """The run judged as a whole (``report.verdict``)."""
+        return recovery(self.run, self.targets).tally
+
+    @property
     def left(self) -> list[str]:
-        """The VPSes resume would still work on (send, check readiness, or treat in doubt)."""
+        """The VPSes resume would still work on (send, check readiness, treat in doubt, or
+        resend after the install window, as the run decided)."""
         c = self.classification
-        return [*c.pending, *c.skipped, *c.accepted, *c.unresolved]
+        return [*c.pending, *c.skipped, *c.accepted, *c.unresolved, *self.resend_owed]
+
+    @property
+    def resend_owed(self) -> list[str]:
+        """In-doubt VPSes whose resend the run decided and never sent (stopped during the
+        install window): resume serves the rest of that window, then resends once."""
+        return [
+            t.kvm_id
+            for t in self.targets
+            if t.state is TargetState.IN_DOUBT
+            and t.resend_decided_at is not None
+            and t.resent_at is None
+        ]
 
 
 @dataclass(frozen=True)
@@ -95,16 +115,33 @@ async def list_runs(path: str | Path | JournalConfig) -> list[RunRecord]:
     return sorted(runs, key=lambda r: r.started_at)
 
 
+async def list_judged(path: str | Path | JournalConfig) -> list[tuple[RunRecord, Tally]]:
+    """Return every run, oldest first, each judged as a whole (``report.verdict``: the same
+    counts, verdict and exit code as ``status``, ``report`` and the run's own exit code).
+    Raises ``JournalError``."""
+    journal = await anyio.to_thread.run_sync(open_existing, path)
+    try:
+        runs = sorted(await journal.runs(), key=lambda r: r.started_at)
+        return [(run, recovery(run, await journal.targets(run.id)).tally) for run in runs]
+    finally:
+        await journal.close()
+
+
 def resume_point(view: RunView) -> ResumePoint:
     """Return where a run stands, for ``build_spec(resume=...)``."""
     c = view.classification
     by_id = {t.kvm_id: t for t in view.targets}
+    doubts = [*c.unresolved, *view.resend_owed]
     return ResumePoint(
         run_id=view.run.id,
         pending={*c.pending, *c.skipped},
         accepted=set(c.accepted),
-        in_doubt_since={k: by_id[k].sent_at or by_id[k].queued_at for k in c.unresolved},
+        # The install window is counted from the recorded send.
+        in_doubt_since={k: by_id[k].sent_at or by_id[k].queued_at for k in doubts},
         prior_failures=failures_per_wave(view),
+        accepted_at={k: t for k in c.accepted if (t := by_id[k].accepted_at) is not None},
+        resend_spent={t.kvm_id for t in view.targets if t.resent_at is not None},
+        wave_ready=dict(view.run.wave_ready),
     )
 
 
@@ -169,7 +206,9 @@ def changed(view: RunView, plan: Plan, kvm_ids: Iterable[str], *, force: bool) -
 
 def failures_per_wave(view: RunView) -> dict[int, int]:
     """Return the failures (failed or in doubt) the run already counted, per wave."""
-    failed = {*view.classification.failed, *view.classification.in_doubt}
+    # An owed resend is not a failure yet: it is counted if it ends failed or in doubt.
+    owed = set(view.resend_owed)
+    failed = {*view.classification.failed, *view.classification.in_doubt} - owed
     counts: dict[int, int] = {}
     for t in view.targets:
         if t.kvm_id in failed:

@@ -73,6 +73,10 @@ class Job:
     in_doubt_since: float | None = None
     # Readiness mode ssh: what proves this VPS's reinstall (run/proof.py).
     proof: ProofSpec | None = None
+    # Resume: when the reinstall was accepted (wall clock; readiness deadlines count from
+    # it), and whether this run already sent its one in-doubt resend (never a second).
+    accepted_at: float | None = None
+    resend_spent: bool = False
 
 
 @dataclass(frozen=True)
@@ -122,9 +126,14 @@ class Scheduler:
         budget: RetryBudget | None = None,
         rng: random.Random | None = None,
         prior_failures: Mapping[int, int] | None = None,
+        wave_ready: Mapping[int, float] | None = None,
+        on_wave_ready: Callable[[int, float], Awaitable[None]] | None = None,
     ) -> None:
         """``prior_failures`` maps wave to the failures an earlier part of this run already
-        counted (resume): they count against the wave's and the run's budgets."""
+        counted (resume): they count against the wave's and the run's budgets.
+        ``wave_ready`` maps wave to the wall-clock time it became ready as recorded (resume:
+        the soak after it is served in full, counted from then); ``on_wave_ready`` is awaited
+        with each wave that becomes ready now, to record it durably before the soak."""
         self._api = api
         self._sink = sink
         self._clock = clock
@@ -140,10 +149,13 @@ class Scheduler:
         self._wait_scopes: set[anyio.CancelScope] = set()
         self._everything: anyio.CancelScope | None = None
         self._in_flight: dict[str, int] = {}  # kvm id -> wave, while its POST is out
+        self._resending: set[str] = set()  # in-flight POSTs that are the one resend
         self._doubts: dict[str, str] = {}
         # Readiness mode ssh: the proof's stages and what they saw; each VPS's address.
         self.prover = Prover(clock)
         self._addresses: dict[str, str | None] = {}
+        self._wave_ready = dict(wave_ready or {})
+        self._on_wave_ready = on_wave_ready
 
     @property
     def result(self) -> RunResult:
@@ -170,29 +182,52 @@ class Scheduler:
 
     async def run(self, waves: Sequence[WaveSpec]) -> RunResult:
         """Run the waves in order and return the result. Never raises for per-VPS failures."""
-        with anyio.CancelScope() as everything:
-            self._everything = everything
-            for position, wave in enumerate(waves):
-                if self.stopping:
-                    self._skip_all(wave.jobs, self._stop_reason())
-                    continue
-                self._wave_failures = self._prior.get(wave.index, 0)
-                await self._run_wave(wave)
-                last = position == len(waves) - 1
-                if not last and not self.stopping and self._settings.soak_s > 0:
-                    with self._until_drained():
-                        await self._clock.sleep(self._settings.soak_s)
+        try:
+            with anyio.CancelScope() as everything:
+                self._everything = everything
+                for wave in waves:
+                    if not self.stopping:
+                        await self._soak_before(wave.index)
+                    if self.stopping:
+                        self._skip_all(wave.jobs, self._stop_reason())
+                        continue
+                    self._wave_failures = self._prior.get(wave.index, 0)
+                    await self._run_wave(wave)
+                    if not self.stopping and wave.index not in self._wave_ready:
+                        self._wave_ready[wave.index] = at = self._clock.time()
+                        if self._on_wave_ready is not None:
+                            await self._on_wave_ready(wave.index, at)
+        except BaseException:
+            # An error (or a cancellation from outside) tore the run down: the POSTs it cut
+            # off are in doubt, exactly as for a second signal.
+            self._doubt_in_flight("the run stopped on an error while the send was in flight")
+            raise
         if everything.cancelled_caught:
-            for kvm_id, wave_index in self._in_flight.items():
-                self._set(
-                    kvm_id,
-                    wave_index,
-                    TargetState.IN_DOUBT,
-                    "interrupted while the send was in flight",
-                )
+            self._doubt_in_flight("interrupted while the send was in flight")
             for wave in waves:
                 self._skip_all(wave.jobs, "interrupted before it was sent")
         return self._result
+
+    async def _soak_before(self, wave_index: int) -> None:
+        """Serve the soak after the latest earlier wave that became ready, counted from when
+        it did (as recorded: a resumed run serves an interrupted soak in full)."""
+        soak = self._settings.soak_s
+        before = [at for index, at in self._wave_ready.items() if index < wave_index]
+        if soak <= 0 or not before:
+            return
+        left = soak - (self._clock.time() - max(before))
+        if left > 0:
+            with self._until_drained():
+                await self._clock.sleep(left)
+
+    def _doubt_in_flight(self, reason: str) -> None:
+        """Record every POST still in flight as in doubt; under ``resend-after-window`` the
+        resend stays decided (resume serves the window), unless it was the resend itself."""
+        resend = self._settings.in_doubt is InDoubtPolicy.RESEND_AFTER_WINDOW
+        for kvm_id, wave_index in list(self._in_flight.items()):
+            spent = kvm_id in self._resending
+            self._set(kvm_id, wave_index, TargetState.IN_DOUBT, reason, resend=resend and not spent)
+        self._in_flight.clear()
 
     # -- one VPS ---------------------------------------------------------------------
 
@@ -244,10 +279,22 @@ class Scheduler:
                 )
             await self._send(job)
         except InDoubtError as exc:
-            if self._settings.in_doubt is not InDoubtPolicy.RESEND_AFTER_WINDOW or self.stopping:
-                self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget)
+            resend = self._settings.in_doubt is InDoubtPolicy.RESEND_AFTER_WINDOW
+            if job.resend_spent:
+                why = f"{exc.message}; its one resend was already sent, never a second"
+                self._fail(job, TargetState.IN_DOUBT, why, wave_budget)
                 return "over"
-            self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, "waiting out the install window")
+            if not resend or self.stopping:
+                # Stopping: the resend stays decided (journal), resume serves the window.
+                self._fail(job, TargetState.IN_DOUBT, exc.message, wave_budget, resend=resend)
+                return "over"
+            self._set(
+                job.kvm_id,
+                job.wave,
+                TargetState.IN_DOUBT,
+                "waiting out the install window",
+                resend=True,
+            )
             self._doubts[job.kvm_id] = exc.message
             return "resend"
         except ApiError as exc:
@@ -268,7 +315,8 @@ class Scheduler:
         with self._until_drained() as scope:
             await self._clock.sleep(max(0.0, window))
         if scope.cancelled_caught:
-            self._fail(job, TargetState.IN_DOUBT, why, wave_budget)
+            # Drained during the window: the resend stays decided, resume serves the rest.
+            self._fail(job, TargetState.IN_DOUBT, why, wave_budget, resend=True)
             return
         try:
             await self._send(job, resend=True)
@@ -287,7 +335,7 @@ class Scheduler:
             # The per-VPS cap covers the whole flow: what sending took is not left for waiting.
             deadline = min(deadline, job.vps_deadline_s - (self._clock.monotonic() - started))
         with self._until_drained() as scope:
-            result = await self._readiness(job, max(0.0, deadline))
+            result = await self._readiness(job, max(0.0, deadline), started)
         if scope.cancelled_caught:
             return  # drained: stays accepted, resume checks it again
         if result.ready:
@@ -309,6 +357,8 @@ class Scheduler:
                 await self._sink.before_send(job.kvm_id, job.wave)
                 self._set(job.kvm_id, job.wave, TargetState.INTENT)
                 self._in_flight[job.kvm_id] = job.wave
+                if resend:
+                    self._resending.add(job.kvm_id)
                 try:
                     await self._api.reinstall(
                         job.kvm_id, image=job.image, password=job.password, user_data=job.user_data
@@ -336,7 +386,11 @@ class Scheduler:
                 rng=self._rng,
             )
 
-    async def _readiness(self, job: Job, deadline: float) -> ReadyResult:
+    async def _readiness(self, job: Job, deadline: float, started: float) -> ReadyResult:
+        # Counted from the recorded acceptance on resume, from now otherwise.
+        accepted = self._clock.monotonic()
+        if job.accepted_already and job.accepted_at is not None:
+            accepted = started - max(0.0, self._clock.time() - job.accepted_at)
         host: str | None = None
         if job.proof is not None:
             host = await self._address(job)
@@ -357,7 +411,7 @@ class Scheduler:
             deadline_seconds=deadline,
             min_install_seconds=min(job.min_install_s, deadline),
             poll_interval=job.poll_interval_s,
-            accepted_at=self._clock.monotonic(),
+            accepted_at=accepted,
             power=power,
             host=host,
             port=job.port,
@@ -393,8 +447,10 @@ class Scheduler:
 
     # -- bookkeeping -----------------------------------------------------------------
 
-    def _fail(self, job: Job, state: TargetState, reason: str, wave_budget: int) -> None:
-        self._set(job.kvm_id, job.wave, state, reason)
+    def _fail(
+        self, job: Job, state: TargetState, reason: str, wave_budget: int, *, resend: bool = False
+    ) -> None:
+        self._set(job.kvm_id, job.wave, state, reason, resend=resend)
         self._wave_failures += 1
         self._run_failures += 1
         if self._result.aborted is not None:
@@ -410,11 +466,14 @@ class Scheduler:
                 f"{self._run_failures} failed"
             )
 
-    def _set(self, kvm_id: str, wave: int, state: TargetState, reason: str = "") -> None:
+    def _set(
+        self, kvm_id: str, wave: int, state: TargetState, reason: str = "", *, resend: bool = False
+    ) -> None:
         self._result.states[kvm_id] = state
         if reason:
             self._result.reasons[kvm_id] = reason
-        self._sink.emit(TargetEvent(kvm_id, state, wave, self._clock.time(), reason))
+        event = TargetEvent(kvm_id, state, wave, self._clock.time(), reason, resend=resend)
+        self._sink.emit(event)
 
     def _skip_all(self, jobs: Sequence[Job], reason: str) -> None:
         for job in jobs:

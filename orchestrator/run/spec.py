@@ -40,6 +40,11 @@ class ResumePoint:
     accepted: set[str] = field(default_factory=set)
     in_doubt_since: dict[str, float] = field(default_factory=dict)
     prior_failures: dict[int, int] = field(default_factory=dict)
+    # When each accepted VPS was accepted (readiness deadlines count from it), the VPSes whose
+    # one in-doubt resend was already sent, and when each wave became ready (soaks).
+    accepted_at: dict[str, float] = field(default_factory=dict)
+    resend_spent: set[str] = field(default_factory=set)
+    wave_ready: dict[int, float] = field(default_factory=dict)
 
     def wants(self, kvm_id: str) -> bool:
         """True when the VPS has anything left to do in this run."""
@@ -115,6 +120,8 @@ def build_spec(
                     accepted_already=resume is not None and kvm_id in resume.accepted,
                     in_doubt_since=None if resume is None else resume.in_doubt_since.get(kvm_id),
                     proof=proof,
+                    accepted_at=None if resume is None else resume.accepted_at.get(kvm_id),
+                    resend_spent=resume is not None and kvm_id in resume.resend_spent,
                 )
             )
             targets.append(
@@ -162,6 +169,7 @@ def build_spec(
         targets=targets if resume is None else (),
         run_id=None if resume is None else resume.run_id,
         prior_failures={} if resume is None else resume.prior_failures,
+        wave_ready={} if resume is None else resume.wave_ready,
         redact=redact,
     )
 
