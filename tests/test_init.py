@@ -190,6 +190,9 @@ def test_a_refused_login_exits_3_and_names_no_password(
     done = edis(thread_sim, tmp_path, "init", env=unset)
     assert done.returncode == 2
     assert "set EDIS_EMAIL in the environment" in done.stderr
+    bad = edis(thread_sim, tmp_path, "init", "--root-password-env", "ROOT PW")
+    assert bad.returncode == 2
+    assert "not an environment variable name: 'ROOT PW'" in bad.stderr
 
 
 def test_the_library_reads_the_account(thread_sim: Simulator) -> None:

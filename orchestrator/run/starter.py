@@ -27,7 +27,7 @@ from pathlib import Path
 
 from orchestrator.atomic import write_atomic
 from orchestrator.errors import UsageError
-from orchestrator.fleet import HOSTNAME_RE, is_windows_image, takes_cloud_init
+from orchestrator.fleet import ENV_NAME_RE, HOSTNAME_RE, is_windows_image, takes_cloud_init
 from orchestrator.run.account import DEFAULT_ACCOUNT, AccountVps, connected, read_vps
 from orchestrator.run.images import fleet_image, offered_anywhere, own_image
 from orchestrator.run.options import AccountOptions
@@ -92,13 +92,19 @@ def write_files(base: Path, files: Mapping[str, str], *, force: bool) -> tuple[P
     Raises ``UsageError`` before writing anything when a file exists and not ``force``, and
     ``OSError`` when a file cannot be written."""
     targets = {base / name: text for name, text in files.items()}
-    existing = [str(p) for p in targets if p.exists() or p.is_symlink()]
-    if existing and not force:
-        raise UsageError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
+    _refuse_existing(list(targets), force)
     for path, text in targets.items():
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, text, mode=_MODE)
     return tuple(targets)
+
+
+def _refuse_existing(paths: Sequence[Path], force: bool) -> None:
+    """Raise ``UsageError`` naming the ``paths`` that exist (a dangling symlink too), unless
+    ``force``."""
+    existing = [str(p) for p in paths if p.exists() or p.is_symlink()]
+    if existing and not force:
+        raise UsageError(f"{', '.join(existing)} already exist(s); pass --force to overwrite")
 
 
 def write_example(path: str | os.PathLike[str], *, force: bool = False) -> tuple[Path, ...]:
@@ -191,12 +197,13 @@ async def init(
     ``HostNotAllowedError`` or ``OSError`` (a file cannot be written).
     """
     target = Path(path)
-    files = {target.name: ""}
-    if with_templates:
-        files.update(template_files())
-    clash = [str(target.parent / n) for n in files if (target.parent / n).exists()]
-    if clash and not force:
-        raise UsageError(f"{', '.join(clash)} already exist(s); pass --force to overwrite")
+    names = [target.name, *(template_files() if with_templates else ())]
+    # Refused before the account is read: a clash is known without a single request.
+    _refuse_existing([target.parent / name for name in names], force)
+    bad = [n for n in (account.email_env, account.password_env, root_password_env)
+           if not ENV_NAME_RE.match(n)]  # fmt: skip
+    if bad:
+        raise UsageError(f"not an environment variable name: {', '.join(map(repr, bad))}")
     environ = os.environ if env is None else env
     async with connected(account, environ) as reader:
         everything = await read_vps(reader, power=False)
