@@ -161,7 +161,19 @@ def add_account_arguments(p: argparse.ArgumentParser) -> None:
         metavar="VAR",
         help=f"the environment variable holding its password ({defaults.password_env})",
     )
-    add_account_overrides(p)
+    p.add_argument(
+        "--session-url",
+        metavar="URL",
+        help="the session URL, when not the provider's (e.g. the bundled simulator's); init "
+        "writes it into the manifest",
+    )
+    p.add_argument(
+        "--allow-api-host",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="also allow these api hosts (a host, '*.domain' or a CIDR such as 127.0.0.0/8)",
+    )
     p.add_argument("--ca-file", metavar="PEM", help="also trust this CA (a private proxy)")
     p.add_argument(
         "--rate",
