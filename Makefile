@@ -55,7 +55,7 @@ check-floors: install
 	$(FLOORS)/bin/python -m pytest -q -p no:cacheprovider $(FLOORS_PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) $(FLOORS) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS) $(DEMO) .mypy_cache .pytest_cache .ruff_cache
 
 # The main job against the bundled simulator: no credentials, no network beyond loopback.
 # The simulator runs time-scaled (a Linux install takes 3 s), so the run takes seconds.
