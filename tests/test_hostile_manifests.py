@@ -209,6 +209,10 @@ CASES: dict[str, Case] = {
         BASE, "compiling the template took longer than", "vps[0].cloud_init",
         _template("#cloud-config\n" + "{{ id }} " * 116_000 + "\n"),
     ),
+    "template-sandbox-escape-in-a-folded-constant": Case(
+        BASE, "not allowed in the template sandbox", "vps[0].cloud_init",
+        _template("#cloud-config\na: {{ (1.5.__class__ or 0) }}\n"),
+    ),
     "template-endless-output": Case(
         BASE, "far over the limit", "vps[0].cloud_init",
         _template("#cloud-config\n{% for i in range(99999) %}{{ 'x' * 999999 }}{% endfor %}\n"),
@@ -588,3 +592,51 @@ def test_suggestions_stop_when_their_budget_is_spent() -> None:
     assert hint("nama0001", names) == "; did you mean 'name0001'?"  # remembered, free
     assert hint("nama0002", names) == "; did you mean 'name0002'?"
     assert hint("nama0003", names) == ""  # 2,000 of 2,500 spent: no room for 1,000 more
+
+
+_ATOMS = st.sampled_from(
+    ["1", "-1", "999999", "10**6", "'x'", "'ab' * 1000", "[1, 2]", "range(1000)", "vars",
+     "hostname", "root_password", "{'a': 1}", "(2**1000)", "'%s'", "'{}'", "none", "1.5",
+     "namespace(v=1)", "cycler(1, 2)", "dict(a=1)", "true"]
+)  # fmt: skip
+_FILTERS = st.sampled_from(
+    ["upper", "center(999999)", "indent(100000)", "join", "join('x' * 1000)", "replace('', 'yy')",
+     "list", "sort", "unique", "batch(3)", "slice(1000)", "sum", "length", "tojson", "string",
+     "int", "wordwrap(3)", "format(1, 2)", "map('upper')", "items", "dictsort", "xmlattr",
+     "urlencode", "round(99)", "first", "pprint", "title", "default('z')", "attr('__class__')"]
+)  # fmt: skip
+_METHODS = st.sampled_from(
+    ["upper()", "replace('', 'zz')", "join(['a'] * 1000)", "ljust(1000000)", "zfill(999999)",
+     "expandtabs(999999)", "split()", "format(1)", "count('')", "items()", "append(1)",
+     "__class__", "mro()"]
+)  # fmt: skip
+_OPERATORS = st.sampled_from(["+", "*", "**", "%", "//", "/", "-", "~", "in", "==", "or"])
+_EXPRESSIONS = st.recursive(
+    _ATOMS,
+    lambda inner: st.one_of(
+        st.tuples(inner, _OPERATORS, inner).map(lambda t: f"({t[0]} {t[1]} {t[2]})"),
+        st.tuples(inner, _FILTERS).map(lambda t: f"({t[0]} | {t[1]})"),
+        st.tuples(inner, _METHODS).map(lambda t: f"{t[0]}.{t[1]}"),
+    ),
+    max_leaves=6,
+)
+_STATEMENTS = st.one_of(
+    _EXPRESSIONS.map(lambda e: "{{ " + e + " }}"),
+    _EXPRESSIONS.map(lambda e: "{% for i in " + e + " %}{{ i }}{% endfor %}"),
+    _EXPRESSIONS.map(lambda e: "{% for a in range(300) %}{% for b in " + e + " %}{{ b }}"
+                     "{% endfor %}{% endfor %}"),
+    _EXPRESSIONS.map(lambda e: "{% set x = " + e + " %}{{ x }}"),
+)  # fmt: skip
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=st.lists(_STATEMENTS, min_size=1, max_size=3).map("".join))
+def test_any_generated_template_is_a_report_never_an_exception(
+    tmp_path_factory: pytest.TempPathFactory, body: str
+) -> None:
+    folder = tmp_path_factory.mktemp("tfuzz")
+    path = write_fleet(folder, BASE, _template("#cloud-config\na: |\n  " + body + "\n"))
+    start = time.perf_counter()
+    report = check_manifest(path, ENV)  # raising anything here is the failure
+    assert time.perf_counter() - start < SECONDS_LIMIT
+    assert report.ok or report.problems

@@ -169,6 +169,8 @@ class Templates:
             except (RecursionError, SyntaxError, MemoryError) as exc:
                 # Nesting deeper than Jinja's parser or Python's compiler can take.
                 cached = TemplateFailure(source.name, 1 + source.line_offset, _compile_message(exc))
+            except Exception as exc:  # e.g. the sandbox refusing a constant Jinja folds
+                cached = TemplateFailure(source.name, 1 + source.line_offset, _runtime_message(exc))
             self._compiled[source.key] = cached
         if isinstance(cached, TemplateFailure):
             raise cached
