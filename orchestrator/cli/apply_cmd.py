@@ -77,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
     from orchestrator.errors import ManifestError
     from orchestrator.run.load import Refusal, load_and_select, plan_for
     from orchestrator.run.options import SelectionOptions
+    from orchestrator.run.plan import recorded_endpoint
     from orchestrator.templates import CloudInitSchema
 
     env = dict(os.environ)
@@ -97,9 +98,18 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(loaded, Refusal):
         return refuse(loaded, sys.stderr)
     try:
-        plan = plan_for(loaded)
+        plan = plan_for(loaded, endpoint(args))
     except ManifestError as exc:
         return fail(args.fleet, exc.problems, [], loaded.redact, sys.stderr)
+    checked = None if plan_file is None else recorded_endpoint(plan_file)
+    if checked is not None and checked != plan.endpoint:
+        # Before any connection: a plan checked against one API is never applied to another.
+        sys.stderr.write(
+            f"{args.plan} was checked against {checked.describe()}, not "
+            f"{plan.endpoint.describe()}: pass the same --session-url/--allow-api-host, or "
+            "run 'edis-fleet plan' for this endpoint. Nothing was sent.\n"
+        )
+        return exitcodes.USAGE
     if plan_file is not None and plan_file.get("content_hash") != plan.content_hash:
         sys.stderr.write(
             f"{args.plan} is stale: the manifest, its templates or the selection changed since "

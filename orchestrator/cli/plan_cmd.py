@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return refuse(loaded, sys.stderr)
     redact = loaded.redact
     try:
-        plan = plan_for(loaded)
+        plan = plan_for(loaded, endpoint(args))
     except ManifestError as exc:
         return fail(args.fleet, exc.problems, [], redact, sys.stderr)
     try:

@@ -94,9 +94,9 @@ def _load(
     return loaded
 
 
-def _plan(loaded: Loaded) -> Plan:
+def _plan(loaded: Loaded, endpoint: Endpoint = MANIFEST_ENDPOINT) -> Plan:
     try:
-        return plan_for(loaded)
+        return plan_for(loaded, endpoint)
     except ManifestError as exc:
         raise loaded.refusal(exc.problems).error() from None
 
@@ -139,7 +139,7 @@ async def plan(
     """
     environ = _env(env)
     loaded = _load(fleet, selection, strict, environ, CloudInitSchema.find())
-    the_plan = _plan(loaded)
+    the_plan = _plan(loaded, endpoint)
     credentials = _credentials(loaded, environ)
     found = await check_account(loaded.fleet, loaded.selected, endpoint, credentials)
     if not found.ok:
@@ -177,11 +177,11 @@ async def apply(
     """
     environ = _env(env)
     loaded = _load(fleet, selection, strict, environ, CloudInitSchema.find())
-    the_plan = _plan(loaded)
+    the_plan = _plan(loaded, endpoint)
     if plan_hash is not None and plan_hash != the_plan.content_hash:
         raise UsageError(
-            "the plan is stale: the manifest, its templates or the selection changed since it "
-            "was made"
+            "the plan is stale: the manifest, its templates, the selection or the endpoint "
+            f"({the_plan.endpoint.describe()}) changed since it was made"
         )
     _confirmed(the_plan, confirm)
     rto = {"rto_s": rto_s} if rto_s is not None else None

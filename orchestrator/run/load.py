@@ -17,7 +17,7 @@ from orchestrator.errors import ManifestError, SelectionError
 from orchestrator.fleet import Fleet
 from orchestrator.manifest import ManifestReport, SelectedFleet, Selection, check_manifest, select
 from orchestrator.run.options import Endpoint, LoadOptions, SelectionOptions
-from orchestrator.run.plan import Plan, build_plan, manifest_sha256
+from orchestrator.run.plan import Plan, PlanEndpoint, build_plan, manifest_sha256
 from orchestrator.run.preflight import Check, PreflightReport, preflight
 from orchestrator.secrets import Redactor, Secret, read_source
 from orchestrator.templates import CloudInitSchema, Templates
@@ -120,13 +120,15 @@ def user_data_hashes(fleet: Fleet, selected: SelectedFleet) -> dict[str, str | N
     return hashes
 
 
-def plan_for(loaded: Loaded) -> Plan:
-    """Return the plan of a loaded selection. Raises ``ManifestError`` when a template fails."""
+def plan_for(loaded: Loaded, endpoint: Endpoint | None = None) -> Plan:
+    """Return the plan of a loaded selection, checked against ``endpoint`` (default: the
+    manifest's; bound into the plan's hash). Raises ``ManifestError`` when a template fails."""
     return build_plan(
         loaded.selected,
         loaded.selection,
         manifest_hash=manifest_sha256(loaded.fleet.path),
         user_data_hashes=user_data_hashes(loaded.fleet, loaded.selected),
+        endpoint=PlanEndpoint.of(loaded.fleet.account, endpoint),
     )
 
 

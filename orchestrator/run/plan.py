@@ -25,8 +25,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.fleet import InDoubtPolicy, ReadinessMode, Rollout, VpsEntry, is_windows_image
+from orchestrator.fleet import (
+    Account,
+    InDoubtPolicy,
+    ReadinessMode,
+    Rollout,
+    VpsEntry,
+    is_windows_image,
+)
 from orchestrator.manifest import SelectedFleet, Selection
+from orchestrator.run.options import Endpoint
 
 PLAN_FORMAT = 1
 
@@ -107,6 +115,46 @@ class PlanRollout:
 
 
 @dataclass(frozen=True)
+class PlanEndpoint:
+    """The API a plan was checked against: the session URL and the allowed api hosts. Part
+    of the plan and its hash: ``apply --plan`` with another endpoint is refused before any
+    connection (a plan checked against the simulator never goes to the real account)."""
+
+    session_url: str
+    allowed_api_hosts: tuple[str, ...]
+
+    @classmethod
+    def of(cls, account: Account, endpoint: Endpoint | None = None) -> PlanEndpoint:
+        """The endpoint a run of ``account`` talks to with the overrides of ``endpoint``."""
+        given = endpoint or Endpoint()
+        return cls(
+            session_url=given.session_url or account.session_url,
+            allowed_api_hosts=(*account.allowed_api_hosts, *given.extra_api_hosts),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the endpoint as plain JSON data (the plan file's and the hash's form)."""
+        return {"session_url": self.session_url, "allowed_api_hosts": list(self.allowed_api_hosts)}
+
+    def describe(self) -> str:
+        """Say the endpoint in words for a refusal."""
+        return f"{self.session_url} (api hosts {', '.join(self.allowed_api_hosts) or 'none'})"
+
+
+def recorded_endpoint(plan_file: Mapping[str, Any]) -> PlanEndpoint | None:
+    """Return the endpoint a plan file was checked against, or None when it names none (a
+    plan written before plans bound their endpoint; its hash no longer matches anyway)."""
+    data = plan_file.get("endpoint")
+    if not isinstance(data, Mapping) or not isinstance(data.get("session_url"), str):
+        return None
+    hosts = data.get("allowed_api_hosts")
+    return PlanEndpoint(
+        session_url=data["session_url"],
+        allowed_api_hosts=tuple(str(h) for h in hosts) if isinstance(hosts, list) else (),
+    )
+
+
+@dataclass(frozen=True)
 class Plan:
     """What a run will do. Build it with ``build_plan``; write it with ``to_json``."""
 
@@ -122,11 +170,13 @@ class Plan:
     protected: int
     eta_s: float
     content_hash: str
+    endpoint: PlanEndpoint
 
     def to_json(self) -> dict[str, Any]:
         """Return the plan as plain JSON data (it holds no secrets)."""
         data = asdict(self)
         data["rollout"] = self.rollout.to_json()
+        data["endpoint"] = self.endpoint.to_json()
         data["format"] = PLAN_FORMAT
         return data
 
@@ -179,12 +229,16 @@ def build_plan(
     *,
     manifest_hash: str,
     user_data_hashes: Mapping[str, str | None],
+    endpoint: PlanEndpoint | None = None,
 ) -> Plan:
     """Resolve waves and budgets for the selected VPSes and compute the ETA and hash.
 
     ``user_data_hashes`` maps each kvm id to the SHA-256 of its rendered user-data (None
-    when it gets none). Raises ``KeyError`` when a selected VPS has no entry there.
+    when it gets none); ``endpoint`` is the API the plan is checked against (default: the
+    manifest's), bound into the hash. Raises ``KeyError`` when a selected VPS has no entry
+    there.
     """
+    bound = endpoint or PlanEndpoint.of(selected.fleet.account)
     rollout = selected.fleet.rollout
     entries: Sequence[VpsEntry] = selected.vps
     sizes = resolve_waves(rollout, len(entries))
@@ -222,6 +276,7 @@ def build_plan(
         "selection": chosen,
         "rollout": planned.to_json(),
         "targets": [[t.kvm_id, t.hostname, t.image, t.wave, t.user_data_sha256] for t in targets],
+        "endpoint": bound.to_json(),
     }
     content_hash = hashlib.sha256(
         json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
@@ -239,6 +294,7 @@ def build_plan(
         protected=selected.blast_radius.protected,
         eta_s=sum(w.eta_s for w in waves) + soak,
         content_hash=content_hash,
+        endpoint=bound,
     )
 
 
