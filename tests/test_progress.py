@@ -135,6 +135,7 @@ async def test_ticker_moves_the_plain_summary_on_quiet_seconds() -> None:
 def test_json_mode_writes_one_parseable_object_per_change() -> None:
     clock, out = FakeClock(), io.StringIO()
     with make("json", clock, out, redact=lambda s: s.replace("hunter2", "***")) as p:
+        p.run_id = "20270115-0800-abcdef"  # set by the run once the journal has it
         p.emit(ev(clock, 1, S.PENDING))
         p.emit(ev(clock, 1, S.INTENT))
         clock.advance(0.25)
@@ -143,7 +144,7 @@ def test_json_mode_writes_one_parseable_object_per_change() -> None:
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines[0] == {
         "ts": "2027-01-15T08:00:00.000Z", "level": "info", "event": "target_state",
-        "kvm_id": "kvm_1", "hostname": "vps-001", "state": "intent", "wave": 1, "reason": "",
+        "run_id": "20270115-0800-abcdef", "kvm_id": "kvm_1", "hostname": "vps-001", "state": "intent", "wave": 1, "reason": "",
     }  # fmt: skip
     assert (lines[1]["level"], lines[1]["reason"]) == ("error", "bad <&> ***")
     assert lines[1]["ts"] == "2027-01-15T08:00:00.250Z"

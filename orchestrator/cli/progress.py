@@ -119,6 +119,8 @@ class Progress:
         self.mode: Mode = mode
         self.stats = stats or RunStats()
         self.error: Exception | None = None
+        #: The run's id once the journal has it (``execute`` sets it): every JSON line has it.
+        self.run_id: str | None = None
         self._sizes = dict(waves)
         self._stream = stream
         self._clock: Clock = clock or SystemClock()
@@ -329,6 +331,7 @@ class Progress:
             "ts": iso_time(event.at),
             "level": _LEVELS.get(event.state, "info"),
             "event": "target_state",
+            "run_id": self.run_id,
             "kvm_id": event.kvm_id,
             "hostname": self._hostnames.get(event.kvm_id),
             "state": event.state.value,

@@ -72,7 +72,7 @@ def build_and_run(
 
 def run_and_report(spec: RunSpec, output: OutputOptions, env: Mapping[str, str]) -> int:
     """Attach progress and event sinks, run, write the reports; return the exit code."""
-    hostnames = {t.kvm_id: t.hostname for t in spec.targets}
+    hostnames = spec.hostnames or {t.kvm_id: t.hostname for t in spec.targets}
     sizes = {w.index: len(w.jobs) for w in spec.waves}
     progress = Progress(
         sum(sizes.values()),

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TextIO
+from typing import Any, Protocol, TextIO, runtime_checkable
 
 import anyio
 
@@ -75,12 +75,21 @@ class RunSpec:
     targets: Sequence[TargetSpec] = ()
     run_id: str | None = None
     prior_failures: dict[int, int] = field(default_factory=dict)
+    # Host names of the run's VPSes for progress and event lines (resume has no new targets).
+    hostnames: dict[str, str] = field(default_factory=dict)
     # Resume: when each wave became ready, as recorded (the soak after it is served in full).
     wave_ready: dict[int, float] = field(default_factory=dict)
     sinks: Sequence[EventSink] = ()
     progress: ProgressView | None = None
     redact: Callable[[str], str] = str
     stderr: TextIO = field(default=sys.stderr)
+
+
+@runtime_checkable
+class KnowsRun(Protocol):
+    """A watcher whose lines carry the run id (``NdjsonSink``, the progress view)."""
+
+    run_id: str | None
 
 
 class ProgressView(EventSink, Protocol):
@@ -248,6 +257,10 @@ async def _run_recorded(journal: Journal, run_id: str, spec: RunSpec, w: _Wiring
     ``report.verdict`` says); return the outcome."""
     clock, limits, budget, book = w.clock, w.limits, w.budget, w.book
     w.recorder.attach(journal, run_id)
+    for watcher in (*spec.sinks, *_opt(spec.progress)):
+        if isinstance(watcher, KnowsRun):
+            # Created before the run had an id: every event and log line carries it.
+            watcher.run_id = run_id
     if spec.progress is not None:
         spec.progress.stats = RunStats.of_limiter(
             limits.requests,

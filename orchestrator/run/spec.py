@@ -170,6 +170,7 @@ def build_spec(
         run_id=None if resume is None else resume.run_id,
         prior_failures={} if resume is None else resume.prior_failures,
         wave_ready={} if resume is None else resume.wave_ready,
+        hostnames={entry.id: entry.hostname for entry in selected.vps},
         redact=redact,
     )
 
