@@ -640,3 +640,9 @@ def test_any_generated_template_is_a_report_never_an_exception(
     report = check_manifest(path, ENV)  # raising anything here is the failure
     assert time.perf_counter() - start < SECONDS_LIMIT
     assert report.ok or report.problems
+
+
+def test_generated_passwords_directories_are_all_private(tmp_path: Path) -> None:
+    sources.write_generated_passwords(tmp_path / "a" / "b" / "gen.txt", {"kvm_1_1": Secret("pw")})
+    for folder in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700

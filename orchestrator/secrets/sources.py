@@ -7,6 +7,7 @@ and ``write_generated_passwords`` keeps generated ones in their 0600 file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -221,6 +222,19 @@ def generated_output_problem(path: Path, shown: str) -> str | None:
         return f"cannot check {shown}: {exc.strerror or type(exc).__name__}"
 
 
+def _make_private_dirs(directory: Path) -> None:
+    """Create ``directory`` and its missing parents, each with mode 0700 (``mkdir -p`` would
+    give the parents the default mode)."""
+    missing: list[Path] = []
+    while not os.path.lexists(directory) and directory != directory.parent:
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        # Made meanwhile by someone else: the checks that follow judge it.
+        with contextlib.suppress(FileExistsError):
+            folder.mkdir(mode=0o700)
+
+
 def write_generated_passwords(
     path: Path, passwords: Mapping[str, Secret], *, shown: str | None = None
 ) -> None:
@@ -232,7 +246,7 @@ def write_generated_passwords(
     directory breaks, or ``OSError`` from the file system; nothing is written then.
     """
     name = shown or str(path)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _make_private_dirs(path.parent)
     dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         problem = _directory_problem(os.fstat(dir_fd), os.path.dirname(name) or ".")
