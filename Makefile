@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 # The suite on every core (pytest-xdist), with branch coverage of orchestrator/ printed and
 # held to the floor in pyproject.toml ([tool.coverage.report] fail_under). Commands run
 # in-process; the few real processes are marked 'subprocess'. The soak is `make soak`.
+# PYTEST_ARGS adds options (e.g. --durations=20).
 test: install
-	$(BIN)/python -m pytest -q -n auto --dist worksteal --cov --cov-report=term-missing:skip-covered
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --cov --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
