@@ -5,6 +5,7 @@ In-process against the simulator (``make_thread_sim``); the login comes from the
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import anyio
 import pytest
 
 import orchestrator
+from orchestrator.cli.output import counter
 from orchestrator.run.account import ImageList, group_images
 from orchestrator.run.images import fleet_image, own_image
 from orchestrator.run.starter import example_files
@@ -200,8 +202,17 @@ def test_the_library_reads_the_account(thread_sim: Simulator) -> None:
         session_url=thread_sim.session_url, extra_api_hosts=("127.0.0.0/8",)
     )
     env = env_for(thread_sim)
-    listed = anyio.run(lambda: orchestrator.account_vps(account, power=False, env=env))
+    heard: list[tuple[str, int, int]] = []
+
+    def progress(what: str, done: int, total: int) -> None:
+        heard.append((what, done, total))
+
+    listed = anyio.run(
+        lambda: orchestrator.account_vps(account, power=False, env=env, progress=progress)
+    )
     assert [(v.kvm_id, v.power) for v in listed] == [(k, None) for k in thread_sim.vps_ids]
+    # Every VPS read is heard of, the count climbing to the total.
+    assert heard == [("details", n, 5) for n in range(1, 6)]
     lists = anyio.run(lambda: orchestrator.account_images(account, env=env))
     assert len(group_images(lists)) == 1
 
@@ -301,3 +312,19 @@ def test_the_readme_rehearsal_runs_as_written(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "rehearsal.yaml: valid" in done.stdout
     assert "blast radius: 5 VPS(es) will be WIPED" in done.stdout
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_account_counter_shows_on_a_terminal_only() -> None:
+    assert counter(io.StringIO()) is None
+    err = _Terminal()
+    show = counter(err)
+    assert show is not None
+    show("details", 3, 40)
+    assert err.getvalue().strip() == "reading the account: details 3/40"
+    show("", 0, 0)
+    assert err.getvalue().endswith("\r")

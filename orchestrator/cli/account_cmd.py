@@ -66,15 +66,19 @@ def run_vps(args: argparse.Namespace) -> int:
     """List the account's VPSes; return 0, or 1 when some could not be read fully."""
     import anyio
 
-    from orchestrator.cli.output import account_failure
+    from orchestrator.cli.output import account_failure, counter
     from orchestrator.errors import EdisFleetError
     from orchestrator.run.account import account_vps
 
     options = account_options(args)
+    show = counter(sys.stderr)
     try:
-        listed = anyio.run(lambda: account_vps(options, env=dict(os.environ)))
+        listed = anyio.run(lambda: account_vps(options, env=dict(os.environ), progress=show))
     except EdisFleetError as exc:
         return account_failure(exc, os.environ.get(options.password_env, ""), sys.stderr)
+    finally:
+        if show is not None:
+            show("", 0, 0)
     if ListFormat(args.format) is ListFormat.JSON:
         sys.stdout.write(json.dumps({"vps": [v.to_json() for v in listed]}, indent=2) + "\n")
     else:
@@ -106,7 +110,7 @@ def run_images(args: argparse.Namespace) -> int:
     1 when a list could not be read."""
     import anyio
 
-    from orchestrator.cli.output import account_failure
+    from orchestrator.cli.output import account_failure, counter
     from orchestrator.errors import EdisFleetError
     from orchestrator.run.account import account_images, group_images
 
@@ -115,10 +119,14 @@ def run_images(args: argparse.Namespace) -> int:
         return exitcodes.USAGE
     options = account_options(args)
     ids = None if args.all else list(args.kvm_ids)
+    show = counter(sys.stderr)
     try:
-        lists = anyio.run(lambda: account_images(options, ids, env=dict(os.environ)))
+        lists = anyio.run(lambda: account_images(options, ids, env=dict(os.environ), progress=show))
     except EdisFleetError as exc:
         return account_failure(exc, os.environ.get(options.password_env, ""), sys.stderr)
+    finally:
+        if show is not None:
+            show("", 0, 0)
     groups = group_images(lists)
     if ListFormat(args.format) is ListFormat.JSON:
         data = {

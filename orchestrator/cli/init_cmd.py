@@ -80,12 +80,13 @@ def run(args: argparse.Namespace) -> int:
     """Write the manifest (and templates); print what was written and what to run next."""
     import anyio
 
-    from orchestrator.cli.output import account_failure
+    from orchestrator.cli.output import account_failure, counter
     from orchestrator.errors import EdisFleetError
     from orchestrator.run.starter import init, write_example
 
     options = account_options(args)
     secret = os.environ.get(options.password_env, "")
+    show = counter(sys.stderr)
     try:
         if args.example:
             written = write_example(args.fleet, force=args.force)
@@ -104,10 +105,14 @@ def run(args: argparse.Namespace) -> int:
                 with_templates=args.with_templates,
                 force=args.force,
                 env=dict(os.environ),
+                progress=show,
             )
         )
     except (EdisFleetError, OSError) as exc:
         return account_failure(exc, secret, sys.stderr)
+    finally:
+        if show is not None:
+            show("", 0, 0)
     lines = [f"wrote {result.written[0]}: {result.vps} VPS(es), default image {result.image} "
              f"(offered to {result.offered_by})"]  # fmt: skip
     if result.overrides:

@@ -61,3 +61,18 @@ def account_failure(exc: Exception, secret: str, err: TextIO) -> int:
         err.write(redact(f"edis-fleet: {exc}\n"))
         return exitcodes.USAGE
     raise exc
+
+
+def counter(err: TextIO) -> Callable[[str, int, int], None] | None:
+    """Return a progress printer for long account reads (``what: done/total`` rewritten in
+    place), or ``None`` when ``err`` is not a terminal (logs get the result only). Call it
+    with ``("", 0, 0)`` to clear the line."""
+    if not err.isatty():
+        return None
+
+    def show(what: str, done: int, total: int) -> None:
+        text = f"reading the account: {what} {done}/{total}" if total else ""
+        err.write(f"\r{text:<60}\r" if not text else f"\r{text:<60}")
+        err.flush()
+
+    return show

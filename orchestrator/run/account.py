@@ -31,6 +31,9 @@ from orchestrator.suggest import did_you_mean
 
 T = TypeVar("T")
 DEFAULT_ACCOUNT = AccountOptions()
+Progress = Callable[[str, int, int], None]
+"""Called as ``progress(what, done, total)`` after each VPS's read of one kind (``details``,
+``power``, ``images``): a long listing at a few requests per second is not silent."""
 
 
 @dataclass(frozen=True)
@@ -124,8 +127,11 @@ class AccountReader:
         reads: ReadRetries,
         limiter: RateLimiter,
         concurrency: int,
+        *,
+        progress: Progress | None = None,
     ) -> None:
         self._client = client
+        self._progress = progress
         self._book = book
         self._reads = reads
         self._limiter = limiter
@@ -154,17 +160,20 @@ class AccountReader:
             return await self._reads(attempt)
 
     async def each(
-        self, kvm_ids: Sequence[str], fn: Callable[[VpsCredentials], Awaitable[T]]
+        self, what: str, kvm_ids: Sequence[str], fn: Callable[[VpsCredentials], Awaitable[T]]
     ) -> dict[str, T | ApiError]:
         """Call ``fn`` for every VPS (``concurrency`` at a time); return each result or the
-        ``ApiError`` it ended with."""
+        ``ApiError`` it ended with. Progress is reported as ``what``."""
         results: dict[str, T | ApiError] = {}
+        total = len(set(kvm_ids))
 
         async def one(kvm_id: str) -> None:
             try:
                 results[kvm_id] = await self.read(kvm_id, fn)
             except ApiError as exc:
                 results[kvm_id] = exc
+            if self._progress is not None:
+                self._progress(what, len(results), total)
 
         async with anyio.create_task_group() as tg:
             for kvm_id in dict.fromkeys(kvm_ids):
@@ -173,7 +182,7 @@ class AccountReader:
 
     async def images(self, kvm_ids: Sequence[str]) -> list[ImageList]:
         """Return the image list of each VPS, in the order given."""
-        found = await self.each(kvm_ids, self._client.images)
+        found = await self.each("images", kvm_ids, self._client.images)
         out: list[ImageList] = []
         for kvm_id in kvm_ids:
             got = found[kvm_id]
@@ -186,7 +195,11 @@ class AccountReader:
 
 @contextlib.asynccontextmanager
 async def connected(
-    options: AccountOptions, env: Mapping[str, str], *, clock: Clock | None = None
+    options: AccountOptions,
+    env: Mapping[str, str],
+    *,
+    clock: Clock | None = None,
+    progress: Progress | None = None,
 ) -> AsyncIterator[AccountReader]:
     """Yield an ``AccountReader`` on a client for the account ``options`` names. Raises
     ``UsageError`` (login variables not set), ``HostNotAllowedError`` (a session URL that is
@@ -204,7 +217,7 @@ async def connected(
         limiter = RateLimiter(options.rate, clock=clock)
         reads = ReadRetries(clock=clock, limiter=limiter)
         book = SessionBook(LimitedAuth(client, limiter, reads), clock=clock)
-        yield AccountReader(client, book, reads, limiter, options.concurrency)
+        yield AccountReader(client, book, reads, limiter, options.concurrency, progress=progress)
 
 
 def _addresses(details: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -228,10 +241,10 @@ async def read_vps(reader: AccountReader, *, power: bool) -> list[AccountVps]:
     unusable ones with their reason), sorted by id."""
     usable, unusable = await reader.entries()
     ids = sorted(usable)
-    details = await reader.each(ids, reader.client.details)
+    details = await reader.each("details", ids, reader.client.details)
     states: dict[str, str | ApiError] = {}
     if power:
-        states = await reader.each(ids, reader.client.power)
+        states = await reader.each("power", ids, reader.client.power)
     out: list[AccountVps] = []
     for kvm_id in ids:
         cred = usable[kvm_id]
@@ -273,14 +286,16 @@ async def account_vps(
     *,
     power: bool = True,
     env: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> list[AccountVps]:
     """List the account's VPSes: id, hostname, addresses, suspended, power (``edis-fleet vps``).
 
-    ``env`` holds the login variables ``account`` names (default: ``os.environ``). Raises
+    ``env`` holds the login variables ``account`` names (default: ``os.environ``); ``progress``
+    hears of every VPS read. Raises
     ``UsageError`` (login variables not set), ``AuthenticationError`` (the login was refused),
     ``ApiError`` (the account could not be read) or ``HostNotAllowedError``.
     """
-    async with connected(account, _environ(env)) as reader:
+    async with connected(account, _environ(env), progress=progress) as reader:
         return await read_vps(reader, power=power)
 
 
@@ -289,11 +304,12 @@ async def account_images(
     kvm_ids: Sequence[str] | None = None,
     *,
     env: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> list[ImageList]:
     """Return the images each VPS can install (``edis-fleet images``): the given ones, or every
     usable one of the account when ``kvm_ids`` is ``None``. An id not in the account, or a VPS
     whose list cannot be read, has a ``problem``. Raises as ``account_vps``."""
-    async with connected(account, _environ(env)) as reader:
+    async with connected(account, _environ(env), progress=progress) as reader:
         usable, unusable = await reader.entries()
         wanted = sorted(usable) if kvm_ids is None else list(dict.fromkeys(kvm_ids))
         known = [k for k in wanted if k in usable]

@@ -28,7 +28,13 @@ from pathlib import Path
 from orchestrator.atomic import write_atomic
 from orchestrator.errors import UsageError
 from orchestrator.fleet import ENV_NAME_RE, HOSTNAME_RE, is_windows_image, takes_cloud_init
-from orchestrator.run.account import DEFAULT_ACCOUNT, AccountVps, connected, read_vps
+from orchestrator.run.account import (
+    DEFAULT_ACCOUNT,
+    AccountVps,
+    Progress,
+    connected,
+    read_vps,
+)
 from orchestrator.run.images import fleet_image, offered_anywhere, own_image
 from orchestrator.run.options import AccountOptions
 from orchestrator.suggest import did_you_mean
@@ -185,12 +191,14 @@ async def init(
     with_templates: bool = False,
     force: bool = False,
     env: Mapping[str, str] | None = None,
+    progress: Progress | None = None,
 ) -> InitResult:
     """Write a manifest for the account's VPSes to ``path`` (``edis-fleet init``).
 
     ``image`` replaces the chosen default (VPSes not offered it get their own best image);
     ``only``/``exclude`` are globs on id or hostname; ``with_templates`` also writes the
-    bundled templates to ``templates/`` beside the manifest. Read-only requests only.
+    bundled templates to ``templates/`` beside the manifest; ``progress`` hears of every VPS
+    read. Read-only requests only.
 
     Raises ``UsageError`` (a file exists and not ``force``, login variables not set, a pattern
     or ``image`` that matches nothing, no VPS left), ``AuthenticationError``, ``ApiError``,
@@ -205,7 +213,7 @@ async def init(
     if bad:
         raise UsageError(f"not an environment variable name: {', '.join(map(repr, bad))}")
     environ = os.environ if env is None else env
-    async with connected(account, environ) as reader:
+    async with connected(account, environ, progress=progress) as reader:
         everything = await read_vps(reader, power=False)
         listed = pick(everything, only, exclude)
         ready = [v for v in listed if v.usable and not v.suspended]
