@@ -12,6 +12,7 @@ import os
 import signal
 import sqlite3
 import subprocess
+import threading
 from pathlib import Path
 
 import anyio
@@ -51,16 +52,20 @@ def interrupted_run(sims: ThreadSims, sim: Simulator, path: Path, *args: str) ->
     id. The canary's install (0.9 s at ``time_scale=0.003``) keeps the run busy meanwhile:
     wave 2 waits for it to be ready."""
 
+    returned = threading.Event()
+
     async def interrupt() -> None:
         with anyio.fail_after(60):
             while sum(sim.counters.reinstall_accepted.values()) == 0:  # noqa: ASYNC110
                 await anyio.sleep(0.01)
-        os.kill(os.getpid(), signal.SIGINT)
+        if not returned.is_set():  # never a stray SIGINT for pytest itself
+            os.kill(os.getpid(), signal.SIGINT)
 
     watcher = sims.portal.start_task_soon(interrupt)
     try:
         code, _, err = apply(sim, path, "--quiet", *args)
     finally:
+        returned.set()
         watcher.cancel()
     assert code == 130, err
     return last_run(path.parent)
