@@ -43,14 +43,8 @@ from orchestrator.templates.document import (
     classify,
     parse_cloud_config,
 )
-from orchestrator.templates.sandbox import (
-    BoundedEnvironment,
-    BoundExceeded,
-    Budget,
-    ReadOnlyDict,
-    ReadOnlyList,
-    SharedVars,
-)
+from orchestrator.templates.sandbox import BoundedEnvironment, BoundExceeded, Budget
+from orchestrator.templates.shared_vars import ReadOnlyDict, ReadOnlyList, SharedVars
 
 __all__ = ["Templates"]
 

@@ -29,7 +29,7 @@ import os
 import re
 import resource
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import jinja2
@@ -45,9 +45,6 @@ __all__ = [
     "BoundExceeded",
     "BoundedEnvironment",
     "Budget",
-    "ReadOnlyDict",
-    "ReadOnlyList",
-    "SharedVars",
     "memory_bound",
 ]
 
@@ -296,55 +293,6 @@ def _timed_tokens(tokens: Iterable[Token]) -> Iterator[Token]:
         if count & 0xFF == 0 and time.monotonic() > deadline:
             raise BoundExceeded(f"compiling the template took longer than {COMPILE_SECONDS:g} s")
         yield token
-
-
-class _ReadOnly:
-    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("vars are read-only in templates; copy them first (e.g. | list)")
-
-
-class ReadOnlyList(list[Any], _ReadOnly):
-    """A list from ``vars``: readable (and JSON-serialisable) like any list, never changed."""
-
-    append = extend = insert = remove = pop = clear = sort = reverse = _ReadOnly._refuse
-    __setitem__ = __delitem__ = __iadd__ = __imul__ = _ReadOnly._refuse
-
-
-class ReadOnlyDict(dict[str, Any], _ReadOnly):
-    """A mapping from ``vars``: readable like any dict, never changed."""
-
-    pop = popitem = clear = update = setdefault = _ReadOnly._refuse
-    __setitem__ = __delitem__ = __ior__ = _ReadOnly._refuse
-
-
-class SharedVars:
-    """Turns a VPS's frozen ``vars`` into what templates see, sharing the work between VPSes.
-
-    Values frozen once per manifest level (``orchestrator.manifest.vps``) are the same
-    objects for every VPS of that level; each is converted once into read-only lists and
-    dicts, which every render shares (they cannot be changed, so no render sees another's
-    changes). A large ``vars`` then costs its size once, not once per VPS.
-    """
-
-    def __init__(self) -> None:
-        # id of a frozen value -> (the value, kept alive so the id stays its own; converted)
-        self._memo: dict[int, tuple[Any, Any]] = {}
-
-    def thaw(self, frozen: Mapping[str, Any]) -> ReadOnlyDict:
-        """Return the template view of one VPS's vars (a fresh top level, shared values)."""
-        return ReadOnlyDict((k, self._value(v)) for k, v in frozen.items())
-
-    def _value(self, value: Any) -> Any:
-        if not isinstance(value, Mapping | tuple):
-            return value
-        known = self._memo.get(id(value))
-        if known is None:
-            if isinstance(value, Mapping):
-                converted: Any = ReadOnlyDict((k, self._value(v)) for k, v in value.items())
-            else:
-                converted = ReadOnlyList(self._value(v) for v in value)
-            known = self._memo[id(value)] = (value, converted)
-        return known[1]
 
 
 def _address_space() -> int | None:
