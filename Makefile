@@ -66,10 +66,13 @@ clean:
 DEMO     := .venv-demo
 DEMO_SRC := pyproject.toml $(shell find orchestrator -type f ! -path '*/__pycache__/*')
 
+# setuptools builds in build/ and never removes what the package no longer has: start clean.
 $(DEMO)/.installed: $(DEMO_SRC)
 	$(PYTHON) -m venv $(DEMO)
 	$(DEMO)/bin/python -m pip install --quiet --upgrade pip
+	rm -rf build
 	$(DEMO)/bin/python -m pip install --quiet .
+	rm -rf build
 	touch $@
 
 demo: $(DEMO)/.installed
