@@ -10,7 +10,7 @@ not import each other (import-linter checks it); shared printing is ``cli/output
 run's progress, reports and exit codes ``cli/running.py``.
 
 Exit codes: ``cli/exitcodes.py`` (the table of ``--help`` and the README), computed for a
-recorded run by ``report.verdict.judge`` over the whole run. ``--debug`` shows the traceback of
+recorded run by ``report.contract.judge`` over the whole run. ``--debug`` shows the traceback of
 an internal error (exit 70); without it, one line says what broke and how to resume.
 """
 

@@ -1,7 +1,7 @@
-"""Process exit codes: the table of ``--help``, the README and ``report.verdict``.
+"""Process exit codes: the table of ``--help``, the README and ``report.contract``.
 
 Precedence when several apply: 70 > 4 > 130 > 5 > 1 > 7 > 0 (in doubt is never hidden by
-anything milder). Runs that were recorded get theirs from ``report.verdict.judge`` over the
+anything milder). Runs that were recorded get theirs from ``report.contract.judge`` over the
 whole run as the journal holds it; the tests check that both tables agree.
 """
 

@@ -26,7 +26,7 @@ from orchestrator.errors import (
     PreflightError,
 )
 from orchestrator.report import NdjsonSink, duration, recovery, text_report
-from orchestrator.report.verdict import Verdict
+from orchestrator.report.contract import Verdict
 from orchestrator.run.boundary import RunCrashed, leaves
 from orchestrator.run.execute import RunOutcome, RunSpec, execute
 from orchestrator.run.guard import Verdict as GuardVerdict

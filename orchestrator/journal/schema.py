@@ -84,7 +84,7 @@ class RunStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
     IN_DOUBT = "in_doubt"
     # Version 2: every VPS back but over the RTO; stopped by an internal error or a fault of
-    # this machine (``runs.error`` says which). The words of ``report.verdict``.
+    # this machine (``runs.error`` says which). The words of ``report.contract``.
     RTO_MISSED = "rto_missed"
     CRASHED = "crashed"
 

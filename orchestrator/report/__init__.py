@@ -14,7 +14,7 @@ from orchestrator.report.markdown import markdown_report
 from orchestrator.report.recovery import Recovery, Verdict, recovery, verdict
 from orchestrator.report.summary import iso_time
 from orchestrator.report.text import LABELS, duration
-from orchestrator.report.verdict import Tally, judge
+from orchestrator.report.contract import Tally, judge
 
 __all__ = [
     "LABELS",

@@ -31,7 +31,7 @@ machine-readable form, checked by the tests)::
               "manifest_path", "manifest_sha256", "plan_sha256", "started_at", "ended_at"
               (null while running), "duration_s", "failures", "retries",
               "counters" {name: int, e.g. throttles, session_refreshes},
-              "verdict" (the whole run judged, ``report.verdict``: ok, failed, in-doubt,
+              "verdict" (the whole run judged, ``report.contract``: ok, failed, in-doubt,
               aborted, interrupted, running, rto-missed, crashed), "exit_code" (the
               verdict's process exit code; null while running), "error" (why a crashed run
               stopped, redacted; "" otherwise), "rto_s" (null: no RTO)},

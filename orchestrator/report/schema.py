@@ -143,7 +143,7 @@ REPORT_SCHEMA: Final[dict[str, Any]] = {
                 "retries": _COUNT,
                 "counters": {"type": "object", "additionalProperties": {"type": "integer"}},
                 "verdict": {"enum": VERDICTS},
-                # The process exit code of the verdict (``report.verdict``); null while running.
+                # The process exit code of the verdict (``report.contract``); null while running.
                 "exit_code": {"type": ["integer", "null"]},
                 # Why a crashed run stopped (redacted); empty otherwise.
                 "error": {"type": "string"},

@@ -32,7 +32,7 @@ from orchestrator.journal import (
 )
 from orchestrator.model import Attempt, Clock, EventSink, TargetEvent, TargetState
 from orchestrator.report.recovery import recovery
-from orchestrator.report.verdict import Tally, judge_records
+from orchestrator.report.contract import Tally, judge_records
 from orchestrator.run.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.run.boundary import close_down
 from orchestrator.run.limits import Limits
@@ -143,7 +143,7 @@ class FanOut:
 
 def stopped_as(result: RunResult) -> RunStatus:
     """How this invocation stopped: interrupted, aborted by a budget, or completed (``done``;
-    the run's final status is then judged from all its VPSes, ``report.verdict.judge``)."""
+    the run's final status is then judged from all its VPSes, ``report.contract.judge``)."""
     if result.interrupted:
         return RunStatus.INTERRUPTED
     if result.aborted is not None:
@@ -254,7 +254,7 @@ class _Wiring:
 
 async def _run_recorded(journal: Journal, run_id: str, spec: RunSpec, w: _Wiring) -> RunOutcome:
     """Run the waves of a recorded run and record how it ended (the whole run judged, as
-    ``report.verdict`` says); return the outcome."""
+    ``report.contract`` says); return the outcome."""
     clock, limits, budget, book = w.clock, w.limits, w.budget, w.book
     w.recorder.attach(journal, run_id)
     for watcher in (*spec.sinks, *_opt(spec.progress)):

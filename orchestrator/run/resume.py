@@ -46,7 +46,7 @@ class RunView:
 
     @property
     def tally(self) -> Tally:
-        """The run judged as a whole (``report.verdict``)."""
+        """The run judged as a whole (``report.contract``)."""
         return recovery(self.run, self.targets).tally
 
     @property
@@ -116,7 +116,7 @@ async def list_runs(path: str | Path | JournalConfig) -> list[RunRecord]:
 
 
 async def list_judged(path: str | Path | JournalConfig) -> list[tuple[RunRecord, Tally]]:
-    """Return every run, oldest first, each judged as a whole (``report.verdict``: the same
+    """Return every run, oldest first, each judged as a whole (``report.contract``: the same
     counts, verdict and exit code as ``status``, ``report`` and the run's own exit code).
     Raises ``JournalError``."""
     journal = await anyio.to_thread.run_sync(open_existing, path)
