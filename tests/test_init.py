@@ -18,7 +18,7 @@ from orchestrator.run.account import ImageList, group_images
 from orchestrator.run.images import fleet_image, own_image
 from orchestrator.run.starter import example_files
 from orchestrator.simulator import Simulator
-from tests.cli_support import REPO, run_cli
+from tests.cli_support import REPO, CliResult, run_cli
 from tests.conftest import ThreadSims
 
 ROOT_PASSWORD = "init-Root-pass-42"
@@ -33,7 +33,7 @@ def env_for(sim: Simulator) -> dict[str, str]:
     }
 
 
-def edis(sim: Simulator, tmp: Path, *args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def edis(sim: Simulator, tmp: Path, *args: str, env: dict[str, str] | None = None) -> CliResult:
     """``edis-fleet ARGS`` in-process, pointed at the simulator like any account command."""
     endpoint = ["--session-url", sim.session_url, "--allow-api-host", "127.0.0.0/8"]
     return run_cli([*args, *endpoint], cwd=tmp, env=env or env_for(sim))
