@@ -151,6 +151,9 @@ class InDoubtPolicy(enum.StrEnum):
 
     REPORT = "report"
     RESEND_AFTER_WINDOW = "resend-after-window"
+    # Readiness mode ssh: look at the VPS for the install window and decide by its host key
+    # (orchestrator/run/reconcile.py); the default where that proof is available.
+    RECONCILE = "reconcile"
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +180,8 @@ class Rollout:
     in_doubt: InDoubtPolicy = InDoubtPolicy.REPORT
     in_doubt_window_s: float | None = None
     rto_s: float | None = None
+    # rollout.in_doubt was not written: VPSes whose reinstall can be proven reconcile.
+    in_doubt_default: bool = True
 
 
 @dataclass(frozen=True, slots=True)

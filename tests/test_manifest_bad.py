@@ -236,7 +236,7 @@ CASES: dict[str, Case] = {
     ),
     "bad-in-doubt-policy": Case(
         base_with('  waves: [1, "100%"]\n', f"  in_doubt: retry {HERE}\n"),
-        [Expect("rollout.in_doubt", "expected 'report' or 'resend-after-window'")],
+        [Expect("rollout.in_doubt", "expected 'report', 'resend-after-window' or 'reconcile'")],
     ),
     "unknown-group": Case(
         base_with("vps:\n", "groups:\n  web: {tags: [w]}\nvps:\n").replace(

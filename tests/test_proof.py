@@ -6,17 +6,22 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
+import signal
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import anyio
 import asyncssh
 import pytest
 
 from orchestrator.errors import ManifestError
-from orchestrator.fleet import Readiness, ReadinessMode, SshLogin
+from orchestrator.fleet import InDoubtPolicy, Readiness, ReadinessMode, SshLogin
 from orchestrator.manifest.loader import load_fleet
 from orchestrator.model import TargetState
 from orchestrator.run.proof import prepare_proof
+from orchestrator.run.reconcile import RESOLVED_ACCEPTED, UNRESOLVED, Resolution
 from orchestrator.run.scheduler import Job, RunResult, WaveSpec
 from orchestrator.secrets.values import Secret
 from orchestrator.simulator import Simulator
@@ -25,6 +30,7 @@ from tests.cli_support import run_cli
 from tests.conftest import SimFactory, ThreadSims
 from tests.manifest_support import BASE, ENV
 from tests.manifest_support import write_fleet as write_manifest
+from tests.test_resume import last_run
 from tests.test_scheduler import assert_exactly_once, jobs_for, scheduler_for, settings
 from tests.test_secrets import ACCOUNT_PW, TEMPLATE, env, vps_lines, write_fleet
 
@@ -245,3 +251,119 @@ def test_known_hosts_from_apply_lets_ssh_connect_without_trust_on_first_use(
         (tmp_path / "known_hosts").write_text(lines[1].replace(sim.vps(ids[1]).ip, "127.0.9.9"))
         with pytest.raises(asyncssh.HostKeyNotVerifiable):
             asyncio.run(status(ids[0]))
+
+
+# -- in-doubt sends resolved by proof (rollout.in_doubt: reconcile) ------------------------------
+
+
+async def test_lost_responses_are_resolved_both_ways_with_no_duplicate_wipe(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    """A processed send whose answer was lost is proven (accepted, then ready, one wipe); a
+    send the server ignored (500) is resolved as not acted on and resent once (one wipe); one
+    that went down and never came back stays in doubt with what was seen."""
+    async with make_sim(**SIM) as sim:
+        lost, ignored, gone, fine = sim.vps_ids
+        sim.set_faults(script=["lost"], endpoint="set/reinstall", kvm_id=lost)
+        sim.set_faults(script=["500"], endpoint="set/reinstall", kvm_id=ignored)
+        sim.set_faults(script=["lost"], endpoint="set/reinstall", kvm_id=gone)
+        sim.set_install_outcome(gone, "hang")
+        jobs, _ = _ssh_jobs(sim, operator, deadline=10.0)
+        jobs = tuple(dataclasses.replace(j, install_window_s=3.0) for j in jobs)
+        async with scheduler_for(sim, settings(run_budget=4, in_doubt=InDoubtPolicy.RECONCILE)) as (
+            sched,
+            _,
+        ):
+            result = await sched.run([WaveSpec(1, jobs, budget=4)])
+        accepted = sim.counters.reinstall_accepted
+    assert result.states[lost] is TargetState.READY, result.reasons[lost]
+    assert result.reasons[lost].startswith(RESOLVED_ACCEPTED)
+    assert "cloud-init done" in result.reasons[lost]
+    assert result.states[ignored] is TargetState.READY, result.reasons[ignored]
+    assert result.states[gone] is TargetState.IN_DOUBT
+    assert result.reasons[gone].startswith(UNRESOLVED)
+    assert "never answered" in result.reasons[gone]
+    assert result.states[fine] is TargetState.READY
+    # Zero duplicate wipes: every VPS's disk was wiped exactly once.
+    assert {k: accepted.get(k, 0) for k in sim.vps_ids} == dict.fromkeys(sim.vps_ids, 1)
+    assert sched.reconciled == {
+        Resolution.ACCEPTED: 1,
+        Resolution.RESEND: 1,
+        Resolution.UNRESOLVED: 1,
+    }
+
+
+async def test_a_spent_resend_is_never_sent_again(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    """Resumed with its one resend already spent, an ignored send is looked at, not resent."""
+    async with make_sim(**SIM) as sim:
+        ignored = sim.vps_ids[0]
+        jobs, _ = _ssh_jobs(sim, operator)
+        job = dataclasses.replace(
+            jobs[0], install_window_s=1.0, in_doubt_since=time.time(), resend_spent=True
+        )
+        async with scheduler_for(sim, settings(run_budget=1, in_doubt=InDoubtPolicy.RECONCILE)) as (
+            sched,
+            _,
+        ):
+            result = await sched.run([WaveSpec(1, (job,), budget=1)])
+        assert sim.counters.reinstall_received.get(ignored, 0) == 0
+    assert result.states[ignored] is TargetState.IN_DOUBT
+    assert result.reasons[ignored].startswith(UNRESOLVED)
+
+
+def test_a_killed_campaign_with_lost_responses_resumes_to_proof_with_no_second_wipe(
+    make_thread_sim: ThreadSims, tmp_path: Path
+) -> None:
+    """Lost responses on the canary and in a later wave; the run is interrupted while the
+    canary's send is being reconciled; resume makes the same host keys again (the run's
+    nonce), proves the canary's reinstall, finishes the rest, and every VPS ends ready with
+    proof, each wiped exactly once."""
+    operator = asyncssh.generate_private_key("ssh-ed25519")
+    key_file = tmp_path / "ops_ed25519"
+    key_file.write_bytes(operator.export_private_key("openssh"))
+    public = operator.export_public_key("openssh").decode().strip()
+    template = TEMPLATE + f"ssh_authorized_keys:\n  - {public}\n"
+    with make_thread_sim(
+        vps_count=5, time_scale=0.003, tcp_listeners=True, password=ACCOUNT_PW
+    ) as sim:
+        ids = sim.vps_ids
+        for kvm_id in (ids[0], ids[3]):
+            sim.set_faults(script=["lost"], endpoint="set/reinstall", kvm_id=kvm_id)
+        readiness = (
+            f", readiness: {{mode: ssh, port: {sim.ssh_port}, deadline: 30s, "
+            "ssh: {user: root, identity: {file: ops_ed25519}}}"
+        )
+        path = write_fleet(
+            sim, tmp_path, vps_lines(ids, dict.fromkeys(ids, readiness)), template=template
+        )
+        run_env = {"PATH": "/usr/bin:/bin", **env(sim)}
+
+        async def interrupt() -> None:
+            with anyio.fail_after(60):
+                while sim.counters.reinstall_accepted.get(ids[0], 0) == 0:  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.2)  # the lost answer is being reconciled now
+            os.kill(os.getpid(), signal.SIGINT)
+
+        watcher = make_thread_sim.portal.start_task_soon(interrupt)
+        try:
+            first = run_cli(["apply", str(path), "--yes", "--quiet"], cwd=tmp_path, env=run_env)
+        finally:
+            watcher.cancel()
+        assert first.returncode in (4, 130), first.stderr  # in doubt, or interrupted
+        run_id = last_run(tmp_path)
+        args = ["resume", run_id, "--quiet", "--report-json", "run.json"]
+        args += ["--known-hosts", "known_hosts"]
+        done = run_cli(args, cwd=tmp_path, env=run_env)
+        assert done.returncode == 0, (tmp_path / "run.json").read_text()
+        accepted = dict(sim.counters.reinstall_accepted)
+        keys = {k: sim.host_key(k) for k in ids}
+    report = json.loads((tmp_path / "run.json").read_text())
+    text = json.dumps(report)
+    assert RESOLVED_ACCEPTED in text  # the canary's lost answer, resolved after the resume
+    assert accepted == dict.fromkeys(ids, 1)  # zero duplicate wipes
+    known = (tmp_path / "known_hosts").read_text()
+    for kvm_id in ids:
+        assert " ".join(keys[kvm_id].split()[:2]) in known  # each VPS proven with its key

@@ -52,7 +52,8 @@ def read_rollout(report: Reporter, data: dict[Any, Any]) -> f.Rollout | CountOrF
         wave_budget=model.failure_budget.wave,
         run_budget=model.failure_budget.run,
         vps_deadline_s=model.vps_deadline,
-        in_doubt=model.in_doubt,
+        in_doubt=model.in_doubt or f.InDoubtPolicy.REPORT,
+        in_doubt_default=model.in_doubt is None,
         in_doubt_window_s=model.in_doubt_window,
         rto_s=model.rto,
     )

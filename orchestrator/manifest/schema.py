@@ -357,7 +357,7 @@ class RolloutModel(_Model):
     soak: Duration = 0.0
     failure_budget: BudgetModel = BudgetModel()
     vps_deadline: PositiveDuration | None = None
-    in_doubt: _Enum[fleet.InDoubtPolicy] = fleet.InDoubtPolicy.REPORT
+    in_doubt: _Enum[fleet.InDoubtPolicy] | None = None
     in_doubt_window: Duration | None = None
     # The recovery time objective: first send -> last ready, checked at the end of a run.
     rto: PositiveDuration | None = None

@@ -37,6 +37,7 @@ from orchestrator.run.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.run.boundary import close_down
 from orchestrator.run.limits import Limits
 from orchestrator.run.preflight import Check, preflight
+from orchestrator.run.reconcile import counters as reconcile_counters
 from orchestrator.run.retry import RetryBudget
 from orchestrator.run.scheduler import RunResult, RunSettings, Scheduler, WaveSpec
 from orchestrator.run.stats import RunStats
@@ -304,6 +305,8 @@ async def _run_recorded(journal: Journal, run_id: str, spec: RunSpec, w: _Wiring
             "throttles": limits.requests.throttles,
             "session_refreshes": book.refreshes,
             **limits.requests.counters(),
+            # How in-doubt sends were resolved by proof (rollout.in_doubt: reconcile).
+            **reconcile_counters(scheduler.reconciled),
         },
     )
     record = await journal.finish_run(run_id, whole.status)

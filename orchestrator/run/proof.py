@@ -63,9 +63,17 @@ class ProofSpec:
 
 
 def prepare_proof(
-    user_data: Secret | None, readiness: Readiness
+    user_data: Secret | None,
+    readiness: Readiness,
+    *,
+    seed: Secret | None = None,
+    label: str = "",
 ) -> tuple[Secret | None, ProofSpec, Secret | None]:
     """Make this run's host key for one VPS and put it into its ``#cloud-config`` user data.
+
+    With ``seed`` the key is derived from it and ``label`` (a per-run nonce and the kvm id:
+    a resumed run makes the very same key and so recognises the VPSes it reinstalled before
+    the interruption); without, it is random.
 
     Returns the user data to send, the VPS's ``ProofSpec`` and the private host key (a
     secret for the redactor; None when the user data cannot carry it: a ``#!`` script or no
@@ -79,7 +87,7 @@ def prepare_proof(
         return user_data, spec, None
     from orchestrator.run import ssh as ssh_module  # noqa: PLC0415 -- only in mode ssh
 
-    key = ssh_module.new_host_key()
+    key = ssh_module.new_host_key() if seed is None else ssh_module.derived_host_key(seed, label)
     sent = Secret(with_host_key(text, key.private, key.public))
     spec = ProofSpec(key.public, login.user, login.identity_file, login.cloud_init_deadline_s)
     return sent, spec, key.private
@@ -122,27 +130,44 @@ class Prover:
     ) -> ReadyResult:
         """Run the stages for ``kvm_id`` (accepted just now) and return how they ended."""
         start = self.clock.monotonic()
-        seen = self.observed.setdefault(kvm_id, Observation())
-        proof = await self._host_key_stage(seen, spec, host, port, start + deadline_s)
-        elapsed = self.clock.monotonic() - start
+        proof = await self.prove(kvm_id, spec, host, port, deadline_s)
         if proof is None:
+            seen = self.observed[kvm_id]
+            elapsed = self.clock.monotonic() - start
             return ReadyResult(False, _unproven(seen, spec, deadline_s), elapsed, seen.scans)
+        return await self.finish(kvm_id, spec, host, port, start)
+
+    async def prove(
+        self, kvm_id: str, spec: ProofSpec, host: str, port: int, deadline_s: float
+    ) -> str | None:
+        """Stage 1 for ``kvm_id`` within ``deadline_s``: return what proved the reinstall
+        (one phrase, for the reason), or None when nothing did (``observed`` says what was
+        seen)."""
+        seen = self.observed.setdefault(kvm_id, Observation())
+        deadline = self.clock.monotonic() + deadline_s
+        proof = await self._host_key_stage(seen, spec, host, port, deadline)
+        if proof is None:
+            return None
         proven, key = proof
         self.proven[kvm_id] = key
         self.proof_kind[kvm_id] = proven
+        return proven
+
+    async def finish(
+        self, kvm_id: str, spec: ProofSpec, host: str, port: int, start: float
+    ) -> ReadyResult:
+        """Stage 2 for ``kvm_id``, whose host key ``prove`` proved: cloud-init's verdict.
+        ``start`` (``clock.monotonic()``) is when the wait began, for the elapsed time."""
+        proven, key = self.proof_kind[kvm_id], self.proven[kvm_id]
+        scans = self.observed[kvm_id].scans
         entry = f"{KNOWN_HOSTS_MARK}{_known_hosts_line(host, port, key)}"
         if spec.user is None or not spec.cloud_init:
             why = "no readiness.ssh.user" if spec.user is None else "user data is not cloud-config"
             reason = f"{proven}; cloud-init not checked ({why}){entry}"
-            return ReadyResult(True, reason, elapsed, seen.scans)
+            return ReadyResult(True, reason, self.clock.monotonic() - start, scans)
         ready, verdict = await self._cloud_init_stage(spec, host, port, key)
         elapsed = self.clock.monotonic() - start
-        return ReadyResult(ready, f"{proven}; {verdict}{entry}", elapsed, seen.scans)
-
-    async def look(self, host: str, port: int) -> str | None:
-        """One key scan (reconciliation): the key presented now, or None."""
-        result: str | None = await self._ssh().scan_host_key(host, port, limit=SCAN_TIMEOUT)
-        return result
+        return ReadyResult(ready, f"{proven}; {verdict}{entry}", elapsed, scans)
 
     async def _host_key_stage(
         self, seen: Observation, spec: ProofSpec, host: str, port: int, deadline: float

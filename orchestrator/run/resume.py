@@ -54,7 +54,18 @@ class RunView:
         """The VPSes resume would still work on (send, check readiness, treat in doubt, or
         resend after the install window, as the run decided)."""
         c = self.classification
-        return [*c.pending, *c.skipped, *c.accepted, *c.unresolved, *self.resend_owed]
+        left = [*c.pending, *c.skipped, *c.accepted, *c.unresolved, *self.resend_owed]
+        return left + self.reconcilable
+
+    @property
+    def reconcilable(self) -> list[str]:
+        """In-doubt VPSes of a run whose reinstalls can be proven (readiness mode ssh: the
+        run recorded its host-key nonce) and whose resend is not owed: resume looks at each
+        again (``run/reconcile.py``)."""
+        if not isinstance(self.run.options.get("proof_nonce"), str):
+            return []
+        owed = set(self.resend_owed)
+        return [k for k in self.classification.in_doubt if k not in owed]
 
     @property
     def resend_owed(self) -> list[str]:
@@ -131,7 +142,7 @@ def resume_point(view: RunView) -> ResumePoint:
     """Return where a run stands, for ``build_spec(resume=...)``."""
     c = view.classification
     by_id = {t.kvm_id: t for t in view.targets}
-    doubts = [*c.unresolved, *view.resend_owed]
+    doubts = [*c.unresolved, *view.resend_owed, *view.reconcilable]
     return ResumePoint(
         run_id=view.run.id,
         pending={*c.pending, *c.skipped},
@@ -142,7 +153,12 @@ def resume_point(view: RunView) -> ResumePoint:
         accepted_at={k: t for k in c.accepted if (t := by_id[k].accepted_at) is not None},
         resend_spent={t.kvm_id for t in view.targets if t.resent_at is not None},
         wave_ready=dict(view.run.wave_ready),
+        proof_nonce=_text_or_none(view.run.options.get("proof_nonce")),
     )
+
+
+def _text_or_none(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def reload_run(

@@ -45,6 +45,7 @@ from orchestrator.model import (
 from orchestrator.run.limits import Limits
 from orchestrator.run.proof import ProofSpec, Prover
 from orchestrator.run.readiness import ReadyResult, wait_ready
+from orchestrator.run.reconcile import Resolution, reconcile
 from orchestrator.run.retry import RetryBudget, RetryPolicy, call_with_retries
 from orchestrator.secrets import Secret
 
@@ -151,8 +152,10 @@ class Scheduler:
         self._in_flight: dict[str, int] = {}  # kvm id -> wave, while its POST is out
         self._resending: set[str] = set()  # in-flight POSTs that are the one resend
         self._doubts: dict[str, str] = {}
-        # Readiness mode ssh: the proof's stages and what they saw; each VPS's address.
+        # Readiness mode ssh: the proof's stages and what they saw; each VPS's address; how
+        # in-doubt sends were resolved (rollout.in_doubt: reconcile).
         self.prover = Prover(clock)
+        self.reconciled: dict[Resolution, int] = dict.fromkeys(Resolution, 0)
         self._addresses: dict[str, str | None] = {}
         self._wave_ready = dict(wave_ready or {})
         self._on_wave_ready = on_wave_ready
@@ -265,10 +268,12 @@ class Scheduler:
                 followups.start_soon(self._await_ready, job, started, wave_budget)
             elif step == "resend":
                 followups.start_soon(self._resend_later, job, started, wave_budget)
+            elif step == "reconcile":
+                followups.start_soon(self._reconcile, job, started, wave_budget)
 
     async def _first_send(
         self, job: Job, wave_budget: int
-    ) -> Literal["accepted", "resend", "over"]:
+    ) -> Literal["accepted", "resend", "reconcile", "over"]:
         """Send the reinstall once (with retries of what was not processed)."""
         try:
             if job.in_doubt_since is not None:
@@ -279,6 +284,9 @@ class Scheduler:
                 )
             await self._send(job)
         except InDoubtError as exc:
+            if self._reconciles(job):
+                self._doubts[job.kvm_id] = exc.message
+                return "reconcile"
             resend = self._settings.in_doubt is InDoubtPolicy.RESEND_AFTER_WINDOW
             if job.resend_spent:
                 why = f"{exc.message}; its one resend was already sent, never a second"
@@ -305,6 +313,60 @@ class Scheduler:
             return "over"
         self._set(job.kvm_id, job.wave, TargetState.ACCEPTED)
         return "accepted"
+
+    def _reconciles(self, job: Job) -> bool:
+        """Whether an in-doubt send of ``job`` is resolved by looking (``reconcile``)."""
+        reconcile = self._settings.in_doubt is InDoubtPolicy.RECONCILE
+        return reconcile and job.proof is not None and not self.stopping
+
+    async def _reconcile(self, job: Job, started: float, wave_budget: int) -> None:
+        """Resolve an in-doubt send by the host key the VPS presents (``run/reconcile.py``):
+        accepted (then cloud-init decides), resent once, or left in doubt."""
+        why = self._doubts.pop(job.kvm_id, "in doubt")
+        proof = job.proof
+        if proof is None:  # pragma: no cover - _reconciles checked it
+            return
+        look = "looking at its host key for the install window"
+        self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, f"{why}; {look}")
+        host = await self._address(job)
+        window = job.install_window_s
+        if job.in_doubt_since is not None:
+            window -= self._clock.time() - job.in_doubt_since
+        with self._until_drained() as scope:
+            verdict = await reconcile(
+                self.prover, job.kvm_id, proof, host, job.port,
+                window_s=window, may_resend=not job.resend_spent,
+            )  # fmt: skip
+        if scope.cancelled_caught:
+            self._fail(job, TargetState.IN_DOUBT, f"{why}; interrupted while looking", wave_budget)
+            return
+        self.reconciled[verdict.resolution] += 1
+        if verdict.resolution is Resolution.UNRESOLVED or host is None:
+            self._fail(job, TargetState.IN_DOUBT, verdict.reason, wave_budget)
+            return
+        if verdict.resolution is Resolution.RESEND:
+            self._set(job.kvm_id, job.wave, TargetState.IN_DOUBT, verdict.reason, resend=True)
+            try:
+                await self._send(job, resend=True)
+            except InDoubtError as again:
+                self._fail(job, TargetState.IN_DOUBT, again.message, wave_budget)
+                return
+            except ApiError as again:
+                self._fail(job, TargetState.FAILED, again.message, wave_budget)
+                return
+            self._set(job.kvm_id, job.wave, TargetState.ACCEPTED, verdict.reason)
+            await self._await_ready(job, started, wave_budget)
+            return
+        self._set(job.kvm_id, job.wave, TargetState.ACCEPTED, verdict.reason)
+        with self._until_drained() as scope:
+            result = await self.prover.finish(job.kvm_id, proof, host, job.port, started)
+        if scope.cancelled_caught:
+            return  # drained: stays accepted, resume checks it again
+        reason = f"{verdict.reason}; {result.reason}"
+        if result.ready:
+            self._set(job.kvm_id, job.wave, TargetState.READY, reason)
+        else:
+            self._fail(job, TargetState.FAILED, f"not ready: {reason}", wave_budget)
 
     async def _resend_later(self, job: Job, started: float, wave_budget: int) -> None:
         """Resend an in-doubt reinstall once its install window has passed, then wait."""

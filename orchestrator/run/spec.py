@@ -5,12 +5,13 @@ Shared by ``apply`` (a new run), ``resume`` (what is left of a run) and ``retry-
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.errors import ManifestError
-from orchestrator.fleet import Fleet, ReadinessMode, takes_cloud_init
+from orchestrator.fleet import Fleet, InDoubtPolicy, ReadinessMode, takes_cloud_init
 from orchestrator.journal import JournalConfig, TargetSpec
 from orchestrator.manifest import SelectedFleet
 from orchestrator.run.execute import Account, RunSpec
@@ -45,6 +46,8 @@ class ResumePoint:
     accepted_at: dict[str, float] = field(default_factory=dict)
     resend_spent: set[str] = field(default_factory=set)
     wave_ready: dict[int, float] = field(default_factory=dict)
+    # Readiness mode ssh: the run's host-key nonce, so the keys made again are those sent.
+    proof_nonce: str | None = None
 
     def wants(self, kvm_id: str) -> bool:
         """True when the VPS has anything left to do in this run."""
@@ -78,6 +81,11 @@ def build_spec(
     redact.add(password)
     passwords = PasswordBook(env)
     templates = Templates.for_fleet(fleet)
+    # Host keys (readiness mode ssh) are derived from the account password and this nonce,
+    # recorded with the run: a resumed run makes the same keys and recognises them on VPSes
+    # reinstalled before the interruption (whoever holds the account password can reinstall
+    # the VPS anyway). A run recorded without one gets a new nonce (and new keys).
+    nonce = (resume.proof_nonce if resume is not None else None) or os.urandom(16).hex()
     rollout = fleet.rollout
     by_id = {e.id: e for e in selected.vps}
     waves: list[WaveSpec] = []
@@ -98,7 +106,9 @@ def build_spec(
             proof: ProofSpec | None = None
             if r.mode is ReadinessMode.SSH:
                 try:
-                    user_data, proof, host_key = prepare_proof(user_data, r)
+                    user_data, proof, host_key = prepare_proof(
+                        user_data, r, seed=password, label=f"{nonce}:{kvm_id}"
+                    )
                 except ValueError as exc:
                     raise ManifestError([f"vps {kvm_id}: readiness mode ssh: {exc}"]) from None
                 if host_key is not None:
@@ -145,7 +155,7 @@ def build_spec(
         settings=RunSettings(
             run_budget=plan.run_budget,
             soak_s=rollout.soak_s,
-            in_doubt=rollout.in_doubt,
+            in_doubt=_in_doubt_policy(fleet, waves),
             retry=RetryPolicy(),
         ),
         concurrency=rollout.concurrency,
@@ -164,6 +174,7 @@ def build_spec(
             # The recovery time objective (rollout.rto; apply --rto overrides it through
             # extra_options): reports and resume check the run against it.
             "rto_s": rollout.rto_s,
+            **({"proof_nonce": nonce} if _proves(waves) else {}),
             **(extra_options or {}),
         },
         targets=targets if resume is None else (),
@@ -173,6 +184,20 @@ def build_spec(
         hostnames={entry.id: entry.hostname for entry in selected.vps},
         redact=redact,
     )
+
+
+def _proves(waves: list[WaveSpec]) -> bool:
+    """Whether some VPS of the run gets a proof of reinstall (readiness mode ssh)."""
+    return any(job.proof is not None for wave in waves for job in wave.jobs)
+
+
+def _in_doubt_policy(fleet: Fleet, waves: list[WaveSpec]) -> InDoubtPolicy:
+    """``rollout.in_doubt``, or ``reconcile`` when it was not written and some VPS's
+    reinstall can be proven (readiness mode ssh; the others then behave as ``report``)."""
+    rollout = fleet.rollout
+    if rollout.in_doubt_default and _proves(waves):
+        return InDoubtPolicy.RECONCILE
+    return rollout.in_doubt
 
 
 def _write_generated(selected: SelectedFleet, passwords: PasswordBook) -> None:

@@ -2,8 +2,10 @@
 
 Four operations, each bounded by a timeout and none raising for network trouble:
 
-- ``new_host_key()``: a fresh ed25519 host key for one VPS and one run (private half a
-  ``Secret``: it goes into that VPS's user data and nowhere else);
+- ``new_host_key()`` / ``derived_host_key(secret, label)``: an ed25519 host key for one VPS
+  and one run (private half a ``Secret``: it goes into that VPS's user data and nowhere
+  else), fresh or derived (``cryptography``, asyncssh's own dependency, makes the key from
+  its seed);
 - ``scan_host_key(host, port)``: the host key a server presents (the key exchange only, no
   login), as an OpenSSH public-key line, or ``None`` when nothing answered;
 - ``run_pinned(...)``: log in, trusting exactly one host key, run one command and return its
@@ -17,11 +19,15 @@ asyncssh is imported by this module only, and this module only on first use (it 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncssh
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from orchestrator.secrets import Secret
 
@@ -68,6 +74,22 @@ def new_host_key() -> HostKey:
     key = asyncssh.generate_private_key(_KEY_TYPE)
     private = key.export_private_key("openssh").decode("ascii")
     return HostKey(Secret(private), _public_line(key))
+
+
+def derived_host_key(secret: Secret, label: str) -> HostKey:
+    """Return the ed25519 host key derived from ``secret`` and ``label`` (HMAC-SHA256 of the
+    label keyed by the secret is the key's seed): the same inputs give the same key, so a
+    resumed run recognises the key it sent before the interruption."""
+    seed = hmac.new(
+        secret.reveal().encode(), b"edis-fleet/ssh-host-key/v1\0" + label.encode(), hashlib.sha256
+    ).digest()
+    private = Ed25519PrivateKey.from_private_bytes(seed)
+    text = private.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    ).decode("ascii")
+    return HostKey(Secret(text), _public_line(asyncssh.import_private_key(text)))
 
 
 def public_of(private: Secret) -> str:
