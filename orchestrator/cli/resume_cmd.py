@@ -33,7 +33,14 @@ def register(sub: Any) -> None:
     _common(resume)
     resume.set_defaults(handler=resume_run)
     retry = sub.add_parser(
-        "retry-failed", help="a new run over the VPSes that failed in RUN_ID (not the in-doubt)"
+        "retry-failed",
+        help="a new run over the VPSes that failed in RUN_ID (not the in-doubt)",
+        description="Start a new run over the VPSes that failed in RUN_ID, as ONE wave (no "
+        "canary: they had theirs). Its failure budget is the manifest's run budget "
+        "(rollout.failure_budget.run) resolved over the retried VPSes: once more of them fail "
+        "than it allows, nothing new is sent, sends in flight finish, the rest end skipped and "
+        "the run exits 5. In-doubt VPSes are never retried: check them, then select them with "
+        "apply --limit. Exit codes as apply (edis-fleet --help).",
     )
     _common(retry)
     retry.add_argument("--yes", action="store_true", help="do not ask before wiping")
@@ -142,9 +149,11 @@ def retry_failed(args: argparse.Namespace) -> int:
     code = guard(reloaded.loaded, reloaded.plan, confirmation(args), sys.stdin, sys.stderr)
     if code is not None:
         return code
+    from orchestrator.run.plan import as_one_wave
+
     return build_and_run(
         reloaded.loaded,
-        reloaded.plan,
+        as_one_wave(reloaded.plan),
         env,
         endpoint=reloaded.endpoint,
         output=output,

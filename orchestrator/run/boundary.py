@@ -41,13 +41,19 @@ def leaves(exc: BaseException) -> list[BaseException]:
 def fault_of(exc: BaseException) -> str:
     """Say in words what kind of failure ``exc`` is: a fault of this machine, or internal."""
     found = leaves(exc)
-    if any(isinstance(e, LockedError) for e in found):
+    if any(isinstance(e, LockedError) or _lock_refused(e) for e in found):
         return "a lock of this run was taken over by another process"
     if any(_disk_full(e) for e in found):
         return "the disk of the journal is full"
     if any(isinstance(e, JournalError) for e in found):
         return "the journal could not be written"
     return "internal error"
+
+
+def _lock_refused(exc: BaseException) -> bool:
+    # The journal refused an intent because another process holds the VPS's lock now (the
+    # send was not made): the same fault as a takeover the heartbeat saw.
+    return isinstance(exc, JournalError) and "not by this process" in str(exc)
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -39,7 +39,7 @@ from orchestrator.run.options import (
     ReportFormat,
     SelectionOptions,
 )
-from orchestrator.run.plan import Plan
+from orchestrator.run.plan import Plan, as_one_wave
 from orchestrator.run.preflight import PreflightReport
 from orchestrator.run.reports import render_report
 from orchestrator.run.resume import list_runs as _list_runs
@@ -253,7 +253,7 @@ async def retry_failed(
     _confirmed(reloaded.plan, confirm)
     return await _run(
         reloaded.loaded,
-        reloaded.plan,
+        as_one_wave(reloaded.plan),
         environ,
         endpoint=reloaded.endpoint,
         journal=journal,

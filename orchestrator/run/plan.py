@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -296,6 +296,22 @@ def build_plan(
         content_hash=content_hash,
         endpoint=bound,
     )
+
+
+def as_one_wave(plan: Plan) -> Plan:
+    """Return ``plan`` with all its VPSes in one wave whose failure budget is the run's
+    (``retry-failed``: the VPSes already had their canary; one re-failure past the run's
+    budget stops the sending, never a canary wave's budget of 0). The hash is kept: it
+    describes the inputs, which did not change."""
+    ids = tuple(t.kvm_id for t in plan.targets)
+    wave = Wave(
+        index=1,
+        kvm_ids=ids,
+        failure_budget=plan.run_budget,
+        eta_s=max((w.eta_s for w in plan.waves), default=0.0),
+    )
+    targets = tuple(replace(t, wave=1) for t in plan.targets)
+    return replace(plan, targets=targets, waves=(wave,), eta_s=wave.eta_s)
 
 
 def _wave_eta(members: Sequence[VpsEntry], rollout: Rollout) -> float:
