@@ -70,14 +70,14 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--tcp-listeners",
         action="store_true",
-        help="listen on every VPS's IP (an SSH-like banner; down while it installs); one file "
-        "descriptor per VPS",
+        help="a real SSH server on every VPS's IP (its own host key, then the user data's after "
+        "a reinstall; down while it installs); one file descriptor per VPS",
     )
     p.add_argument(
         "--ssh-port",
         type=int,
         default=0,
-        help="port of the --tcp-listeners on every VPS IP (0 = one free port for all)",
+        help="port of the --tcp-listeners SSH servers on every VPS IP (0 = one free port for all)",
     )
     p.set_defaults(handler=run)
 
