@@ -1,21 +1,19 @@
 """``edis-fleet apply`` end to end against the simulator.
 
 The command runs in-process (``main(argv)`` in the test's thread) and the simulator serves
-from a background thread; the SIGINT drain runs the real command in a process. Every test
-checks the simulator's counters.
+from a background thread. The SIGINT drain of a real process is tested with the locks, in
+tests/test_resume.py. Every test checks the simulator's counters.
 """
 
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from orchestrator.simulator import Simulator
-from tests.cli_support import cli_argv, process_env, run_cli, wait_until
+from tests.cli_support import run_cli
 from tests.conftest import ThreadSims
 from tests.test_plan import MARKER_ROOT, manifest
 
@@ -191,42 +189,6 @@ def test_flaky_profile_every_vps_once_or_reported(
                 assert sim.counters.reinstall_received[kvm_id] == 1
             elif f"{kvm_id} failed" not in out:
                 assert accepted == 1, (kvm_id, out)
-
-
-@pytest.mark.subprocess
-def test_sigint_drains_and_exits_130_with_the_resume_command(
-    make_thread_sim: ThreadSims, tmp_path: Path
-) -> None:
-    # Installs take 15 s here and wave 2 waits for the canary: the SIGINT always comes while
-    # the run is busy, however slow the machine.
-    with make_thread_sim(vps_count=8, time_scale=0.05) as sim:
-        path = fleet(sim, tmp_path, 8, rollout="  concurrency: 1\n  rate: 2/s\n")
-        proc = subprocess.Popen(
-            cli_argv("apply", str(path)),
-            env=process_env(env_for(sim)),
-            cwd=tmp_path,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            # Wait for the first accepted reinstall, then interrupt.
-            wait_until(
-                "a reinstall accepted", lambda: sum(sim.counters.reinstall_accepted.values()) > 0
-            )
-            proc.send_signal(signal.SIGINT)
-            _, err = proc.communicate(timeout=120)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate()
-        assert proc.returncode == 130, err
-        assert "draining: no new reinstall is sent" in err
-        assert "edis-fleet resume" in err
-        sent = received(sim)
-        assert 1 <= sent < 8
-        for n in sim.counters.reinstall_received.values():
-            assert n <= 1
 
 
 def test_a_terminal_is_asked_to_type_the_count(make_thread_sim: ThreadSims, tmp_path: Path) -> None:

@@ -151,17 +151,21 @@ def test_reports_from_the_journal(sim: Simulator, tmp_path: Path) -> None:
 
 
 @pytest.mark.subprocess
-def test_a_second_run_on_the_same_vpses_is_refused(
+def test_sigint_drains_a_running_apply_whose_locks_refuse_a_second_run(
     make_thread_sim: ThreadSims, tmp_path: Path
 ) -> None:
-    """The first run is another process: its locks name a live pid."""
-    with make_thread_sim(vps_count=4, time_scale=0.05) as sim:
-        path = fleet(sim, tmp_path, 2)
+    """A real ``apply`` process: while it runs, a second apply of the same VPSes is refused
+    (its locks name a live pid); then SIGINT drains it: exit 130, the resume command named,
+    nothing sent twice and not everything sent."""
+    # Installs take 15 s here and wave 2 waits for the canary: the run is busy throughout,
+    # however slow the machine.
+    with make_thread_sim(vps_count=8, time_scale=0.05) as sim:
+        path = fleet(sim, tmp_path, 8, rollout="  concurrency: 1\n  rate: 2/s\n")
         first = subprocess.Popen(
-            cli_argv("apply", str(path), "--quiet"),
+            cli_argv("apply", str(path)),
             env=process_env(env_for(sim)),
             cwd=tmp_path,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
@@ -174,11 +178,14 @@ def test_a_second_run_on_the_same_vpses_is_refused(
             assert f"run {last_run(tmp_path, first=True)} holds" in err
             first.send_signal(signal.SIGINT)
             _, first_err = first.communicate(timeout=120)
-            assert first.returncode == 130, first_err
         finally:
             if first.poll() is None:
                 first.kill()
                 first.communicate()
+        assert first.returncode == 130, first_err
+        assert "draining: no new reinstall is sent" in first_err
+        assert "edis-fleet resume" in first_err
+        assert 1 <= received(sim) < 8
         assert all(n <= 1 for n in sim.counters.reinstall_received.values())
 
 
