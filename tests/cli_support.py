@@ -115,6 +115,8 @@ def run_cli(
             os.chdir(cwd)
             try:
                 code = main(list(args))
+            except SystemExit as exc:  # as ``raise SystemExit(main())`` would end a process
+                code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
             finally:
                 sys.stdin = saved_stdin
                 os.chdir(here)
