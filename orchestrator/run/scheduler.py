@@ -9,7 +9,16 @@ Retry safety lives in ``retry.decide``: not-sent and throttled attempts are retr
 signature was already refreshed and replayed once by the session book, rejected is final, and
 an in-doubt reinstall is never resent blindly: under the ``report`` policy it ends in doubt,
 under ``resend-after-window`` it is resent once, after the image's install window has passed
-(so a running install is never interrupted), with a new durable intent.
+(so a running install is never interrupted), with a new durable intent. "Once" is a journal
+fact: the ``in_doubt`` event carries ``resend=True`` (the journal records the decision) and the
+resend's intent is marked (``resent_at``; the journal refuses a second), so a resumed run
+serves the rest of the window counted from the recorded send and never resends twice. The
+policy trades a possible double wipe (the in-doubt reinstall may have run) for progress.
+
+Soaks: before each wave, the soak after the latest earlier wave that became ready is served,
+counted from the time it became ready (``wave_ready``, recorded through ``on_wave_ready``),
+so a resumed run serves an interrupted soak in full. An error that tears the run down
+records the sends in flight in doubt, as a second signal does, then propagates.
 
 Budgets: a failure (``failed`` or ``in_doubt``) that goes one past the wave's or the run's
 budget trips it. Nothing new is sent after that; reinstalls already in flight finish and are
