@@ -117,6 +117,8 @@ def run_cli(
                 code = main(list(args))
             except SystemExit as exc:  # as ``raise SystemExit(main())`` would end a process
                 code = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+                if not isinstance(exc.code, int | None):
+                    print(exc.code, file=sys.stderr)  # Python prints a message and exits 1
             finally:
                 sys.stdin = saved_stdin
                 os.chdir(here)
