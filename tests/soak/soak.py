@@ -846,11 +846,25 @@ class Kill:
     sends: int
 
 
+RESEND = "resend-after-window"
+
+
 def check_kills(size: Size, work: Path, seed: int) -> list[Verdict]:
-    """SIGKILL a run again and again, resume each time (see the module docstring)."""
+    """SIGKILL a run again and again, resume each time (see the module docstring), once
+    under each in-doubt policy."""
+    return [
+        *kill_campaign(size, work, seed, "report"),
+        *kill_campaign(size, work, seed + 1, RESEND),
+    ]
+
+
+def kill_campaign(size: Size, work: Path, seed: int, policy: str) -> list[Verdict]:
+    """One kill-and-resume campaign under the in-doubt ``policy``. Under
+    ``resend-after-window`` 3% of the reinstall answers are also lost, so that VPSes wait out
+    their window, are resent and are killed meanwhile."""
     n = size.kills_fleet
     ids = generated_ids(n)
-    folder = work / "kills"
+    folder = work / ("kills" if policy == "report" else "kills-resend")
     manifest = fleet_manifest(
         folder / "fleet.yaml",
         ids,
@@ -860,6 +874,8 @@ def check_kills(size: Size, work: Path, seed: int) -> list[Verdict]:
             "rate: 200/s",
             "waves: [1, '10%', '100%']",
             "failure_budget: {wave: '100%', run: '100%'}",
+            f"in_doubt: {policy}",
+            "in_doubt_window: 1s",
         ],
     )
     journal = folder / "journal.sqlite"
@@ -867,10 +883,13 @@ def check_kills(size: Size, work: Path, seed: int) -> list[Verdict]:
     rng = random.Random(seed)
     kills: list[Kill] = []
     problems: list[str] = []
-    check = "kills"
+    check = "kills" if policy == "report" else "kills-resend"
     with simulator(n, time_scale=0.002, password=password) as sim:  # installs take 0.6 s
         # Every reinstall waits 2-20 ms at the server: kills catch sends in flight.
-        sim.control("faults", {"endpoint": "set/reinstall", "latency": [0.002, 0.02]})
+        faults: dict[str, Any] = {"endpoint": "set/reinstall", "latency": [0.002, 0.02]}
+        if policy == RESEND:
+            faults["rates"] = {"lost_response": 0.03}
+        sim.control("faults", faults)
         cli = Cli(folder, {**sim_env(password)})
         finished = False
         while len(kills) < size.kills and not finished:
@@ -905,6 +924,18 @@ def check_kills(size: Size, work: Path, seed: int) -> list[Verdict]:
             run_id = str(run[0][0]) if run else ""
         state = sim.state()
         shown = cli.run("report", run_id, "--format", "json", "--journal", str(journal))
+        stranded = journal_rows(
+            journal,
+            "SELECT kvm_id FROM targets WHERE state = 'in_doubt'"
+            " AND resend_decided_at IS NOT NULL AND resent_at IS NULL",
+        )
+        resent = len(journal_rows(journal, "SELECT 1 FROM targets WHERE resent_at IS NOT NULL"))
+    if policy == RESEND:
+        return resend_verdicts(
+            check, ids=ids, kills=kills, problems=problems, last=last, shown=shown,
+            state=state, stranded=[str(r[0]) for r in stranded], resent=resent,
+            outputs=cli.outputs,
+        )  # fmt: skip
     return kills_verdicts(
         check,
         ids=ids,
@@ -943,6 +974,87 @@ def wait_for_moment(rng: random.Random, proc: subprocess.Popen[str], sim: Sim) -
             return moment, True
         time.sleep(0.02)
     return moment, False
+
+
+def contract_verdict(check: str, last: Done, shown: Done) -> Verdict:
+    """The final exit code and the run's status are those of the journal's totals."""
+    try:
+        report = json.loads(shown.out)
+        doubt = sum(1 for t in report["targets"] if t["state"] == "in_doubt")
+        run = report["run"]
+    except (ValueError, KeyError):
+        return promise(check, "exit code = journal", False, f"no report (exit {shown.code})")
+    want = (4, "in_doubt") if doubt else (0, "done")
+    ok = (last.code, run.get("status")) == want and run.get("exit_code") == last.code
+    return promise(
+        check,
+        "exit code = journal",
+        ok,
+        f"final exit {last.code}, run {run.get('status')}, report exit_code "
+        f"{run.get('exit_code')}; the journal has {doubt} in doubt (wants {want})",
+    )
+
+
+def resend_verdicts(
+    check: str,
+    *,
+    ids: Sequence[str],
+    kills: Sequence[Kill],
+    problems: list[str],
+    last: Done,
+    shown: Done,
+    state: Mapping[str, Any],
+    stranded: list[str],
+    resent: int,
+    outputs: Sequence[str],
+) -> list[Verdict]:
+    """The promises of the kill-and-resume loop under ``resend-after-window``: at most one
+    resend per VPS however many kills, none stranded in its window, every VPS accounted for,
+    the exit code and status of the journal's totals."""
+    received = per_vps(state, "reinstall_received")
+    accepted = per_vps(state, "reinstall_accepted")
+    try:
+        targets = {t["kvm_id"]: t for t in json.loads(shown.out)["targets"]}
+    except (ValueError, KeyError):
+        targets = {}
+        problems.append(f"no report (exit {shown.code}): {shown.err[-300:]}")
+    thrice = [k for k in ids if received[k] > 2 or accepted[k] > 2]
+    lost = [k for k in ids if targets.get(k, {}).get("state") not in ("ready", "in_doubt")]
+    doubt = sum(1 for t in targets.values() if t["state"] == "in_doubt")
+    twice = sum(1 for k in ids if received[k] > 1)
+    return [
+        promise(
+            check,
+            "kills",
+            len(kills) > 0 and not problems,
+            f"{len(kills)} SIGKILLs of {len(ids)} VPSes, each followed by a resume; final "
+            f"exit {last.code}" + (f"; {problems}" if problems else ""),
+        ),
+        promise(
+            check,
+            "one resend per VPS at most",
+            not thrice,
+            f"{resent} resends recorded, {twice} VPSes received two reinstalls; received per "
+            f"VPS {histogram([received[k] for k in ids])}, accepted per VPS "
+            f"{histogram([accepted[k] for k in ids])}"
+            + (f"; BROKEN: {thrice[:5]}" if thrice else ""),
+        ),
+        promise(
+            check,
+            "none stranded, nothing lost",
+            not stranded and not lost,
+            f"{doubt} in doubt at the end, {len(stranded)} with a decided resend never sent"
+            + (f"; STRANDED {stranded[:5]}" if stranded else "")
+            + (f"; LOST {lost[:5]}" if lost else ""),
+        ),
+        contract_verdict(check, last, shown),
+        promise(
+            check,
+            "unhandled exceptions",
+            tracebacks(outputs) == 0,
+            f"{tracebacks(outputs)} tracebacks in any output",
+        ),
+    ]
 
 
 def kills_verdicts(
@@ -1032,6 +1144,7 @@ def kills_verdicts(
     verdicts.append(
         promise(check, "unhandled exceptions", count == 0, f"{count} tracebacks in any output")
     )
+    verdicts.append(contract_verdict(check, last, shown))
     return verdicts
 
 

@@ -42,6 +42,14 @@ PROMISES = {
         "nothing lost",
         "in doubt only if in flight at a kill",
         "unhandled exceptions",
+        "exit code = journal",
+    ),
+    "kills-resend": (
+        "kills",
+        "one resend per VPS at most",
+        "none stranded, nothing lost",
+        "exit code = journal",
+        "unhandled exceptions",
     ),
     "bad-input": (
         "validate",
