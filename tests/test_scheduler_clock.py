@@ -309,3 +309,65 @@ async def test_an_accepted_vps_on_resume_is_only_checked_for_readiness() -> None
     result = await run(api, [wave(1, ["a1"], budget=0, accepted_already=True)])
     assert result.states["a1"] is TargetState.READY
     assert api.sent == []
+
+
+# -- resume: windows, resends, deadlines and soaks counted from the recorded times -----------
+
+
+def _scheduler(api: FakeAPI, sink: Sink, **settings: object) -> Scheduler:
+    wave_ready = settings.pop("wave_ready", None)
+    return Scheduler(
+        api,
+        sink,
+        clock=api.clock,
+        limits=Limits.create(concurrency=1, rate=100.0, clock=api.clock),
+        settings=RunSettings(run_budget=100, **settings),  # type: ignore[arg-type]
+        wave_ready=wave_ready,  # type: ignore[arg-type]
+    )
+
+
+async def test_a_resumed_doubt_is_resent_when_the_window_from_the_recorded_send_ends() -> None:
+    clock = FakeClock()
+    api = FakeAPI(clock)
+    sink = Sink()
+    start = clock.monotonic()
+    # Sent 400 s before the resume: 200 s of the 600 s window are left.
+    doubted = job("a1", in_doubt_since=clock.time() - 400.0)
+    scheduler = _scheduler(api, sink, in_doubt=InDoubtPolicy.RESEND_AFTER_WINDOW)
+    result = await scheduler.run([WaveSpec(1, (doubted,), 5)])
+    assert result.states["a1"] is TargetState.READY
+    assert api.sends_of("a1") == [start + 200.0]
+    first = next(e for e in sink.events if e.state is TargetState.IN_DOUBT)
+    assert first.resend  # the decision the journal records
+
+
+async def test_a_resumed_doubt_whose_resend_was_spent_is_never_resent() -> None:
+    api = FakeAPI(FakeClock())
+    doubted = job("a1", in_doubt_since=api.clock.time() - 10.0, resend_spent=True)
+    scheduler = _scheduler(api, Sink(), in_doubt=InDoubtPolicy.RESEND_AFTER_WINDOW)
+    result = await scheduler.run([WaveSpec(1, (doubted,), 5)])
+    assert result.states["a1"] is TargetState.IN_DOUBT
+    assert "never a second" in result.reasons["a1"]
+    assert api.sent == []
+
+
+async def test_a_resumed_readiness_deadline_counts_from_the_recorded_acceptance() -> None:
+    clock = FakeClock()
+    api = FakeAPI(clock)
+    api.accepted_at["a1"] = clock.monotonic()  # installing: not back within what is left
+    start = clock.monotonic()
+    accepted = job("a1", accepted_already=True, accepted_at=clock.time() - 1100.0)
+    result = await _scheduler(api, Sink()).run([WaveSpec(1, (accepted,), 5)])
+    assert result.states["a1"] is TargetState.FAILED
+    # 100 s of the 1200 s deadline were left, not a fresh 1200 s (one poll interval slack).
+    assert clock.monotonic() - start <= 100.0 + 15.0
+
+
+async def test_a_resumed_soak_is_served_in_full_from_the_recorded_wave_ready_time() -> None:
+    clock = FakeClock()
+    api = FakeAPI(clock)
+    start = clock.monotonic()
+    # Wave 1 became ready 20 s before the resume; the soak is 30 s: 10 s are left.
+    scheduler = _scheduler(api, Sink(), soak_s=30.0, wave_ready={1: clock.time() - 20.0})
+    await scheduler.run([wave(2, ["b1"], budget=5)])
+    assert api.sends_of("b1") == [start + 10.0]
