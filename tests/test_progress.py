@@ -20,6 +20,7 @@ from rich.console import Console
 from orchestrator.cli.progress import Mode, Progress, RunStats, choose_mode
 from orchestrator.clock import FakeClock
 from orchestrator.model import TargetEvent, TargetState
+from orchestrator.run.eta import EtaModel, plan_of
 
 S = TargetState
 HOSTS = {f"kvm_{i}": f"vps-{i:03d}" for i in range(100)}
@@ -144,7 +145,8 @@ def test_json_mode_writes_one_parseable_object_per_change() -> None:
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert lines[0] == {
         "ts": "2027-01-15T08:00:00.000Z", "level": "info", "event": "target_state",
-        "run_id": "20270115-0800-abcdef", "kvm_id": "kvm_1", "hostname": "vps-001", "state": "intent", "wave": 1, "reason": "",
+        "run_id": "20270115-0800-abcdef",
+        "kvm_id": "kvm_1", "hostname": "vps-001", "state": "intent", "wave": 1, "reason": "",
     }  # fmt: skip
     assert (lines[1]["level"], lines[1]["reason"]) == ("error", "bad <&> ***")
     assert lines[1]["ts"] == "2027-01-15T08:00:00.250Z"
@@ -184,7 +186,7 @@ def test_live_renders_counts_and_stats_into_a_terminal_console() -> None:
     screen = ANSI.sub("", buffer.getvalue())
     final = screen[screen.rindex("edis-fleet") :]
     assert "3/6 done" in final
-    assert "ETA 10.0s" in final
+    assert "ETA -" in final  # no model of the run: no ETA, never one from completions
     for label in ("pending", "sent", "accepted", "ready", "failed", "in doubt", "skipped"):
         assert label in final
     rows = {line.split()[0]: line.split()[1:] for line in final.splitlines() if line[:6].strip()}
@@ -228,15 +230,24 @@ def test_progress_never_raises_into_the_scheduler() -> None:
     assert p.done == 1  # counting goes on
 
 
-def test_eta_from_the_rate_of_completions() -> None:
+def test_eta_comes_from_the_plans_model_not_from_completions() -> None:
     clock = FakeClock()
-    p = make("quiet", clock, io.StringIO(), total=4, waves={1: 4})
+    model = EtaModel(
+        plan_of([(1, [(f"kvm_{i}", "linux", True) for i in range(4)])], rate=1.0,
+                concurrency=10, soak_s=0.0),
+        lambda _: 100.0,
+    )  # fmt: skip
+    p = make("quiet", clock, io.StringIO(), total=4, waves={1: 4}, eta=model)
+    assert p.eta() is None  # not started
     p.start()
-    assert p.eta() is None
-    clock.advance(10)
-    p.emit(ev(clock, 0, S.READY))
+    assert p.eta() == pytest.approx(104.0)  # 4 sends at 1/s, then the plan's 100 s install
+    for i in range(4):
+        p.emit(ev(clock, i, S.INTENT))
+        p.emit(ev(clock, i, S.ACCEPTED))
+    clock.advance(30)
+    p.emit(ev(clock, 0, S.READY))  # 30 s, not 100: the others are due now
     p.emit(ev(clock, 1, S.SKIPPED))
-    assert p.eta() == pytest.approx(10.0)
+    assert p.eta() == pytest.approx(3.0)  # overdue: a tenth of the 30 s seen
     p.emit(ev(clock, 2, S.READY))
     p.emit(ev(clock, 3, S.READY))
     assert p.eta() == 0.0

@@ -4,12 +4,15 @@ Modes (``choose_mode`` picks one from the stream and the options):
 
 - ``live`` (a terminal): a ``rich`` view redrawn on events and once a second — a progress bar,
   per-wave counts (pending, sent, accepted, ready, failed, in doubt, skipped), the request
-  rate, 429s, retries, session refreshes and an ETA from the rate of completions so far.
-- ``plain`` (CI logs): one line per state change, ``12:03:04 kvm_100001 vps-001 accepted
-  (wave 1)`` (UTC). When more than ``max_lines_per_second`` changes arrive within one second
-  of the clock, the rest of that second — and every following second that is as busy — is
-  folded into one summary line per second: ``12:03:05 wave 2: 340 accepted, 12 ready,
-  1 failed of 1000 — 48.9 req/s, 3 throttled``.
+  rate, 429s, retries, session refreshes, why the run waits (``cli/waiting.py``) and an ETA
+  from the plan's model corrected by the installs seen (``run/eta.py``; none without one).
+  Pre-flight shows its own bar before the run's.
+- ``plain`` (CI logs): pre-flight's progress (at most a line a second), a line whenever the
+  reason the run waits changes, and one line per state change, ``12:03:04 kvm_100001
+  vps-001 accepted (wave 1)`` (UTC). When more than ``max_lines_per_second`` changes
+  arrive within one second of the clock, the rest of that second — and every following
+  second that is as busy — is folded into one summary line per second: ``12:03:05 wave 2:
+  340 accepted, 12 ready, 1 failed of 1000 — 48.9 req/s, 3 throttled``.
 - ``json`` (``--log-format json``): one JSON object per state change for log shippers:
   ``{"ts", "level", "event": "target_state", "kvm_id", "hostname", "state", "wave",
   "reason"}``.
@@ -37,10 +40,13 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 from rich.text import Text
 
+from orchestrator.cli.waiting import Reason, WaveWait, preflight_line, reasons
 from orchestrator.clock import SystemClock
 from orchestrator.model import Clock, TargetEvent, TargetState
 from orchestrator.report import LABELS, duration, iso_time
 from orchestrator.run import RunStats
+from orchestrator.run.eta import EtaModel
+from orchestrator.run.phase import RunPhase
 
 Mode = Literal["live", "plain", "quiet", "json"]
 MODES: tuple[str, ...] = get_args(Mode)
@@ -92,7 +98,9 @@ class Progress:
     ``stats`` gives the live numbers (settable later through the ``stats`` attribute, once the
     limiter, budget and session book exist); ``clock`` drives timestamps, the plain-mode
     rate limit and the ETA; ``hostnames`` maps kvm ids to host names for the lines;
-    ``console`` overrides the rich console of the live view; ``redact`` filters reasons.
+    ``console`` overrides the rich console of the live view; ``redact`` filters reasons;
+    ``eta`` is the plan's model of the run (no ETA is shown without one); ``phase`` (set by
+    ``execute`` once the scheduler exists) says why the run waits.
     Use ``with progress:`` (or ``start()``/``stop()``) around the run, and run ``ticker()``
     in the run's task group so the view and the plain summaries move on quiet seconds.
     Raises ``ValueError`` for an unknown mode.
@@ -112,6 +120,7 @@ class Progress:
         max_lines_per_second: int = 20,
         redact: Callable[[str], str] | None = None,
         refresh_interval: float = 0.25,
+        eta: EtaModel | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown progress mode {mode!r}; one of {', '.join(MODES)}")
@@ -142,6 +151,13 @@ class Progress:
         self._summarizing = False
         self._live: Live | None = None
         self._last_refresh = -math.inf
+        self._eta = eta
+        #: The scheduler's phase, once the run has one (``execute`` sets it).
+        self.phase: RunPhase | None = None
+        self._accepted_at: dict[str, float] = {}
+        self._checked: tuple[int, int] | None = None
+        self._checked_line = -math.inf
+        self._said: tuple[str, ...] = ()
 
     # ----------------------------------------------------------------- the sink
 
@@ -178,15 +194,59 @@ class Progress:
         return out
 
     def eta(self) -> float | None:
-        """Seconds until every VPS is final at the completion rate so far (None before the
-        first completion)."""
-        if self._started is None or not self._finals:
+        """Seconds until every VPS is final, from the plan's model corrected by what the run
+        saw (None without a model or before the run started; never from completions alone)."""
+        if self._eta is None or self._started is None:
             return None
-        remaining = self.total - self._finals
-        if remaining <= 0:
+        if self._finals >= self.total:
             return 0.0
-        elapsed = self._clock.monotonic() - self._started
-        return remaining * elapsed / self._finals if elapsed > 0 else None
+        return self._eta.remaining(self._clock.time())
+
+    def waiting(self) -> list[Reason]:
+        """Why the run waits now (``cli/waiting.py``), most pressing first."""
+        wave = self.phase.wave if self.phase is not None and self.phase.wave else self._current
+        wait = None
+        if wave is not None:
+            counts = self.counts(wave)
+            slowest = min(
+                (k for k, w in self._wave_of.items() if w == wave and k in self._accepted_at),
+                key=self._accepted_at.__getitem__,
+                default=None,
+            )
+            wait = WaveWait(
+                wave,
+                waiting=counts[TargetState.ACCEPTED],
+                sending=counts[TargetState.PENDING] + counts[TargetState.INTENT],
+                slowest=slowest,
+                slowest_since=None if slowest is None else self._accepted_at[slowest],
+            )
+        snap = self.stats.snapshot()
+        return reasons(self.phase, snap, wait, self._clock.time(), self._hostnames)
+
+    def preflight(self, done: int, total: int) -> None:
+        """Show pre-flight's progress (``done`` of ``total`` VPSes checked): the live view's
+        bar, or a plain/JSON line at most once a second and when it ends. Never raises."""
+        try:
+            self._checked = (done, total)
+            if self.error is not None or self.mode == "quiet":
+                return
+            if self.mode == "live":
+                self._start_live()
+                self._refresh(force=done >= total)
+                return
+            now = self._clock.monotonic()
+            if done < total and done and now - self._checked_line < 1.0:
+                return
+            self._checked_line = now
+            if self.mode == "json":
+                obj = {"ts": iso_time(self._clock.time()), "level": "info",
+                       "event": "preflight", "run_id": self.run_id, "done": done,
+                       "total": total}  # fmt: skip
+                self._write(json.dumps(obj, separators=(",", ":")))
+            else:
+                self._write(f"{_hms(self._clock.time())} {preflight_line(done, total)}")
+        except Exception as exc:  # a broken display must not stop a reinstall
+            self.error = exc
 
     def _size(self, wave: int) -> int:
         return self._sizes.get(wave, sum(self._counts.get(wave, Counter()).values()))
@@ -198,15 +258,20 @@ class Progress:
         try:
             if self._started is None:
                 self._started = self._clock.monotonic()
-            if self.mode == "live" and self._live is None and self.error is None:
-                console = self._console or Console(file=self._stream)
-                self._live = Live(
-                    self.render(), console=console, auto_refresh=False,
-                    redirect_stdout=False, redirect_stderr=False,
-                )  # fmt: skip
-                self._live.start(refresh=True)
+            self._start_live()
+            self._refresh(force=True)
         except Exception as exc:
             self.error = exc
+
+    def _start_live(self) -> None:
+        """Start the live view once (pre-flight's, then the run's, on one ``Live``)."""
+        if self.mode == "live" and self._live is None and self.error is None:
+            console = self._console or Console(file=self._stream)
+            self._live = Live(
+                self.render(), console=console, auto_refresh=False,
+                redirect_stdout=False, redirect_stderr=False,
+            )  # fmt: skip
+            self._live.start(refresh=True)
 
     def stop(self) -> None:
         """Show the last state (the pending plain summary, the final live view) and stop.
@@ -240,6 +305,7 @@ class Progress:
                 return
             if self.mode == "plain":
                 self._roll(self._clock.monotonic())
+                self._say_waiting()
             elif self.mode == "live":
                 self._refresh(force=True)
         except Exception as exc:
@@ -267,6 +333,12 @@ class Progress:
         self._finals += int(event.state.final)
         self._state[event.kvm_id] = event.state
         self._current = wave
+        if event.state is TargetState.ACCEPTED:
+            self._accepted_at.setdefault(event.kvm_id, event.at)
+        elif event.state.final:
+            self._accepted_at.pop(event.kvm_id, None)
+        if self._eta is not None:
+            self._eta.observe(event)
 
     def _show(self, event: TargetEvent) -> None:
         if self.mode == "live":
@@ -297,6 +369,15 @@ class Progress:
         next_second = window is not None and self._window is not None and window == self._window + 1
         self._summarizing = busy and next_second
         self._window, self._in_window, self._hidden = window, 0, 0
+
+    def _say_waiting(self) -> None:
+        """Plain mode: a line when the reasons the run waits change (not their countdowns)."""
+        found = self.waiting()
+        kinds = tuple(r.kind for r in found)
+        if kinds != self._said:
+            self._said = kinds
+            for reason in found:
+                self._write(f"{_hms(self._clock.time())} waiting: {reason.text}")
 
     def _write(self, line: str) -> None:
         try:
@@ -352,7 +433,17 @@ class Progress:
         self._live.update(self.render(), refresh=True)
 
     def render(self) -> RenderableType:
-        """Return the live view as a rich renderable (bar and ETA, per-wave table, stats)."""
+        """Return the live view as a rich renderable (bar and ETA, per-wave table, stats, why
+        it waits); pre-flight's bar before the run starts."""
+        if self._started is None and self._checked is not None:
+            done, total = self._checked
+            grid = Table.grid(padding=(0, 1))
+            grid.add_row(
+                Text("edis-fleet", style="bold"),
+                ProgressBar(total=max(total, 1), completed=done, width=20),
+                Text(preflight_line(done, total)),
+            )
+            return grid
         eta = self.eta()
         head = Table.grid(padding=(0, 1))
         head.add_row(
@@ -374,7 +465,9 @@ class Progress:
             f"{snap.rate:.1f} req/s · 429s {snap.throttles} · retries {snap.retries} · "
             f"session refreshes {snap.refreshes}"
         )
-        if snap.configured_rate <= 0:
-            return Group(head, table, stats)
-        style = "yellow" if snap.provider_bound else ""
-        return Group(head, table, stats, Text("provider: " + snap.provider_text(), style=style))
+        parts: list[RenderableType] = [head, table, stats]
+        if snap.configured_rate > 0:
+            style = "yellow" if snap.provider_bound else ""
+            parts.append(Text("provider: " + snap.provider_text(), style=style))
+        parts.extend(Text("waiting: " + r.text, style="cyan") for r in self.waiting())
+        return Group(*parts)

@@ -28,6 +28,7 @@ from orchestrator.errors import (
 from orchestrator.report import NdjsonSink, duration, recovery, text_report
 from orchestrator.report.contract import Verdict
 from orchestrator.run.boundary import RunCrashed, leaves
+from orchestrator.run.eta import model_for
 from orchestrator.run.execute import RunOutcome, RunSpec, execute
 from orchestrator.run.guard import Verdict as GuardVerdict
 from orchestrator.run.guard import check_confirmation, why_confirm
@@ -81,6 +82,9 @@ def run_and_report(spec: RunSpec, output: OutputOptions, env: Mapping[str, str])
         mode=choose_mode(sys.stderr, quiet=output.quiet, log_format=output.log_format, env=env),
         hostnames=hostnames,
         redact=spec.redact,
+        eta=model_for(
+            spec.waves, rate=spec.rate, concurrency=spec.concurrency, soak_s=spec.settings.soak_s
+        ),
     )
     spec = replace(spec, progress=progress)
     events_file: TextIO | None = None

@@ -92,6 +92,11 @@ class SessionBook:
         """How many sessions the book has loaded; changes on every refresh."""
         return self._generation
 
+    @property
+    def refreshing(self) -> bool:
+        """True while an auth call is out (a live view says so)."""
+        return self._flight is not None
+
     async def accounts(self) -> Mapping[str, VpsCredentials]:
         """Return every usable credential of the account, creating a session if none yet.
 

@@ -36,6 +36,7 @@ from orchestrator.report.contract import Tally, judge_records
 from orchestrator.run.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.run.boundary import close_down
 from orchestrator.run.limits import Limits
+from orchestrator.run.phase import WatchesPhase
 from orchestrator.run.preflight import Check, preflight
 from orchestrator.run.reconcile import counters as reconcile_counters
 from orchestrator.run.retry import RetryBudget
@@ -209,9 +210,11 @@ async def execute(spec: RunSpec, *, clock: Clock | None = None) -> RunOutcome:
         reads = ReadRetries(clock=clock, budget=budget, limiter=limits.requests)
         book = SessionBook(LimitedAuth(client, limits.requests, reads), clock=clock)
         checks = [Check(job.kvm_id, job.image) for wave in spec.waves for job in wave.jobs]
+        watcher = spec.progress if isinstance(spec.progress, WatchesPhase) else None
         found = await preflight(
-            checks, client=client, book=book, retries=reads, limiter=limits.requests
-        )
+            checks, client=client, book=book, retries=reads, limiter=limits.requests,
+            on_progress=None if watcher is None else watcher.preflight,
+        )  # fmt: skip
         if not found.ok:
             raise PreflightError(found.problems)
         journal = await Journal.open(
@@ -285,6 +288,9 @@ async def _run_recorded(journal: Journal, run_id: str, spec: RunSpec, w: _Wiring
         wave_ready=spec.wave_ready,
         on_wave_ready=wave_ready,
     )
+    # The view says why the run waits: soak, budgets, session refreshes.
+    scheduler.phase.refreshing = lambda: book.refreshing
+    _show_phase(spec.progress, scheduler)
     # Everything built so far (the fleet, the jobs, rendered user data) lives for the
     # whole run: freezing it keeps full collections during the run from walking it again
     # and again (measured: a third of the client's CPU on 20,000 VPSes).
@@ -357,6 +363,12 @@ async def _run_waves(
                 progress.stop()
         tg.cancel_scope.cancel()
     return result
+
+
+def _show_phase(view: object, scheduler: Scheduler) -> None:
+    """Hand the scheduler's phase to a view that shows it."""
+    if isinstance(view, WatchesPhase):
+        view.phase = scheduler.phase
 
 
 def _opt(sink: EventSink | None) -> list[EventSink]:

@@ -8,7 +8,7 @@ sends a destructive request.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -53,11 +53,14 @@ async def preflight(
     concurrency: int = 8,
     retries: ReadRetries | None = None,
     limiter: RateLimiter | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> PreflightReport:
     """Check every selected VPS against the account; return all problems at once.
 
     Image lists are read with ``retries`` (read-only calls: a passing 502 is retried), each
-    after a rate token from ``limiter`` when one is given. Raises the client's ``ApiError``
+    after a rate token from ``limiter`` when one is given. ``on_progress(done, total)`` is
+    called after the auth call and after each image list (a view shows it; it must not
+    raise). Raises the client's ``ApiError``
     subclasses only for the auth call itself (a wrong password is ``AuthenticationError``);
     per-VPS failures become problems in the report.
     """
@@ -88,6 +91,9 @@ async def preflight(
 
     slots = anyio.CapacityLimiter(max(1, concurrency))
     fetched: dict[str, tuple[str, ...] | str] = {}
+    unique = list(dict.fromkeys(c.kvm_id for c in reachable))
+    if on_progress is not None:
+        on_progress(0, len(unique))
 
     async def fetch(kvm_id: str) -> None:
         async with slots:
@@ -101,9 +107,11 @@ async def preflight(
                 fetched[kvm_id] = tuple(await retries(attempt))
             except ApiError as exc:
                 fetched[kvm_id] = f"could not list its images: {exc.message}"
+            if on_progress is not None:
+                on_progress(len(fetched), len(unique))
 
     async with anyio.create_task_group() as tg:
-        for kvm_id in dict.fromkeys(c.kvm_id for c in reachable):
+        for kvm_id in unique:
             tg.start_soon(fetch, kvm_id)
 
     for check in reachable:

@@ -52,6 +52,7 @@ from orchestrator.model import (
     TargetState,
 )
 from orchestrator.run.limits import Limits
+from orchestrator.run.phase import RunPhase
 from orchestrator.run.proof import ProofSpec, Prover
 from orchestrator.run.readiness import ReadyResult, wait_ready
 from orchestrator.run.reconcile import Resolution, reconcile
@@ -168,6 +169,8 @@ class Scheduler:
         self._addresses: dict[str, str | None] = {}
         self._wave_ready = dict(wave_ready or {})
         self._on_wave_ready = on_wave_ready
+        # What the run is doing now, for a live view (read-only outside the scheduler).
+        self.phase = RunPhase(run_budget=settings.run_budget, run_failures=self._run_failures)
 
     @property
     def result(self) -> RunResult:
@@ -204,6 +207,9 @@ class Scheduler:
                         self._skip_all(wave.jobs, self._stop_reason())
                         continue
                     self._wave_failures = self._prior.get(wave.index, 0)
+                    self.phase.wave, self.phase.wave_size = wave.index, len(wave.jobs)
+                    self.phase.wave_budget = wave.budget
+                    self.phase.wave_failures = self._wave_failures
                     await self._run_wave(wave)
                     if not self.stopping and wave.index not in self._wave_ready:
                         self._wave_ready[wave.index] = at = self._clock.time()
@@ -229,8 +235,12 @@ class Scheduler:
             return
         left = soak - (self._clock.time() - max(before))
         if left > 0:
-            with self._until_drained():
-                await self._clock.sleep(left)
+            self.phase.soak_until, self.phase.soak_before = self._clock.time() + left, wave_index
+            try:
+                with self._until_drained():
+                    await self._clock.sleep(left)
+            finally:
+                self.phase.soak_until = None
 
     def _doubt_in_flight(self, reason: str) -> None:
         """Record every POST still in flight as in doubt; under ``resend-after-window`` the
@@ -524,6 +534,7 @@ class Scheduler:
         self._set(job.kvm_id, job.wave, state, reason, resend=resend)
         self._wave_failures += 1
         self._run_failures += 1
+        self.phase.wave_failures, self.phase.run_failures = self._wave_failures, self._run_failures
         if self._result.aborted is not None:
             return
         if self._wave_failures > wave_budget:
