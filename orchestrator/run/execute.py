@@ -31,8 +31,8 @@ from orchestrator.journal import (
     TargetSpec,
 )
 from orchestrator.model import Attempt, Clock, EventSink, TargetEvent, TargetState
-from orchestrator.report.recovery import recovery
 from orchestrator.report.contract import Tally, judge_records
+from orchestrator.report.recovery import recovery
 from orchestrator.run.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.run.boundary import close_down
 from orchestrator.run.limits import Limits
