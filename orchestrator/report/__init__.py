@@ -1,6 +1,7 @@
 """Reports folded from journal records: text, JSON (with its schema), JUnit, NDJSON events,
 Markdown (CI summaries, chat) and the HTML drill record; the run's recovery time and verdict."""
 
+from orchestrator.report.contract import Tally, judge
 from orchestrator.report.formats import (
     NdjsonSink,
     json_report,
@@ -14,7 +15,6 @@ from orchestrator.report.markdown import markdown_report
 from orchestrator.report.recovery import Recovery, Verdict, recovery, verdict
 from orchestrator.report.summary import iso_time
 from orchestrator.report.text import LABELS, duration
-from orchestrator.report.contract import Tally, judge
 
 __all__ = [
     "LABELS",

@@ -24,8 +24,8 @@ from typing import Any
 
 from orchestrator.journal import RunRecord, RunStatus, TargetRecord
 from orchestrator.model import TargetState
-from orchestrator.report.summary import percentile
 from orchestrator.report.contract import Tally, Verdict, judge
+from orchestrator.report.summary import percentile
 
 __all__ = ["Recovery", "Spread", "Tally", "Verdict", "WaveRecovery", "recovery", "verdict"]
 
