@@ -26,6 +26,7 @@ from orchestrator.run.retry import (
     backoff_ceiling,
     call_with_retries,
     decide,
+    wait_after,
 )
 
 EP = "set/reinstall"
@@ -334,3 +335,14 @@ async def test_overload_answers_count_against_no_attempt_cap_only_the_deadline()
     with pytest.raises(ThrottledError):
         await run(fn, policy=policy, clock=clock)
     assert clock.monotonic() <= 60.0 + 1.0
+
+
+def test_after_overload_the_backoff_stops_growing_but_retry_after_still_holds() -> None:
+    policy = RetryPolicy(base=0.5, cap=30.0)
+    rng = random.Random(3)
+    throttle = ThrottledError("slow down", endpoint=EP, status=429)
+    assert max(wait_after(throttle, policy, 10, rng) for _ in range(200)) <= 0.5 * 2**2
+    told = ThrottledError("slow down", endpoint=EP, status=429, retry_after=9.0)
+    assert wait_after(told, policy, 10, rng) >= 9.0
+    bare = ThrottledError("unavailable", endpoint=EP, status=503)  # a sporadic error
+    assert max(wait_after(bare, policy, 10, rng) for _ in range(200)) > 0.5 * 2**2

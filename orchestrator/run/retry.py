@@ -110,9 +110,19 @@ def backoff(policy: RetryPolicy, retry: int, rng: random.Random) -> float:
     return rng.uniform(0.0, backoff_ceiling(policy, retry))
 
 
+# After an overload signal the backoff stops growing at base × 2**this: the fleet's rate,
+# which the limiter cut, answers for the load. A call that everyone waits on (the session
+# refresh) must not sleep for tens of seconds while a burst of 429s, which only requests
+# drain, waits for it.
+OVERLOAD_MAX_EXPONENT = 2
+
+
 def wait_after(error: ApiError, policy: RetryPolicy, retry: int, rng: random.Random) -> float:
     """Return how long to wait after ``error`` before retry number ``retry``: the jittered
-    backoff, but never less than the server's ``retry_after`` on a throttle."""
+    backoff (growing no further than ``OVERLOAD_MAX_EXPONENT`` after an overload signal), but
+    never less than the server's ``retry_after`` on a throttle."""
+    if signal_of(error) is Signal.THROTTLE:
+        retry = min(retry, OVERLOAD_MAX_EXPONENT)
     wait = backoff(policy, retry, rng)
     if error.outcome is Outcome.THROTTLED and error.retry_after is not None:
         wait = max(wait, error.retry_after)
