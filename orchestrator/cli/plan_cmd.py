@@ -110,10 +110,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def write_plan(path: Path, plan: Plan) -> None:
-    """Write the plan as JSON (atomically: a temp file renamed over ``path``)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(plan.to_json(), indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    """Write the plan as JSON, whole (``write_atomic``). Raises ``OSError``."""
+    from orchestrator.atomic import write_atomic
+
+    # A plan holds no secrets: readable like any file the user writes.
+    write_atomic(path, json.dumps(plan.to_json(), indent=2) + "\n", mode=0o644)
 
 
 def render_text(plan: Plan, found: PreflightReport, warnings: list[str]) -> str:
