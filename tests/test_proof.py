@@ -18,7 +18,7 @@ import pytest
 
 from orchestrator.errors import ManifestError
 from orchestrator.fleet import InDoubtPolicy, Readiness, ReadinessMode, SshLogin
-from orchestrator.manifest.loader import load_fleet
+from orchestrator.manifest.loader import check_manifest, load_fleet
 from orchestrator.model import TargetState
 from orchestrator.run.proof import prepare_proof
 from orchestrator.run.reconcile import RESOLVED_ACCEPTED, UNRESOLVED, Resolution
@@ -367,3 +367,25 @@ def test_a_killed_campaign_with_lost_responses_resumes_to_proof_with_no_second_w
     known = (tmp_path / "known_hosts").read_text()
     for kvm_id in ids:
         assert " ".join(keys[kvm_id].split()[:2]) in known  # each VPS proven with its key
+
+
+def test_validate_refuses_ssh_keys_and_a_missing_operator_key(tmp_path: Path) -> None:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "ops").write_bytes(key.export_private_key("openssh"))
+    public = key.export_public_key("openssh").decode().strip()
+    (tmp_path / "keys" / "ops.pub").write_text(public + "\n")
+    ssh = "  readiness: {mode: ssh, ssh: {user: ops, identity: {file: keys/ops}}}\n"
+    manifest = BASE.replace("  cloud_init: templates/ok.yaml.j2\n", "  cloud_init: t.j2\n" + ssh)
+
+    def problems(template: str) -> list[str]:
+        (tmp_path / "t.j2").write_text(template)
+        report = check_manifest(write_manifest(tmp_path, manifest), ENV)
+        return report.problems
+
+    good = f"#cloud-config\nhostname: {{{{ hostname }}}}\nssh_authorized_keys: [{public}]\n"
+    assert problems(good) == []
+    found = problems("#cloud-config\nssh_keys: {rsa_private: x}\n" + good.split("\n", 1)[1])
+    assert any("sets ssh_keys itself" in p for p in found), found
+    found = problems("#cloud-config\nhostname: {{ hostname }}\n")
+    assert any("its public half" in p and "could not log in" in p for p in found), found

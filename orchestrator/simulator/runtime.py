@@ -348,6 +348,7 @@ class Runtime:
             "bad_signature": vps.bad_signature,
             "live_signatures": self.book.live_count(vps.kvm_id),
             "ssh_open": self.listeners is not None and self.listeners.is_open(vps.kvm_id),
+            "cloud_init_done_at": None if self.ssh is None else self.ssh.done_time(vps),
         }
 
     def snapshot(self) -> dict[str, Any]:

@@ -78,8 +78,6 @@ class SshServers:
         self._original: dict[str, asyncssh.SSHKey] = {}
         self.faults: dict[str, SshFaults] = {}
         self._conns: dict[str, set[asyncio.Task[None]]] = {}
-        # Simulator time at which each VPS's cloud-init finished, as first observed (bench).
-        self.done_at: dict[str, float] = {}
 
     # -- keys and systems -----------------------------------------------------------------------
 
@@ -106,6 +104,13 @@ class SshServers:
         elif faults.cloud_init == "degraded":
             system.recoverable = dict(DEFAULT_RECOVERABLE)
         return system
+
+    def done_time(self, vps: Vps) -> float | None:
+        """When cloud-init of ``vps``'s installed system ends (simulator time), or None for
+        the original system."""
+        if not isinstance(vps.system, System) or not vps.system.cloud_init:
+            return None
+        return vps.booted_at + self.cloud_init_seconds
 
     def _current(self, vps: Vps) -> System:
         system = vps.system
@@ -172,18 +177,17 @@ class SshServers:
             # The end is a time on a clock that can be moved, not an event: re-read it.
             while (left := ends - self._now()) > 0:  # noqa: ASYNC110
                 await asyncio.sleep(min(left, WAIT_STEP))
-        status, code = self._status(vps, system, ends)
+        status, code = self._status(system, ends)
         if "--format" in command and "json" in command:
             process.stdout.write(json.dumps(status) + "\n")
         else:
             process.stdout.write(f"status: {status['status']}\n")
         process.exit(code)
 
-    def _status(self, vps: Vps, system: System, ends: float) -> tuple[dict[str, Any], int]:
+    def _status(self, system: System, ends: float) -> tuple[dict[str, Any], int]:
         """cloud-init's own ``status --long --format json`` answer and its exit code."""
         if self._now() < ends:
             return _status_doc("running", "running", (), {}), 0
-        self.done_at.setdefault(vps.kvm_id, ends)
         if system.end == "error":
             return _status_doc("error", "error", system.errors, {}), 1
         if system.end == "degraded":

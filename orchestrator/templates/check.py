@@ -13,8 +13,9 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from orchestrator.fleet import VpsEntry
+from orchestrator.fleet import ReadinessMode, VpsEntry
 from orchestrator.secrets import Redactor, Secret, sources
 from orchestrator.templates.document import (
     TemplateFailure,
@@ -22,6 +23,7 @@ from orchestrator.templates.document import (
     classify,
     parse_cloud_config,
 )
+from orchestrator.templates.hostkey import ssh_readiness_problem
 from orchestrator.templates.render import Templates
 from orchestrator.templates.sandbox import memory_bound
 from orchestrator.templates.schema import CloudInitSchema
@@ -81,6 +83,9 @@ class _Collector:
 _PLACEHOLDER = "\x00{}\x00"  # NUL never appears in YAML text, so it cannot collide
 
 
+_UNCHECKED = object()
+
+
 def _shape_key(entry: VpsEntry, text: str, password: str) -> tuple[str, str, str]:
     """Key under which documents are YAML-equivalent: per-VPS values replaced by markers.
 
@@ -133,6 +138,8 @@ def check_templates(
     redact = Redactor(secrets)
     seen: set[Secret] = set()
     shapes: dict[tuple[str, str, str], _Shape] = {}
+    # Readiness mode ssh: the document's problem for it, per shape and operator key.
+    ssh_checked: dict[tuple[tuple[str, str, str], Path | None], object] = {}
     with memory_bound():  # once for the fleet, not per render
         for entry in entries:
             source = entry.template
@@ -166,6 +173,13 @@ def check_templates(
             shape.members += 1
             if shape.failure is not None:
                 collector.add(shape.failure, entry)
+            elif entry.readiness.mode is ReadinessMode.SSH:
+                ssh = ssh_checked.get((key, entry.readiness.ssh.identity_file), _UNCHECKED)
+                if ssh is _UNCHECKED:
+                    ssh = ssh_readiness_problem(text, entry.readiness.ssh.identity_file)
+                    ssh_checked[key, entry.readiness.ssh.identity_file] = ssh
+                if isinstance(ssh, str):
+                    collector.add(TemplateFailure(source.name, 1 + source.line_offset, ssh), entry)
     report.shapes = len(shapes)
     if schema is not None:
         _schema_check(list(shapes.values()), schema, collector, report)

@@ -8,6 +8,7 @@ take that proof away, so it is refused (``HostKeyConflict``).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from orchestrator.secrets import Secret
@@ -77,3 +78,45 @@ def with_host_key(text: str, private: Secret, public: str) -> str:
     if not isinstance(keys, dict) or keys.get("ed25519_public") != public:
         raise HostKeyConflict("ssh_keys could not be added at the end of the document")
     return result
+
+
+# A .pub file is one line; anything bigger is not one.
+MAX_PUBLIC_KEY_FILE = 16 * 1024
+
+
+def ssh_readiness_problem(text: str, identity_file: Path | None) -> str | None:
+    """What keeps readiness mode ``ssh`` from working with this rendered ``#cloud-config``
+    document, or None: it sets ``ssh_keys`` itself, or the public half of the operator's key
+    (``identity_file`` + ``.pub``, when that file exists) is not among the keys it authorises.
+    With the SSH agent (``identity_file`` None) the key cannot be checked here."""
+    if sets_ssh_keys(text):
+        return (
+            "the template sets ssh_keys itself; readiness mode ssh puts this run's host key "
+            "there to prove the reinstall: remove ssh_keys from the template (or use another "
+            "readiness mode)"
+        )
+    public = _public_key_of(identity_file)
+    if public is None:
+        return None
+    authorised = {" ".join(k.split()[:2]) for k in authorized_keys(text)}
+    if public in authorised:
+        return None
+    return (
+        f"readiness mode ssh logs in with {identity_file}, but its public half "
+        f"({identity_file}.pub) is not in the user data's ssh_authorized_keys or "
+        "users[].ssh_authorized_keys: the cloud-init stage could not log in"
+    )
+
+
+def _public_key_of(identity_file: Path | None) -> str | None:
+    """``type base64`` of ``identity_file.pub`` when it is a small regular file, else None."""
+    if identity_file is None:
+        return None
+    path = identity_file.with_name(identity_file.name + ".pub")
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_PUBLIC_KEY_FILE:
+            return None
+        parts = path.read_text(encoding="utf-8", errors="replace").split()
+    except OSError:
+        return None
+    return " ".join(parts[:2]) if len(parts) >= 2 else None
