@@ -318,7 +318,8 @@ def test_a_soak_cut_short_is_served_in_full_on_resume(
         assert received(sim) == 1  # the canary only: wave 2 waits for the soak
         code, out, err = cli(sim, tmp_path, "resume", run_id, "--log-format", "json")
         assert code == 0, out + err
-        progress = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+        progress = [p for p in lines if p.get("event") == "target_state"]
         assert progress
         assert all(p["hostname"] and p["run_id"] == run_id for p in progress)
         ((waves,),) = rows(tmp_path, "SELECT waves_json FROM runs")
