@@ -101,6 +101,7 @@ bench: install
 	$(BIN)/python tests/bench/journal_cost.py || status=1; \
 	$(BIN)/python tests/bench/journal_cost.py --backend postgresql --post-ms 100 --goal-pct 10 || status=1; \
 	$(BIN)/python tests/bench/profiles_bench.py || status=1; \
+	$(BIN)/python tests/bench/eta_bench.py || status=1; \
 	$(BIN)/python tests/bench/startup.py || status=1; \
 	$(BIN)/python tests/bench/ssh_bench.py $(BENCH_FLAGS) || status=1; \
 	exit $$status

@@ -85,9 +85,9 @@ class EtaModel:
         self._sent: dict[str, float] = {}
         self._accepted: dict[str, float] = {}
         self._seen: dict[str, list[float]] = {}
-        self._first_send: float | None = None
-        self._last_send: float | None = None
-        self._sends = 0
+        # Per wave: first and last send time and the number of sends (the rate is measured
+        # within a wave: the soak and installs between waves are not sending time).
+        self._sending: dict[int, tuple[float, float, int]] = {}
         self._wave_end: dict[int, float] = {}
 
     # ----------------------------------------------------------------- observing
@@ -100,10 +100,8 @@ class EtaModel:
         self._state[event.kvm_id] = event.state
         if event.state is TargetState.INTENT:
             if event.kvm_id not in self._sent:
-                self._sends += 1
-                if self._first_send is None:
-                    self._first_send = event.at
-                self._last_send = event.at
+                first, _, count = self._sending.get(vps.wave, (event.at, event.at, 0))
+                self._sending[vps.wave] = (first, event.at, count + 1)
             self._sent[event.kvm_id] = event.at
         elif event.state is TargetState.ACCEPTED:
             self._accepted[event.kvm_id] = event.at
@@ -126,12 +124,13 @@ class EtaModel:
         return self._prior(image) * self._correction()
 
     def send_rate(self) -> float:
-        """Sends per second: the run's own once ``RATE_SAMPLES`` were sent, else the plan's."""
-        first, last = self._first_send, self._last_send
-        enough = self._sends >= RATE_SAMPLES
-        if enough and first is not None and last is not None and last > first:
-            # Never faster than the plan allows; slower when the run shows it is.
-            return min(self._plan.send_rate, (self._sends - 1) / (last - first))
+        """Sends per second: the run's own, measured over the latest wave that sent at least
+        ``RATE_SAMPLES``, else the plan's."""
+        for index in sorted(self._sending, reverse=True):
+            first, last, count = self._sending[index]
+            if count >= RATE_SAMPLES and last > first:
+                # Never faster than the plan allows; slower when the run shows it is.
+                return min(self._plan.send_rate, (count - 1) / (last - first))
         return self._plan.send_rate
 
     def remaining(self, now: float) -> float:
@@ -203,10 +202,16 @@ def priors(table: Mapping[str, float], default: Callable[[str], float]) -> Calla
 
 
 def model_for(
-    waves: Sequence[WaveSpec], *, rate: float, concurrency: int, soak_s: float
+    waves: Sequence[WaveSpec],
+    *,
+    rate: float,
+    concurrency: int,
+    soak_s: float,
+    prior: Callable[[str], float] = install_seconds,
 ) -> EtaModel:
     """The model of a run about to start: its waves' jobs in order, the plan's install time
-    per image (``run.plan.install_seconds``), the rate, concurrency and soak."""
+    per image (``prior``, default ``run.plan.install_seconds``), the rate, concurrency and
+    soak."""
     plan = plan_of(
         (
             (
@@ -219,7 +224,7 @@ def model_for(
         concurrency=concurrency,
         soak_s=soak_s,
     )
-    model = EtaModel(plan, install_seconds)
+    model = EtaModel(plan, prior)
     for w in waves:
         for j in w.jobs:
             if j.accepted_already and j.accepted_at is not None:
