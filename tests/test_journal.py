@@ -711,3 +711,64 @@ async def test_the_scheduler_through_journal_sink(open_journal: Any, policy: InD
     assert {k: s for k, (s, _) in got.items()} == result.states
     assert api.received == {"ok": 1, "flaky": 3, "bad": 1, "doubt": got["doubt"][1]}
     assert j.ignored_outcomes == []
+
+
+# --------------------------------------------------------------------------- schema version 2
+
+
+async def test_version_2_facts_resend_crash_and_wave_ready(open_journal: Any) -> None:
+    """The resend decision and the one resend, a crashed run's (redacted) error, when each
+    wave became ready, and the statuses crashed and rto_missed — on both backends."""
+    j = open_journal(redactor=Redactor(["hunter2"]))
+    run_id = await new_run(j, ["a", "b"])
+    await j.write_intents(run_id, ["a"])
+    await j.record_outcome(run_id, "a", TargetState.IN_DOUBT, reason="lost")
+    j.enqueue_resend_decision(run_id, "a")
+    await j.save_progress(run_id, wave_ready={0: 1234.5})
+    (a, _b) = await j.targets(run_id)
+    assert a.resend_decided_at is not None
+    assert a.resent_at is None
+    await j.write_intents(run_id, ["a"], resend=True)
+    await j.record_outcome(run_id, "a", TargetState.IN_DOUBT, reason="lost again", durable=True)
+    with pytest.raises(JournalError, match="already resent once"):
+        await j.write_intents(run_id, ["a"], resend=True)
+    (a, _b) = await j.targets(run_id)
+    assert (a.sends, a.state) == (2, TargetState.IN_DOUBT)
+    assert a.resent_at is not None
+    run = await j.finish_run(run_id, RunStatus.CRASHED, error="boom with hunter2")
+    assert (run.status, run.error, run.wave_ready) == (
+        RunStatus.CRASHED, "boom with ***", {0: 1234.5},
+    )  # fmt: skip
+    run = await j.reopen_run(run_id)
+    assert (run.status, run.error) == (RunStatus.RUNNING, "")
+    run = await j.finish_run(run_id, RunStatus.RTO_MISSED)
+    assert run.status is RunStatus.RTO_MISSED
+
+
+def test_a_version_1_file_is_migrated_with_its_runs_and_foreign_keys(tmp_path: Path) -> None:
+    path = tmp_path / "v1.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, {1: MIGRATIONS[1]})
+    conn.execute(
+        "INSERT INTO runs (id, manifest_path, manifest_sha256, plan_sha256, pid, hostname,"
+        " started_at, updated_at, status) VALUES ('r1', 'f', 'a', 'b', 1, 'h', 1, 2, 'in_doubt')"
+    )
+    conn.execute(
+        "INSERT INTO targets (run_id, kvm_id, wave, position, image, hostname, queued_at)"
+        " VALUES ('r1', 'k', 1, 0, 'img', 'host', 1)"
+    )
+    conn.close()
+    j = Journal(path)
+    try:
+        assert j.schema_version == SCHEMA_VERSION == 2
+        run = anyio.run(j.run, "r1")
+        assert (run.status, run.error, run.wave_ready) == (RunStatus.IN_DOUBT, "", {})
+        (target,) = anyio.run(j.targets, "r1")
+        assert (target.resend_decided_at, target.resent_at) == (None, None)
+    finally:
+        anyio.run(j.close)
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        check.close()
