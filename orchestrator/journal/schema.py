@@ -5,8 +5,10 @@
 ``journal_locks.py`` the lock rows within it; this module holds what is on disk and the plain
 data that comes out of it, so the schema can be read in one place.
 
-Schema, version 1 (``PRAGMA user_version = 1``, ``PRAGMA application_id = 0x45444953``,
-"EDIS"). Times are wall-clock Unix seconds (REAL) from the injected ``Clock``.
+Schema, version 2 (``PRAGMA user_version = 2``, ``PRAGMA application_id = 0x45444953``,
+"EDIS"). Times are wall-clock Unix seconds (REAL) from the injected ``Clock``. Version 2 added
+the statuses ``rto_missed`` and ``crashed``, ``runs.error`` and ``runs.waves_json``, and
+``targets.resend_decided_at`` and ``targets.resent_at`` (see ``V2_RUN_COLUMNS``).
 
 ``runs`` — one row per run.
     ``id`` TEXT PK (``20261127-2315-ab12cd``: UTC start minute + 6 random hex digits, so ids
@@ -15,14 +17,19 @@ Schema, version 1 (``PRAGMA user_version = 1``, ``PRAGMA application_id = 0x4544
     ``hostname`` of the process that last started or resumed it, ``started_at``,
     ``updated_at`` (progress or heartbeat), ``ended_at`` (NULL while running), ``status``
     (``RunStatus``), and what resume carries over: ``wave_position``, ``failures``,
-    ``retries``, ``counters_json`` (any further named counters).
+    ``retries``, ``counters_json`` (any further named counters), ``waves_json`` (when each
+    wave became ready: a resumed soak is served in full), ``error`` (why a ``crashed`` run
+    stopped, redacted).
 
 ``targets`` — one row per VPS of a run, PK ``(run_id, kvm_id)``.
     ``wave``, ``position`` (order within the wave), ``image``, ``hostname``,
     ``user_data_sha256`` (the digest only, never the document), ``state`` (``model.TargetState``),
     ``sends`` (how many intents were written), the time of each phase: ``queued_at``,
-    ``sent_at`` (the latest intent), ``accepted_at``, ``ready_at``, ``ended_at``, and
-    ``reason`` (the final reason text, redacted).
+    ``sent_at`` (the latest intent), ``accepted_at``, ``ready_at``, ``ended_at``,
+    ``reason`` (the final reason text, redacted), ``resend_decided_at`` (the in-doubt policy
+    decided to resend it once the install window from ``sent_at`` passed) and ``resent_at``
+    (that resend's intent was written: an intent marked as a resend is refused after it, so a
+    VPS gets at most one resend per run).
 
 ``attempts`` — one row per API call: ``id`` (rowid), ``run_id``, ``kvm_id`` (NULL for
     account-wide calls), ``at``, ``endpoint``, ``outcome`` (``model.Outcome`` value),
