@@ -34,6 +34,10 @@ from orchestrator.secrets import Secret
 from orchestrator.templates.hostkey import with_host_key
 
 STATUS_COMMAND = "cloud-init status --wait --long --format json"
+# The first login, made as soon as the port answers again: it proves the key (the server's
+# host key is verified before anything else) and reads cloud-init's status without waiting,
+# so a VPS that came back done costs one handshake.
+FIRST_COMMAND = "cloud-init status --long --format json"
 # A key scan or login that hangs longer than this counts as "no answer" for that probe.
 SCAN_TIMEOUT = 5.0
 # While the port is down it is probed this often (a TCP connect costs ~0.1 ms); a key scan
@@ -114,6 +118,8 @@ class Prover:
     proven: dict[str, str] = field(default_factory=dict)
     proof_kind: dict[str, str] = field(default_factory=dict)
     _identities: dict[Path | None, Any] = field(default_factory=dict)
+    # What the first login read (a CommandResult, or the SshLoginError of a refused key).
+    _early: dict[str, Any] = field(default_factory=dict)
 
     def _ssh(self) -> Any:
         from orchestrator.run import ssh  # noqa: PLC0415 -- 0.35 s: only runs in mode ssh
@@ -145,7 +151,7 @@ class Prover:
         seen)."""
         seen = self.observed.setdefault(kvm_id, Observation())
         deadline = self.clock.monotonic() + deadline_s
-        proof = await self._host_key_stage(seen, spec, host, port, deadline)
+        proof = await self._host_key_stage(kvm_id, seen, spec, host, port, deadline=deadline)
         if proof is None:
             return None
         proven, key = proof
@@ -165,18 +171,58 @@ class Prover:
             why = "no readiness.ssh.user" if spec.user is None else "user data is not cloud-config"
             reason = f"{proven}; cloud-init not checked ({why}){entry}"
             return ReadyResult(True, reason, self.clock.monotonic() - start, scans)
-        ready, verdict = await self._cloud_init_stage(spec, host, port, key)
+        ready, verdict = await self._cloud_init_stage(
+            spec, host, port, key, self._early.pop(kvm_id, None)
+        )
         elapsed = self.clock.monotonic() - start
         return ReadyResult(ready, f"{proven}; {verdict}{entry}", elapsed, scans)
 
+    def _identity(self, spec: ProofSpec) -> Any:
+        if spec.identity_file not in self._identities:
+            self._identities[spec.identity_file] = self._ssh().load_identity(spec.identity_file)
+        return self._identities[spec.identity_file]
+
+    async def _first_login(self, kvm_id: str, spec: ProofSpec, host: str, port: int) -> bool:
+        """Log in trusting only the pinned key; return whether the server proved it (the
+        login worked, or only the user's key was refused). Keeps what it read for stage 2."""
+        ssh = self._ssh()
+        if spec.pinned is None or spec.user is None or not spec.cloud_init:
+            return False
+        try:
+            done = await ssh.run_pinned(
+                host,
+                port,
+                host_key=spec.pinned,
+                user=spec.user,
+                identity=self._identity(spec),
+                command=FIRST_COMMAND,
+                limit=SCAN_TIMEOUT,
+            )
+        except ssh.SshLoginError as exc:
+            if exc.refused:
+                self._early[kvm_id] = exc
+            return bool(exc.refused)
+        self._early[kvm_id] = done
+        return True
+
     async def _host_key_stage(
-        self, seen: Observation, spec: ProofSpec, host: str, port: int, deadline: float
+        self,
+        kvm_id: str,
+        seen: Observation,
+        spec: ProofSpec,
+        host: str,
+        port: int,
+        *,
+        deadline: float,
     ) -> tuple[str, str] | None:
         ssh = self._ssh()
         interval = DOWN_INTERVAL
         while True:
             if seen.seen_down and not await tcp_connect(host, port, connect_timeout=SCAN_TIMEOUT):
                 key = None
+            elif seen.seen_down and await self._first_login(kvm_id, spec, host, port):
+                seen.last_key = spec.pinned
+                return "proof: this run's host key", str(spec.pinned)
             else:
                 key = await ssh.scan_host_key(host, port, limit=SCAN_TIMEOUT)
                 seen.scans += 1
@@ -198,12 +244,16 @@ class Prover:
             await self.clock.sleep(min(interval, deadline - now))
 
     async def _cloud_init_stage(
-        self, spec: ProofSpec, host: str, port: int, key: str
+        self, spec: ProofSpec, host: str, port: int, key: str, early: Any
     ) -> tuple[bool, str]:
         ssh = self._ssh()
-        if spec.identity_file not in self._identities:
-            self._identities[spec.identity_file] = ssh.load_identity(spec.identity_file)
-        identity = self._identities[spec.identity_file]
+        if isinstance(early, ssh.SshLoginError):
+            return False, f"cloud-init not checked: {early.reason}"
+        if isinstance(early, ssh.CommandResult):
+            verdict = _verdict(early.exit_status, early.stdout)
+            if verdict is not None:
+                return verdict
+        identity = self._identity(spec)
         deadline = self.clock.monotonic() + spec.cloud_init_deadline_s
         last = "no answer"
         while True:

@@ -62,11 +62,14 @@ class SshLoginError(Exception):
     """The login did not happen: ``reason`` says why (host key mismatch, key refused,
     timeout, connection refused...)."""
 
-    def __init__(self, reason: str, *, refused: bool = False) -> None:
+    def __init__(self, reason: str, *, refused: bool = False, wrong_key: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         # The server answered but would not let us in (key refused): retrying will not help.
+        # Its host key was verified first, so the key is proven all the same.
         self.refused = refused
+        # The server presented another host key than the one trusted.
+        self.wrong_key = wrong_key
 
 
 def new_host_key() -> HostKey:
@@ -172,7 +175,7 @@ async def run_pinned(
     except TimeoutError:
         raise SshLoginError(f"no answer within {limit:g} s") from None
     except asyncssh.HostKeyNotVerifiable:
-        raise SshLoginError("the server presented another host key") from None
+        raise SshLoginError("the server presented another host key", wrong_key=True) from None
     except asyncssh.PermissionDenied:
         raise SshLoginError(f"the server refused the key of user {user!r}", refused=True) from None
     except (OSError, asyncssh.Error) as exc:

@@ -4,6 +4,10 @@ The simulator runs in its own process with a real SSH server per VPS (``--tcp-li
 ``edis-fleet apply`` runs in this process (``main(argv)``, journal in a temporary folder), once
 with ``readiness.mode: ssh`` and once with ``mode: none`` on a fresh simulator. Printed:
 
+The sends go out at 100/s (a provider's API is rate-limited), so installs end spread out as
+they would, instead of every simulated sshd being hit in the same instant (the simulator runs
+all of them on one core; a real fleet has one sshd per VPS).
+
 - client CPU per VPS for the readiness stages: (CPU of the ssh run - CPU of the none run) / N;
 - peak RSS of this process (after the ssh run, which comes first);
 - detection lag: from the moment the simulator's cloud-init of a VPS is done (``/_sim/state``
@@ -74,7 +78,7 @@ vps:
 {vps}
 rollout:
   concurrency: 200
-  rate: 2000/s
+  rate: 100/s
   waves: ["100%"]
   failure_budget: {{wave: "100%", run: "100%"}}
 """,
@@ -149,8 +153,12 @@ def main() -> int:
                     code, cpu = _apply(path, journal)
                 wall = time.monotonic() - started
                 after = sim.state()
+                sim_cpu = sim.cpu_s()
             results[f"{mode}_cpu"] = cpu
-            print(f"mode {mode}: exit {code}, {wall:.1f} s wall, {cpu:.2f} s client CPU")
+            print(
+                f"mode {mode}: exit {code}, {wall:.1f} s wall, {cpu:.2f} s client CPU, "
+                f"simulator CPU {sim_cpu or 0:.1f} s"
+            )
             if mode == "ssh":
                 rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 ready = _ready_at(journal)
