@@ -4,7 +4,9 @@ The library API: what the ``edis-fleet`` commands do, as functions. ``validate``
 function (offline); ``plan``, ``apply``, ``resume``, ``retry_failed``, ``run_report``,
 ``runs``, ``init``, ``account_vps`` and ``account_images`` are coroutines (they talk to the API
 or the journal): run them with ``asyncio.run``, or await them in your own event loop. Errors
-come from ``orchestrator.errors`` (every one an ``EdisFleetError``), with secrets redacted::
+come from ``orchestrator.errors`` (every one an ``EdisFleetError``), with secrets redacted;
+a run that crashed once recorded (an internal error, a full disk, a lock lost) raises
+``RunCrashed`` (its ``message()`` says what was sent and how to resume)::
 
     import asyncio
     import orchestrator
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         UsageError,
     )
     from orchestrator.run.account import AccountVps, ImageList, account_images, account_vps
+    from orchestrator.run.boundary import RunCrashed
     from orchestrator.run.execute import RunOutcome
     from orchestrator.run.library import (
         PlanCheck,
@@ -76,6 +79,7 @@ __all__ = [
     "PlanCheck",
     "PreflightError",
     "ReportFormat",
+    "RunCrashed",
     "RunOutcome",
     "SelectionOptions",
     "UsageError",
@@ -115,6 +119,7 @@ __getattr__, __dir__ = lazy_exports(
         "ReportFormat": _OPTIONS,
         "SelectionOptions": _OPTIONS,
         "RunOutcome": "orchestrator.run.execute",
+        "RunCrashed": "orchestrator.run.boundary",
         "account_vps": "orchestrator.run.account",
         "account_images": "orchestrator.run.account",
         "AccountVps": "orchestrator.run.account",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from orchestrator.errors import AuthenticationError, JournalError, LockedError
+from orchestrator.errors import AuthenticationError, EdisFleetError, JournalError, LockedError
 from orchestrator.journal import Journal, JournalConfig, RunStatus, TargetRecord
 from orchestrator.journal.location import DEFAULT_JOURNAL
 from orchestrator.model import TargetState
@@ -84,7 +84,7 @@ def resume_command(run_id: str, journal: JournalConfig) -> str:
 
 
 @dataclass
-class RunCrashed(Exception):
+class RunCrashed(EdisFleetError):
     """A recorded run stopped on an error or a fault of this machine (exit 70, resumable).
 
     ``cause`` is the original exception (its traceback is shown with ``--debug``),
