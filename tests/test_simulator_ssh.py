@@ -181,3 +181,15 @@ async def test_a_script_gets_a_fresh_key_and_no_login(
         assert loop.time() < end
         await asyncio.sleep(0.02)
     assert now != old
+
+
+async def test_ssh_faults_over_the_control_api(ssh_sim: Simulator, sim_http: SimHttp) -> None:
+    kvm_id = ssh_sim.vps_ids[2]
+    url = f"{ssh_sim.session_url}/_sim/ssh_fault"
+    doc = {"kvm_id": kvm_id, "cloud_init": "error", "errors": ["boom"], "refuse_keys": True}
+    async with sim_http.http.post(url, json=doc) as resp:
+        assert resp.status == 200, await resp.text()
+    faults = ssh_sim.ssh.faults[kvm_id]  # type: ignore[union-attr]
+    assert (faults.cloud_init, faults.errors, faults.refuse_keys) == ("error", ("boom",), True)
+    async with sim_http.http.post(url, json={"kvm_id": kvm_id, "cloud_init": "x"}) as resp:
+        assert resp.status == 400

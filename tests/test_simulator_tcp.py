@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import signal
 import socket
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -13,8 +15,8 @@ import pytest
 from orchestrator.simulator import SimConfig, Simulator
 from orchestrator.simulator.listeners import BANNER
 from orchestrator.simulator.vps import InstallOutcome
+from tests.cli_support import run_serving_cli
 from tests.conftest import SimFactory, SimHttp
-from tests.test_simulator_cli import _start, _stop
 
 LINUX = "cloudinit_ubuntu-lts-24-04"
 PW = "N3w-root-pw"
@@ -189,14 +191,22 @@ async def test_bad_listener_configurations_are_refused(tmp_path: Path) -> None:
         Simulator(SimConfig(account_file=twins, tcp_listeners=True))
 
 
-async def test_simulator_command_prints_the_ssh_port() -> None:
-    proc, lines = await _start("--vps", "2", "--port", "0", "--tcp-listeners", env={})
-    try:
-        text = "".join(lines)
-        line = next(x for x in lines if x.startswith("ssh port: "))
-        port = int(line.split()[2])
-        assert await _banner("127.0.2.2", port) == BANNER
-    finally:
-        code, _ = await _stop(proc, signal.SIGINT)
-    assert code == 0
-    assert "on every VPS IP" in text
+def test_simulator_command_prints_the_ssh_port(tmp_path: Path) -> None:
+    def use(url: str) -> tuple[int, bytes | None]:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"{url}/_sim/state", timeout=WAIT_BOUND) as resp:
+            port = int(json.loads(resp.read())["ssh_port"])
+        return port, asyncio.run(_banner("127.0.2.2", port))
+
+    done, (port, banner) = run_serving_cli(
+        ["simulator", "--vps", "2", "--port", "0", "--tcp-listeners"],
+        cwd=tmp_path,
+        env={},
+        url_file=tmp_path / "url",
+        use=use,
+        stop=signal.SIGINT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert banner == BANNER
+    line = next(x for x in done.stdout.splitlines() if x.startswith("ssh port: "))
+    assert int(line.split()[2]) == port

@@ -15,6 +15,8 @@ Bodies are JSON objects; answers are JSON. Bad input answers 400 ``{"error": ...
 * ``POST /_sim/suspend`` ``{"kvm_id": ..., "suspended": true}``.
 * ``POST /_sim/images`` ``{"kvm_id": ..., "images": [...]}``.
 * ``POST /_sim/install_outcome`` ``{"kvm_id": ..., "outcome": "ok" | "fail" | "hang" | "noop"}``.
+* ``POST /_sim/ssh_fault`` ``{"kvm_id": ..., "cloud_init": "done" | "error" | "degraded",
+  "errors": [...], "refuse_keys": bool, "delay": s}`` (any of them): the VPS's SSH side.
 * ``POST /_sim/advance`` ``{"seconds": s}``: move the simulator clock forward.
 * ``POST /_sim/switches`` ``{"second_reinstall": ..., "error_style": ...}`` (either or both).
 """
@@ -174,6 +176,31 @@ async def install_outcome(request: web.Request) -> web.Response:
     return json_response({"kvm_id": kvm_id, "outcome": outcome})
 
 
+async def ssh_fault(request: web.Request) -> web.Response:
+    """``POST /_sim/ssh_fault``; raises ``KeyError``/``ValueError`` for bad input."""
+    doc = await _body(request)
+    kvm_id = _kvm_id(doc)
+    errors = doc.get("errors")
+    if errors is not None and not (
+        isinstance(errors, list) and all(isinstance(e, str) for e in errors)
+    ):
+        raise ValueError("errors must be a list of strings")
+    refuse = doc.get("refuse_keys")
+    if refuse is not None and not isinstance(refuse, bool):
+        raise ValueError("refuse_keys must be true or false")
+    delay = doc.get("delay")
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)):
+        raise ValueError("delay must be a number")
+    request.app[RUNTIME].set_ssh_fault(
+        kvm_id,
+        cloud_init=doc.get("cloud_init"),
+        errors=errors,
+        refuse_keys=refuse,
+        delay=None if delay is None else float(delay),
+    )
+    return json_response({"kvm_id": kvm_id})
+
+
 async def advance(request: web.Request) -> web.Response:
     """``POST /_sim/advance``; raises ``ValueError`` for a bad or negative number."""
     doc = await _body(request)
@@ -213,6 +240,7 @@ def add_routes(app: web.Application) -> None:
         ("suspend", suspend),
         ("images", images),
         ("install_outcome", install_outcome),
+        ("ssh_fault", ssh_fault),
         ("advance", advance),
         ("switches", switches),
     ):
