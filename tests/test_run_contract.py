@@ -370,3 +370,23 @@ async def test_the_journal_refuses_a_second_resend(tmp_path: Path) -> None:
         assert target.sends == 2
         assert target.resent_at is not None
     await anyio.lowlevel.checkpoint()
+
+
+def test_resume_of_a_crashed_run_with_nothing_left_settles_it(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    path = fleet(sim, tmp_path, 2)
+    code, out, err = apply(sim, path, "--quiet")
+    assert code == 0, out + err
+    run_id = last_run(tmp_path)
+    # Crashed after its last VPS was done (say, the final write of the status failed).
+    db = sqlite3.connect(journal_file(tmp_path))
+    with db:
+        db.execute("UPDATE runs SET status = 'crashed', error = 'disk full'")
+    db.close()
+    assert runs_line(sim, tmp_path, run_id)[1] == "crashed"
+    code, out, err = cli(sim, tmp_path, "resume", run_id, "--quiet")
+    assert code == 0, out + err
+    assert "nothing left to do (done" in out
+    assert runs_line(sim, tmp_path, run_id)[1] == "done"
+    assert received(sim) == 2

@@ -73,7 +73,7 @@ def resume_run(args: argparse.Namespace) -> int:
     from orchestrator.cli.running import build_and_run
     from orchestrator.errors import JournalError
     from orchestrator.run.load import Refusal
-    from orchestrator.run.resume import read_run, reload_run, resume_point
+    from orchestrator.run.resume import read_run, reload_run, resume_point, settle
     from orchestrator.run.spec import journal_config
 
     env = dict(os.environ)
@@ -86,7 +86,11 @@ def resume_run(args: argparse.Namespace) -> int:
     todo = view.left
     if not todo:
         # Judged as a whole, like every run's exit code: a run that ended in doubt exits 4.
-        tally = view.tally
+        try:
+            tally = anyio.run(settle, journal_config(output.journal, env), view)
+        except JournalError as exc:
+            sys.stderr.write(f"{exc}\n")
+            return exitcodes.USAGE
         sys.stdout.write(
             f"run {view.run.id} has nothing left to do ({tally.status.value}; "
             f"{tally.in_doubt} in doubt)\n"

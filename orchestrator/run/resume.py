@@ -24,10 +24,11 @@ from orchestrator.journal import (
     JournalConfig,
     ResumeClassification,
     RunRecord,
+    RunStatus,
     TargetRecord,
 )
 from orchestrator.model import TargetState
-from orchestrator.report import Tally, recovery
+from orchestrator.report import Tally, judge, recovery
 from orchestrator.run.load import Loaded, Refusal, load_and_select, plan_for
 from orchestrator.run.options import Endpoint, LoadOptions, SelectionOptions
 from orchestrator.run.plan import Plan
@@ -114,6 +115,22 @@ async def read_run(path: str | Path | JournalConfig, run_id: str) -> RunView:
         )
     finally:
         await journal.close()
+
+
+async def settle(path: str | Path | JournalConfig, view: RunView) -> Tally:
+    """Judge a run with nothing left to do. One recorded ``interrupted`` or ``crashed`` after
+    its last VPS was done is judged as completed and its status recorded so (``runs`` then
+    says what the run came to); any other is judged as recorded. Raises ``JournalError``."""
+    if view.left or view.run.status not in (RunStatus.INTERRUPTED, RunStatus.CRASHED):
+        return view.tally
+    rec = recovery(replace(view.run, status=RunStatus.DONE), view.targets)
+    tally = judge(RunStatus.DONE, [t.state for t in view.targets], rto_met=rec.rto_met)
+    journal = await anyio.to_thread.run_sync(open_existing, path)
+    try:
+        await journal.finish_run(view.run.id, tally.status)
+    finally:
+        await journal.close()
+    return tally
 
 
 async def list_runs(path: str | Path | JournalConfig) -> list[RunRecord]:
