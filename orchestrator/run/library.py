@@ -43,7 +43,7 @@ from orchestrator.run.plan import Plan, as_one_wave
 from orchestrator.run.preflight import PreflightReport
 from orchestrator.run.reports import render_report
 from orchestrator.run.resume import list_runs as _list_runs
-from orchestrator.run.resume import read_run, reload_run, resume_point
+from orchestrator.run.resume import read_run, reload_run, resume_point, settle
 from orchestrator.run.spec import ResumePoint, build_spec
 from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema, TemplateReport
 
@@ -201,7 +201,8 @@ async def resume(
     env: Mapping[str, str] | None = None,
 ) -> RunOutcome | None:
     """Continue a run that stopped, sending nothing twice (``edis-fleet resume``); return
-    ``None`` when it has nothing left to do.
+    ``None`` when it has nothing left to do (a run recorded interrupted or crashed after its
+    last VPS was done is then settled: ``resume.settle``).
 
     The run's manifest is loaded again with the run's selection and endpoint (``endpoint``
     overrides it). Raises ``JournalError`` (no journal, unknown run), ``ManifestError`` (the
@@ -212,6 +213,7 @@ async def resume(
     view = await read_run(os.fspath(journal), run_id)
     todo = view.left
     if not todo:
+        await settle(os.fspath(journal), view)
         return None
     reloaded = reload_run(
         view, todo, environ, endpoint=endpoint, force=force, include_protected=True
