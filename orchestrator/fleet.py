@@ -127,6 +127,16 @@ class SshLogin:
 
 
 @dataclass(frozen=True, slots=True)
+class HttpCheck:
+    """``readiness.http``: after cloud-init is done, ``GET url`` (``{{ ip }}``: the VPS's
+    address) must answer ``expect`` within ``deadline_s``."""
+
+    url: str
+    expect: int = 200
+    deadline_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
 class Readiness:
     """How to tell that a reinstalled VPS is back.
 
@@ -141,6 +151,7 @@ class Readiness:
     min_install_s: float = DEFAULT_MIN_INSTALL_S
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     ssh: SshLogin = SshLogin()
+    http: HttpCheck | None = None
 
 
 class InDoubtPolicy(enum.StrEnum):

@@ -9,7 +9,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -17,7 +17,7 @@ import asyncssh
 import pytest
 
 from orchestrator.errors import ManifestError
-from orchestrator.fleet import InDoubtPolicy, Readiness, ReadinessMode, SshLogin
+from orchestrator.fleet import HttpCheck, InDoubtPolicy, Readiness, ReadinessMode, SshLogin
 from orchestrator.manifest.loader import check_manifest, load_fleet
 from orchestrator.model import TargetState
 from orchestrator.run.proof import prepare_proof
@@ -191,7 +191,8 @@ def test_the_manifest_reads_readiness_ssh(tmp_path: Path) -> None:
         "  cloud_init: templates/ok.yaml.j2\n",
         "  cloud_init: templates/ok.yaml.j2\n"
         "  readiness:\n    mode: ssh\n    deadline: 10m\n"
-        "    ssh: {user: ops, identity: {file: keys/ops}, cloud_init_deadline: 5m}\n",
+        "    ssh: {user: ops, identity: {file: keys/ops}, cloud_init_deadline: 5m}\n"
+        '    http: {url: "http://{{ ip }}:8080/healthz", deadline: 2m}\n',
     ).replace(
         "    hostname: vps-002\n",
         "    hostname: vps-002\n    readiness: {ssh: {identity: agent}}\n",
@@ -202,6 +203,7 @@ def test_the_manifest_reads_readiness_ssh(tmp_path: Path) -> None:
     assert first.deadline_s == 600.0
     assert first.ssh == SshLogin("ops", tmp_path.resolve() / "keys/ops", 300.0)
     assert second.ssh == SshLogin("ops", None, 300.0)  # the agent, the rest inherited
+    assert first.http == HttpCheck("http://{{ ip }}:8080/healthz", 200, 120.0)
 
 
 def test_known_hosts_from_apply_lets_ssh_connect_without_trust_on_first_use(
@@ -389,3 +391,41 @@ def test_validate_refuses_ssh_keys_and_a_missing_operator_key(tmp_path: Path) ->
     assert any("sets ssh_keys itself" in p for p in found), found
     found = problems("#cloud-config\nhostname: {{ hostname }}\n")
     assert any("its public half" in p and "could not log in" in p for p in found), found
+
+
+async def test_the_optional_health_check_runs_after_cloud_init(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    async def serve(status: int) -> Callable[..., Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readline()
+            writer.write(f"HTTP/1.0 {status} X\r\nContent-Length: 0\r\n\r\n".encode())
+            await writer.drain()
+            writer.close()
+
+        return handle
+
+    async with make_sim(**SIM) as sim:
+        healthy, sick = sim.vps_ids[0], sim.vps_ids[1]
+        servers = [
+            await asyncio.start_server(await serve(200), sim.vps(healthy).ip, 0),
+            await asyncio.start_server(await serve(503), sim.vps(sick).ip, 0),
+        ]
+        port = servers[0].sockets[0].getsockname()[1]
+        servers[1].close()
+        servers[1] = await asyncio.start_server(await serve(503), sim.vps(sick).ip, port)
+        try:
+            jobs, _ = _ssh_jobs(sim, operator)
+            check = HttpCheck(f"http://{{{{ ip }}}}:{port}/healthz", 200, 1.0)
+            jobs = tuple(
+                dataclasses.replace(j, proof=dataclasses.replace(j.proof, http=check))  # type: ignore[arg-type]
+                for j in jobs[:2]
+            )
+            result, _ = await _run(sim, jobs)
+        finally:
+            for server in servers:
+                server.close()
+    assert result.states[healthy] is TargetState.READY, result.reasons[healthy]
+    assert "cloud-init done; health check answered 200" in result.reasons[healthy]
+    assert result.states[sick] is TargetState.FAILED
+    assert "did not answer 200 within 1 s (last status 503)" in result.reasons[sick]

@@ -290,6 +290,15 @@ class SshReadinessModel(_Model):
     cloud_init_deadline: Duration | None = None
 
 
+class HttpReadinessModel(_Model):
+    """``readiness.http``: a health check after cloud-init (readiness mode ssh)."""
+
+    # "http://{{ ip }}:8080/healthz": {{ ip }} is replaced by the VPS's address.
+    url: Annotated[str, Field(pattern=r"^http://[^\s].*$", max_length=2048)]
+    expect: Annotated[int, Field(ge=100, le=599)] = 200
+    deadline: Duration | None = None
+
+
 class ReadinessModel(_Model):
     """How to tell a reinstalled VPS is back; every field falls through when not set."""
 
@@ -299,6 +308,7 @@ class ReadinessModel(_Model):
     min_install: Duration | None = None
     poll_interval: PollInterval | None = None
     ssh: SshReadinessModel | None = None
+    http: HttpReadinessModel | None = None
 
 
 class SettingsModel(_Model):

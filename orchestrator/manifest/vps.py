@@ -258,11 +258,14 @@ class VpsResolver:
         min_install: float | None = None
         poll_interval: float | None = None
         ssh = f.SshLogin()
+        http: f.HttpCheck | None = None
         for level in levels:
             r = level.model.readiness
             if r is None:
                 continue
             ssh = self._ssh_login(ssh, r.ssh)
+            if r.http is not None:
+                http = f.HttpCheck(r.http.url, r.http.expect, r.http.deadline or 300.0)
             mode = r.mode if r.mode is not None else mode
             port = r.port if r.port is not None else port
             deadline = r.deadline if r.deadline is not None else deadline
@@ -292,6 +295,7 @@ class VpsResolver:
             else min_install,
             poll_interval_s=f.DEFAULT_POLL_INTERVAL_S if poll_interval is None else poll_interval,
             ssh=ssh,
+            http=http,
         )
 
     def _ssh_login(self, below: f.SshLogin, model: Any) -> f.SshLogin:

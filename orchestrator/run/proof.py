@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator.fleet import Readiness
+from orchestrator.fleet import HttpCheck, Readiness
 from orchestrator.model import Clock
+from orchestrator.run.httpcheck import wait_healthy
 from orchestrator.run.readiness import ReadyResult, tcp_connect
 from orchestrator.secrets import Secret
 from orchestrator.templates.hostkey import with_host_key
@@ -64,6 +65,8 @@ class ProofSpec:
     identity_file: Path | None
     cloud_init_deadline_s: float
     cloud_init: bool = True
+    # Stage 3 (optional): an HTTP health check after cloud-init is done.
+    http: HttpCheck | None = None
 
 
 def prepare_proof(
@@ -93,7 +96,13 @@ def prepare_proof(
 
     key = ssh_module.new_host_key() if seed is None else ssh_module.derived_host_key(seed, label)
     sent = Secret(with_host_key(text, key.private, key.public))
-    spec = ProofSpec(key.public, login.user, login.identity_file, login.cloud_init_deadline_s)
+    spec = ProofSpec(
+        key.public,
+        login.user,
+        login.identity_file,
+        login.cloud_init_deadline_s,
+        http=readiness.http,
+    )
     return sent, spec, key.private
 
 
@@ -175,6 +184,10 @@ class Prover:
             spec, host, port, key, self._early.pop(kvm_id, None)
         )
         elapsed = self.clock.monotonic() - start
+        if ready and spec.http is not None:
+            ready, health = await wait_healthy(spec.http, host, self.clock)
+            verdict = f"{verdict}; {health}"
+            elapsed = self.clock.monotonic() - start
         return ReadyResult(ready, f"{proven}; {verdict}{entry}", elapsed, scans)
 
     def _identity(self, spec: ProofSpec) -> Any:
