@@ -365,6 +365,10 @@ def test_a_killed_campaign_with_lost_responses_resumes_to_proof_with_no_second_w
     report = json.loads((tmp_path / "run.json").read_text())
     text = json.dumps(report)
     assert RESOLVED_ACCEPTED in text  # the canary's lost answer, resolved after the resume
+    # The report says how in-doubt sends were resolved (this invocation's counters): the
+    # canary's, and the later wave's lost answer, sent after the resume.
+    assert report["run"]["counters"]["in_doubt_proven_accepted"] == 2
+    assert report["run"]["counters"]["in_doubt_unresolved"] == 0
     assert accepted == dict.fromkeys(ids, 1)  # zero duplicate wipes
     known = (tmp_path / "known_hosts").read_text()
     for kvm_id in ids:
