@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import Any, TextIO, TypeVar
 
 REPO = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -194,3 +194,16 @@ def run_serving_cli(
         used = pool.submit(client)
         done = run_cli([*args, "--url-file", str(url_file)], cwd=cwd, env=env)
         return done, used.result(timeout=60)
+
+
+def running(proc: subprocess.Popen[Any], what: Callable[[], bool]) -> Callable[[], bool]:
+    """``what``, for ``wait_until``, failing at once (with the process's output) if ``proc``
+    ended first instead of waiting out the timeout."""
+
+    def check() -> bool:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"the process ended ({proc.returncode}) first:\n{out}\n{err}")
+        return what()
+
+    return check

@@ -20,7 +20,7 @@ import pytest
 
 from orchestrator.cli import exitcodes
 from orchestrator.simulator import Simulator
-from tests.cli_support import cli_argv, process_env, run_cli, wait_until
+from tests.cli_support import cli_argv, process_env, run_cli, running, wait_until
 from tests.conftest import ThreadSims
 from tests.test_apply import apply, env_for, fleet, received
 
@@ -171,7 +171,8 @@ def test_sigint_drains_a_running_apply_whose_locks_refuse_a_second_run(
         )
         try:
             wait_until(
-                "a reinstall accepted", lambda: sum(sim.counters.reinstall_accepted.values()) > 0
+                "a reinstall accepted",
+                running(first, lambda: sum(sim.counters.reinstall_accepted.values()) > 0),
             )
             code, _, err = apply(sim, path, "--quiet")
             assert code == exitcodes.BUSY, err

@@ -28,7 +28,7 @@ import asyncssh
 import pytest
 
 from orchestrator.simulator import Simulator
-from tests.cli_support import cli_argv, process_env, run_cli, wait_until
+from tests.cli_support import cli_argv, process_env, run_cli, running, wait_until
 from tests.conftest import ThreadSims
 
 ACCOUNT_PW = "Acct-PW-marker-3b9e1c"
@@ -438,7 +438,7 @@ def test_a_killed_run_with_generated_passwords_resumes_without_leaking_them(
                 # The canary is ready and wave 2 is being sent.
                 wait_until(
                     "3 reinstalls received",
-                    lambda: sum(sim.counters.reinstall_received.values()) >= 3,
+                    running(proc, lambda: sum(sim.counters.reinstall_received.values()) >= 3),
                 )
             finally:
                 proc.kill()
