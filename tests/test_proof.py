@@ -20,6 +20,7 @@ from orchestrator.errors import ManifestError
 from orchestrator.fleet import HttpCheck, InDoubtPolicy, Readiness, ReadinessMode, SshLogin
 from orchestrator.manifest.loader import check_manifest, load_fleet
 from orchestrator.model import TargetState
+from orchestrator.run.plan import PlanRollout
 from orchestrator.run.proof import prepare_proof
 from orchestrator.run.reconcile import RESOLVED_ACCEPTED, UNRESOLVED, Resolution
 from orchestrator.run.scheduler import Job, RunResult, WaveSpec
@@ -204,6 +205,11 @@ def test_the_manifest_reads_readiness_ssh(tmp_path: Path) -> None:
     assert first.ssh == SshLogin("ops", tmp_path.resolve() / "keys/ops", 300.0)
     assert second.ssh == SshLogin("ops", None, 300.0)  # the agent, the rest inherited
     assert first.http == HttpCheck("http://{{ ip }}:8080/healthz", 200, 120.0)
+    # in_doubt is not written: with mode ssh the plan (and the run) reconcile.
+    assert PlanRollout.of(fleet.rollout, provable=True).in_doubt is InDoubtPolicy.RECONCILE
+    explicit = text.replace('  waves: [1, "100%"]\n', '  waves: [1, "100%"]\n  in_doubt: report\n')
+    rollout = load_fleet(write_manifest(tmp_path, explicit), ENV).rollout
+    assert PlanRollout.of(rollout, provable=True).in_doubt is InDoubtPolicy.REPORT
 
 
 def test_known_hosts_from_apply_lets_ssh_connect_without_trust_on_first_use(

@@ -92,8 +92,13 @@ class PlanRollout:
     in_doubt_window_s: float | None
 
     @classmethod
-    def of(cls, rollout: Rollout) -> PlanRollout:
-        """Return the plan's record of a fleet's ``Rollout``."""
+    def of(cls, rollout: Rollout, *, provable: bool = False) -> PlanRollout:
+        """Return the plan's record of a fleet's ``Rollout``; ``provable``: some VPS's
+        reinstall can be proven (readiness mode ssh), so an unwritten ``in_doubt`` is
+        ``reconcile``."""
+        in_doubt = rollout.in_doubt
+        if provable and rollout.in_doubt_default:
+            in_doubt = InDoubtPolicy.RECONCILE
         return cls(
             concurrency=rollout.concurrency,
             rate_per_s=rollout.rate_per_s,
@@ -102,7 +107,7 @@ class PlanRollout:
             wave_budget=str(rollout.wave_budget),
             run_budget=str(rollout.run_budget),
             vps_deadline_s=rollout.vps_deadline_s,
-            in_doubt=rollout.in_doubt,
+            in_doubt=in_doubt,
             in_doubt_window_s=rollout.in_doubt_window_s,
         )
 
@@ -269,7 +274,9 @@ def build_plan(
             )
         )
     soak = rollout.soak_s * max(0, len(waves) - 1)
-    planned = PlanRollout.of(rollout)
+    # Readiness mode ssh makes reconcile the in-doubt policy unless the manifest names one.
+    provable = any(e.readiness.mode is ReadinessMode.SSH for e in entries)
+    planned = PlanRollout.of(rollout, provable=provable)
     chosen = selection_json(selection)
     body = {
         "manifest_sha256": manifest_hash,
