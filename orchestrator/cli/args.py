@@ -100,6 +100,11 @@ def add_output_arguments(p: argparse.ArgumentParser) -> None:
         "--quiet", action="store_true", help="no progress and no final report on the terminal"
     )
     p.add_argument(
+        "--details",
+        action="store_true",
+        help="print the per-VPS report before the verdict (else: edis-fleet report RUN_ID)",
+    )
+    p.add_argument(
         "--log-format",
         choices=[f.value for f in LogFormat],
         default=LogFormat.TEXT.value,
@@ -137,6 +142,7 @@ def output_options(args: argparse.Namespace) -> OutputOptions:
         events=args.events,
         quiet=args.quiet,
         log_format=LogFormat(args.log_format),
+        details=args.details,
     )
 
 

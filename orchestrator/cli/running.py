@@ -26,6 +26,7 @@ from orchestrator.errors import (
     PreflightError,
 )
 from orchestrator.report import NdjsonSink, duration, recovery, text_report
+from orchestrator.report.closing import closing_summary
 from orchestrator.report.contract import Verdict
 from orchestrator.run.boundary import RunCrashed, leaves
 from orchestrator.run.eta import model_for
@@ -108,6 +109,7 @@ def run_and_report(spec: RunSpec, output: OutputOptions, env: Mapping[str, str])
         sys.stdout if output.events != "-" else sys.stderr,
         sys.stderr,
         quiet=output.quiet,
+        details=output.details,
     )
 
 
@@ -140,11 +142,13 @@ def finish(
     err: TextIO,
     *,
     quiet: bool = False,
+    details: bool = False,
 ) -> int:
-    """Print how the run ended (the text report unless ``quiet``) and return its exit code:
-    the table of ``cli/exitcodes.py``, judged from the whole run for a recorded one."""
+    """Print how the run ended and return its exit code: the table of ``cli/exitcodes.py``,
+    judged from the whole run for a recorded one. A recorded run ends with its verdict
+    (``report.closing``; unless ``quiet``), after the per-VPS report with ``details``."""
     if isinstance(outcome, RunOutcome):
-        return _finished(outcome, redact, out, err, quiet=quiet)
+        return _finished(outcome, redact, out, err, quiet=quiet, details=details)
     if isinstance(outcome, Interrupted):
         err.write(f"{outcome}\n")
         return exitcodes.INTERRUPTED
@@ -176,13 +180,21 @@ def finish(
 
 
 def _finished(
-    outcome: RunOutcome, redact: Callable[[str], str], out: TextIO, err: TextIO, *, quiet: bool
+    outcome: RunOutcome,
+    redact: Callable[[str], str],
+    out: TextIO,
+    err: TextIO,
+    *,
+    quiet: bool,
+    details: bool = False,
 ) -> int:
-    """Report a run that ran to its end (or was interrupted, or aborted) and judge it."""
+    """Report a run that ran to its end (or was interrupted, or aborted) and judge it: the
+    notes on stderr first, the verdict last (the last lines on screen)."""
     result, tally = outcome.result, outcome.tally
-    if not quiet:
+    if not quiet and details:
         report = text_report(outcome.run, outcome.targets, outcome.attempts, redact=redact)
         out.write(report.rstrip("\n") + "\n")
+        out.flush()
     verdict = tally.verdict
     if tally.in_doubt:
         err.write(
@@ -199,6 +211,15 @@ def _finished(
             f"RTO missed: recovery took {duration(rec.recovery_s)} (first send → last ready), "
             f"over the RTO of {duration(rec.rto_s)}\n"
         )
+    if not quiet:
+        err.flush()
+        out.write(
+            closing_summary(
+                outcome.run, outcome.targets, tally, outcome.attempts,
+                redact=redact, aborted=result.aborted,
+            )
+        )  # fmt: skip
+        out.flush()
     code = tally.exit_code
     return exitcodes.CRASHED if code is None else code
 

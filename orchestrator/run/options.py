@@ -121,7 +121,8 @@ class OutputOptions:
 
     ``journal`` is ``--journal`` as given: a SQLite path or a ``postgresql://`` URL (``None``:
     ``EDIS_FLEET_JOURNAL``, else ``DEFAULT_JOURNAL``). ``events`` is a file for one JSON line
-    per state change (``-``: stdout); ``quiet`` shows neither progress nor the final report.
+    per state change (``-``: stdout); ``quiet`` shows neither progress nor the final report;
+    ``details`` prints the per-VPS report before the closing verdict.
     """
 
     journal: str | None = None
@@ -132,6 +133,7 @@ class OutputOptions:
     events: str | None = None
     quiet: bool = False
     log_format: LogFormat = LogFormat.TEXT
+    details: bool = False
 
 
 @dataclass(frozen=True)
