@@ -439,3 +439,15 @@ async def test_the_optional_health_check_runs_after_cloud_init(
     assert "cloud-init done; health check answered 200" in result.reasons[healthy]
     assert result.states[sick] is TargetState.FAILED
     assert "did not answer 200 within 1 s (last status 503)" in result.reasons[sick]
+
+
+async def test_a_slow_sshd_is_waited_for_not_failed(
+    make_sim: SimFactory, operator: tuple[Path, str]
+) -> None:
+    async with make_sim(**SIM) as sim:
+        slow = sim.vps_ids[0]
+        sim.set_ssh_fault(slow, delay=0.5)
+        jobs, _ = _ssh_jobs(sim, operator)
+        result, _ = await _run(sim, jobs[:1])
+    assert result.states[slow] is TargetState.READY, result.reasons[slow]
+    assert "this run's host key; cloud-init done" in result.reasons[slow]

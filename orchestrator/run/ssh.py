@@ -134,7 +134,8 @@ async def scan_host_key(host: str, port: int, *, limit: float) -> str | None:
     is refused, times out or the handshake fails. Never raises for network trouble."""
     try:
         key = await asyncio.wait_for(
-            asyncssh.get_server_host_key(host, port, server_host_key_algs=[_KEY_TYPE]),
+            # config=None: the operator's ~/.ssh/config must not redirect the scan.
+            asyncssh.get_server_host_key(host, port, server_host_key_algs=[_KEY_TYPE], config=None),
             limit,
         )
     except (OSError, asyncssh.Error, TimeoutError):
