@@ -170,11 +170,25 @@ def run(args: argparse.Namespace) -> int:
     password or account file, or a port that cannot be bound."""
     import asyncio
 
+    try:
+        cfg, source, shell_password = sim_config(args)
+        return asyncio.run(_serve(cfg, source, shell_password, args.url_file))
+    except (OSError, ValueError) as exc:
+        print(f"edis-fleet simulator: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
+    except KeyboardInterrupt:  # SIGINT before the handlers were installed
+        return exitcodes.OK
+
+
+def sim_config(args: argparse.Namespace) -> tuple[SimConfig, str, str]:
+    """The simulator's configuration from the command's options, with where the password
+    came from and a shell expression that yields it (tests start the same simulator
+    in-process). Raises ``OSError`` (password file) or ``ValueError`` (bad options)."""
     from orchestrator.simulator import SimConfig
 
-    try:
-        password, source, shell_password = _password(args)
-        cfg = SimConfig(
+    password, source, shell_password = _password(args)
+    return (
+        SimConfig(
             vps_count=args.vps,
             seed=args.seed,
             email=args.email,
@@ -191,10 +205,7 @@ def run(args: argparse.Namespace) -> int:
             account_file=args.account,
             tcp_listeners=args.tcp_listeners,
             ssh_port=args.ssh_port,
-        )
-        return asyncio.run(_serve(cfg, source, shell_password, args.url_file))
-    except (OSError, ValueError) as exc:
-        print(f"edis-fleet simulator: {exc}", file=sys.stderr)
-        return exitcodes.USAGE
-    except KeyboardInterrupt:  # SIGINT before the handlers were installed
-        return exitcodes.OK
+        ),
+        source,
+        shell_password,
+    )
