@@ -35,10 +35,9 @@ from orchestrator.secrets import Secret
 from orchestrator.templates.hostkey import with_host_key
 
 STATUS_COMMAND = "cloud-init status --wait --long --format json"
-# The first login, made as soon as the port answers again: it proves the key (the server's
-# host key is verified before anything else) and reads cloud-init's status without waiting,
-# so a VPS that came back done costs one handshake.
-FIRST_COMMAND = "cloud-init status --long --format json"
+# The first login, made as soon as the port answers again, proves the key (the server's host
+# key is verified before anything else) and waits for cloud-init on the same connection: one
+# handshake per VPS after its install. The login itself must happen within SCAN_TIMEOUT.
 # A key scan or login that hangs longer than this counts as "no answer" for that probe.
 SCAN_TIMEOUT = 5.0
 # While the port is down it is probed this often (a TCP connect costs ~0.1 ms); a key scan
@@ -129,6 +128,8 @@ class Prover:
     _identities: dict[Path | None, Any] = field(default_factory=dict)
     # What the first login read (a CommandResult, or the SshLoginError of a refused key).
     _early: dict[str, Any] = field(default_factory=dict)
+    # When each VPS's key was proven (clock.monotonic()): stage 2's deadline counts from it.
+    _proved_at: dict[str, float] = field(default_factory=dict)
 
     def _ssh(self) -> Any:
         from orchestrator.run import ssh  # noqa: PLC0415 -- 0.35 s: only runs in mode ssh
@@ -181,7 +182,12 @@ class Prover:
             reason = f"{proven}; cloud-init not checked ({why}){entry}"
             return ReadyResult(True, reason, self.clock.monotonic() - start, scans)
         ready, verdict = await self._cloud_init_stage(
-            spec, host, port, key, self._early.pop(kvm_id, None)
+            spec,
+            host,
+            port,
+            key,
+            early=self._early.pop(kvm_id, None),
+            proved_at=self._proved_at.pop(kvm_id, self.clock.monotonic()),
         )
         elapsed = self.clock.monotonic() - start
         if ready and spec.http is not None:
@@ -201,6 +207,7 @@ class Prover:
         ssh = self._ssh()
         if spec.pinned is None or spec.user is None or not spec.cloud_init:
             return False
+        begun = self.clock.monotonic()
         try:
             done = await ssh.run_pinned(
                 host,
@@ -208,14 +215,17 @@ class Prover:
                 host_key=spec.pinned,
                 user=spec.user,
                 identity=self._identity(spec),
-                command=FIRST_COMMAND,
-                limit=SCAN_TIMEOUT,
+                command=STATUS_COMMAND,
+                limit=spec.cloud_init_deadline_s,
+                handshake_limit=SCAN_TIMEOUT,
             )
         except ssh.SshLoginError as exc:
-            if exc.refused:
+            if exc.verified:  # refused, or cloud-init did not end in time: the key is proven
                 self._early[kvm_id] = exc
-            return bool(exc.refused)
+                self._proved_at[kvm_id] = begun
+            return bool(exc.verified)
         self._early[kvm_id] = done
+        self._proved_at[kvm_id] = begun
         return True
 
     async def _host_key_stage(
@@ -257,18 +267,29 @@ class Prover:
             await self.clock.sleep(min(interval, deadline - now))
 
     async def _cloud_init_stage(
-        self, spec: ProofSpec, host: str, port: int, key: str, early: Any
+        self,
+        spec: ProofSpec,
+        host: str,
+        port: int,
+        key: str,
+        *,
+        early: Any,
+        proved_at: float,
     ) -> tuple[bool, str]:
         ssh = self._ssh()
+        last = "no answer"
         if isinstance(early, ssh.SshLoginError):
-            return False, f"cloud-init not checked: {early.reason}"
+            if early.refused:
+                return False, f"cloud-init not checked: {early.reason}"
+            # Logged in, then cloud-init did not finish in time (or the connection broke):
+            # the stage goes on with what is left of its deadline, counted from the proof.
+            last = early.reason
         if isinstance(early, ssh.CommandResult):
             verdict = _verdict(early.exit_status, early.stdout)
             if verdict is not None:
                 return verdict
         identity = self._identity(spec)
-        deadline = self.clock.monotonic() + spec.cloud_init_deadline_s
-        last = "no answer"
+        deadline = proved_at + spec.cloud_init_deadline_s
         while True:
             left = deadline - self.clock.monotonic()
             if left <= 0:

@@ -62,9 +62,13 @@ class SshLoginError(Exception):
     """The login did not happen: ``reason`` says why (host key mismatch, key refused,
     timeout, connection refused...)."""
 
-    def __init__(self, reason: str, *, refused: bool = False, wrong_key: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, refused: bool = False, wrong_key: bool = False, verified: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
+        # The server presented the trusted host key (the failure came after that).
+        self.verified = verified
         # The server answered but would not let us in (key refused): retrying will not help.
         # Its host key was verified first, so the key is proven all the same.
         self.refused = refused
@@ -152,13 +156,19 @@ async def run_pinned(
     identity: Sequence[asyncssh.SSHKey] | None,
     command: str,
     limit: float,
+    handshake_limit: float | None = None,
 ) -> CommandResult:
     """Log in to ``host:port`` as ``user`` trusting only ``host_key``, run ``command`` and
-    return how it ended, all within ``limit`` s. ``identity`` is the operator's key, or
+    return how it ended, all within ``limit`` s (the login itself within ``handshake_limit``
+    when given). ``identity`` is the operator's key, or
     ``None`` for the SSH agent. Raises ``SshLoginError`` when the connection or the login
     fails or time runs out (``refused`` set when the server would not accept the key)."""
     trusted = asyncssh.import_public_key(host_key)
+    logged_in = False
     options: dict[str, object] = {"client_keys": identity} if identity is not None else {}
+    if handshake_limit is not None:
+        # Connecting and logging in may take this long; the command may take the rest.
+        options["connect_timeout"] = handshake_limit
     if identity is not None:
         options["agent_path"] = None
     try:
@@ -172,15 +182,20 @@ async def run_pinned(
                 config=None,
                 **options,
             ) as conn:
+                logged_in = True
                 done = await conn.run(command, check=False)
     except TimeoutError:
-        raise SshLoginError(f"no answer within {limit:g} s") from None
+        what = "the command did not end" if logged_in else "no login"
+        raise SshLoginError(f"{what} within {limit:g} s", verified=logged_in) from None
     except asyncssh.HostKeyNotVerifiable:
         raise SshLoginError("the server presented another host key", wrong_key=True) from None
     except asyncssh.PermissionDenied:
-        raise SshLoginError(f"the server refused the key of user {user!r}", refused=True) from None
+        # Authentication comes after the key exchange: the host key was verified.
+        raise SshLoginError(
+            f"the server refused the key of user {user!r}", refused=True, verified=True
+        ) from None
     except (OSError, asyncssh.Error) as exc:
-        raise SshLoginError(f"{type(exc).__name__}: {str(exc)[:200]}") from None
+        raise SshLoginError(f"{type(exc).__name__}: {str(exc)[:200]}", verified=logged_in) from None
     return CommandResult(done.exit_status, _text(done.stdout), _text(done.stderr))
 
 
