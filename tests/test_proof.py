@@ -28,7 +28,7 @@ from orchestrator.secrets.values import Secret
 from orchestrator.simulator import Simulator
 from orchestrator.templates.hostkey import HostKeyConflict, with_host_key
 from tests.cli_support import run_cli
-from tests.conftest import SimFactory, ThreadSims
+from tests.conftest import SimFactory, SimHttp, ThreadSims
 from tests.manifest_support import BASE, ENV
 from tests.manifest_support import write_fleet as write_manifest
 from tests.test_resume import last_run
@@ -451,3 +451,24 @@ async def test_a_slow_sshd_is_waited_for_not_failed(
         result, _ = await _run(sim, jobs[:1])
     assert result.states[slow] is TargetState.READY, result.reasons[slow]
     assert "this run's host key; cloud-init done" in result.reasons[slow]
+
+
+async def test_a_dead_vps_rebuilt_with_a_script_gets_the_weaker_proof(
+    make_sim: SimFactory, sim_http: SimHttp, operator: tuple[Path, str]
+) -> None:
+    """Disaster recovery: the VPS's SSH is down before the send (a failed install left it
+    dead), so there is no pre-send key to compare; answering after the reinstall is the
+    (weaker, and so named) proof for '#!' user data."""
+    async with make_sim(**SIM) as sim:
+        dead = sim.vps_ids[0]
+        sim.set_install_outcome(dead, "fail")
+        entry = (await sim_http.login(sim, dead))[dead]
+        reply = await sim_http.call(entry, "set/reinstall", image=LINUX, password="Pw-12345")
+        assert reply.ok, reply
+        sim.advance_clock(3600)
+        assert sim.vps(dead).state == "failed"
+        sim.set_install_outcome(dead, "ok")
+        jobs, _ = _ssh_jobs(sim, operator, script=True)
+        result, _ = await _run(sim, jobs[:1])
+    assert result.states[dead] is TargetState.READY, result.reasons[dead]
+    assert "proof (weaker): SSH down before the send" in result.reasons[dead]

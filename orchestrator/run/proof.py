@@ -110,6 +110,8 @@ class Observation:
     """What was seen of a VPS while waiting: for reasons and for reconciliation."""
 
     pre_key: str | None = None
+    # The pre-send scan was made (and found ``pre_key``, None: nothing answered).
+    pre_scanned: bool = False
     last_key: str | None = None
     seen_down: bool = False
     scans: int = 0
@@ -139,7 +141,8 @@ class Prover:
     async def before_send(self, kvm_id: str, host: str, port: int) -> None:
         """Record the host key ``kvm_id`` presents just before its send (None if down)."""
         key = await self._ssh().scan_host_key(host, port, limit=SCAN_TIMEOUT)
-        self.observed.setdefault(kvm_id, Observation()).pre_key = key
+        seen = self.observed.setdefault(kvm_id, Observation())
+        seen.pre_key, seen.pre_scanned = key, True
 
     async def wait(
         self, kvm_id: str, spec: ProofSpec, host: str, port: int, deadline_s: float
@@ -259,6 +262,9 @@ class Prover:
                 changed = seen.pre_key is not None and not ssh.same_key(key, seen.pre_key)
                 if spec.pinned is None and changed:
                     return "proof: host key changed since the pre-send scan", key
+                if spec.pinned is None and seen.pre_scanned and seen.pre_key is None:
+                    # Dead before the send (a disaster-recovery rebuild), answering now.
+                    return "proof (weaker): SSH down before the send, answering since", key
                 # The old system still answers (the install may not have started yet).
                 interval = min(MAX_INTERVAL, interval * 2)
             now = self.clock.monotonic()
