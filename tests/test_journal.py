@@ -365,6 +365,29 @@ async def test_an_unknown_attempt_outcome_in_the_journal_is_a_journal_error(
         await j.attempts(run_id)
 
 
+async def test_an_unknown_target_state_refuses_its_intent_with_a_journal_error(
+    open_journal: Any, location: Path | str
+) -> None:
+    j = open_journal()
+    run_id = await new_run(j, ids(2))
+    # A state of another version (or edited by hand): the state's CHECK is lifted to write it.
+    if isinstance(location, Path):
+        with sqlite3.connect(location) as conn:
+            conn.execute("PRAGMA ignore_check_constraints = ON")
+            conn.execute("UPDATE targets SET state = 'teleported' WHERE kvm_id = 'kvm0000'")
+    else:
+        sql(location, "ALTER TABLE targets DROP CONSTRAINT targets_state_check")
+        sql(location, "UPDATE targets SET state = 'teleported' WHERE kvm_id = 'kvm0000'")
+    with pytest.raises(
+        JournalError,
+        match=r"intent refused: kvm0000: journal state in run \S+ has an unknown value "
+        r"'teleported'; expected one of pending, ",
+    ):
+        await j.write_intents(run_id, ["kvm0000"])
+    await j.write_intents(run_id, ["kvm0001"])  # the rest of the journal works on
+    assert states(location, run_id) == {"kvm0000": "teleported", "kvm0001": "intent"}
+
+
 async def test_an_outcome_that_does_not_fit_is_not_applied(open_journal: Any) -> None:
     j = open_journal()
     run_id = await new_run(j, ids(1))

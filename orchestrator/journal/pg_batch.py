@@ -9,6 +9,15 @@ the batch and its commit are one round trip. Measured on the 2-core test machine
 100 intents as 100 pipelined ``UPDATE``s with Python-side checks cost 25 ms, as one statement
 10 ms; on a busy host every round trip waits for the server process to be scheduled.
 
+Every statement whose answer is read has a cursor of its own (``_send``). In pipeline mode a
+cursor keeps only the answer of its last statement, and reading it returns whatever answer it
+holds when read; answers arrive whenever the server's output buffer fills, not only at the
+commit, so a cursor reused for a second statement can be read holding the first one's rows
+(an advisory lock's one column where three were expected). Whether that happens is timing
+(batch size, load, the psycopg version); with one cursor per statement, read after the
+commit's sync, each answer is its statement's. ``tests/test_journal_pg_batch.py`` sends
+batches large enough to make the server answer mid-pipeline.
+
 The intent check holds the lock-taking advisory lock *shared*: lock acquisition (which takes
 it exclusively) waits for the intent to commit, so no takeover slips between the check "this
 process holds the VPS's lock" and the intent — the same guarantee as SQLite's single writer.
@@ -27,7 +36,7 @@ import psycopg
 
 from orchestrator.journal.pg_schema import LOCKS_KEY
 from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM
-from orchestrator.journal.store import RESENT_ONCE, Batch, IntentRequest
+from orchestrator.journal.store import RESENT_ONCE, Batch, IntentRequest, state_problem
 from orchestrator.model import TargetState
 
 _log = logging.getLogger("orchestrator.journal.journal")
@@ -153,8 +162,8 @@ def _problem(run_id: str, row: Sequence[Any]) -> str:
         return f"{kvm_id}: not a target of run {run_id}"
     if resent:
         return f"{kvm_id}: {RESENT_ONCE}"
-    if TargetState(state) not in INTENT_FROM:
-        return f"{kvm_id}: state is {state}; another send could repeat it"
+    if bad_state := state_problem(run_id, kvm_id, state):
+        return bad_state
     who = "nobody" if run is None else f"run {run} (pid {pid} on {host})"
     return f"{kvm_id}: locked by {who}, not by this process"
 
@@ -177,8 +186,7 @@ def queue(conn: psycopg.Connection[Any], batch: Batch, *, pid: int, hostname: st
         rounds[n].append(outcome)
     for round_ in rounds:
         rows = [(r, k, st.value, why, float(at)) for r, k, st, why, at in round_]
-        cur = conn.cursor()
-        cur.execute(_OUTCOMES_SQL, [list(c) for c in zip(*rows, strict=True)])
+        cur = _send(conn, _OUTCOMES_SQL, [list(c) for c in zip(*rows, strict=True)])
         queued.rounds.append((cur, round_))
     if batch.attempts:
         # Arrays must hold one type each: a time may come in as an int.
@@ -231,11 +239,19 @@ def _queue_intents(
     # Taken before the statement's snapshot: a takeover committed earlier is seen, a later
     # one waits for this transaction.
     conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (LOCKS_KEY,))
-    cur = conn.cursor()
     columns = [list(c) for c in zip(*rows, strict=True)]
-    cur.execute(
+    queued.intents = _send(
+        conn,
         _INTENTS_SQL,
         {"req": columns[0], "run": columns[1], "kvm": columns[2], "at": columns[3],
          "resend": columns[4], "pid": pid, "host": hostname},
     )  # fmt: skip
-    queued.intents = cur
+
+
+def _send(conn: psycopg.Connection[Any], sql: str, args: Any) -> psycopg.Cursor[Any]:
+    """Send ``sql`` on a new cursor and return it, to be read after the commit. The cursor
+    runs this one statement only: in pipeline mode a reused cursor may be read holding an
+    earlier statement's answer (see the module's docstring)."""
+    cur = conn.cursor()
+    cur.execute(sql, args)
+    return cur

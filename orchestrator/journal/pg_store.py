@@ -126,23 +126,17 @@ class PgStore:
             text = text.replace(secret, "***")
         return text
 
-    def _tx(
-        self, fn: Callable[[psycopg.Cursor[Any]], T], *, write: bool, pipeline: bool = False
-    ) -> T:
+    def _tx(self, fn: Callable[[psycopg.Cursor[Any]], T], *, write: bool) -> T:
         """Run ``fn`` in one transaction; roll back and raise ``JournalError`` on failure.
 
-        With ``pipeline``, statements are sent without waiting for each answer; a round trip
-        happens only where ``fn`` reads a result, and at the commit (the batch's hot path: on
-        a busy host each round trip costs a scheduling delay of the server process).
+        Never in pipeline mode: ``fn`` gets one cursor for all its statements, and in
+        pipeline mode a cursor that ran two statements may be read before the second one's
+        answer arrived (see ``pg_batch``). The batch, the one pipelined path, is
+        ``write_batch``.
         """
         conn = self._live()
-        stack = contextlib.ExitStack()
         try:
-            with stack:
-                if pipeline:
-                    stack.enter_context(conn.pipeline())
-                stack.enter_context(conn.transaction())
-                cur = stack.enter_context(conn.cursor())
+            with conn.transaction(), conn.cursor() as cur:
                 result = fn(cur)
         except psycopg.Error as exc:
             raise JournalError(f"journal {self.path}: {self._clean(exc)}") from None

@@ -31,6 +31,7 @@ from orchestrator.journal.schema import (
     RunStatus,
     TargetRecord,
     attempt_from_row,
+    known_value,
     migrate,
     run_from_row,
     sql_list,
@@ -119,6 +120,24 @@ class Batch:
         self.resends[:0] = failed.resends
         for run_id, fields in failed.progress.items():
             self.progress[run_id] = {**fields, **self.progress.get(run_id, {})}
+
+
+def state_problem(run_id: str, kvm_id: str, state: Any) -> str:
+    """Why an intent may not follow ``state`` (a target's state as read from the journal), or
+    ``""`` when it may.
+
+    A state this version does not know (a journal written by a newer version, or edited by
+    hand) refuses the intent with the row reader's ``JournalError`` text: whether a send could
+    repeat one is not guessed. A refusal, not a raise: the rest of the batch commits (the
+    caller of ``write_intents`` gets the ``JournalError``).
+    """
+    try:
+        known = known_value(TargetState, state, f"state in run {run_id}")
+    except JournalError as exc:
+        return f"{kvm_id}: {exc}"
+    if known not in INTENT_FROM:
+        return f"{kvm_id}: state is {known.value}; another send could repeat it"
+    return ""
 
 
 def new_run_id(now: float) -> str:
@@ -297,8 +316,8 @@ class Store:
                 problems.append(f"{kvm_id}: not a target of run {req.run_id}")
             elif req.resend and row[4] is not None:
                 problems.append(f"{kvm_id}: {RESENT_ONCE}")
-            elif TargetState(row[0]) not in INTENT_FROM:
-                problems.append(f"{kvm_id}: state is {row[0]}; another send could repeat it")
+            elif bad_state := state_problem(req.run_id, kvm_id, row[0]):
+                problems.append(bad_state)
             elif (row[1], row[2], row[3]) != (req.run_id, self.pid, self.hostname):
                 holder = "nobody" if row[1] is None else f"run {row[1]} (pid {row[2]} on {row[3]})"
                 problems.append(f"{kvm_id}: locked by {holder}, not by this process")
