@@ -219,11 +219,17 @@ def test_the_simulator_imports_nothing_else_from_orchestrator() -> None:
     for name in saved:
         del sys.modules[name]
     try:
+        # Importing any subpackage runs the root package's face first (Python's mechanics, not
+        # the simulator's choice): what that alone loads is taken away from the check.
+        importlib.import_module("orchestrator")
+        root = {m for m in sys.modules if _ours(m)}
         importlib.import_module("orchestrator.simulator")
         bad = sorted(
             m
             for m in sys.modules
-            if m.startswith("orchestrator.") and not m.startswith("orchestrator.simulator")
+            if m.startswith("orchestrator.")
+            and not m.startswith("orchestrator.simulator")
+            and m not in root
         )
     finally:
         for name in [k for k in sys.modules if _ours(k)]:
