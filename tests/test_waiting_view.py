@@ -54,11 +54,9 @@ def test_waiting_for_a_wave_names_the_slowest_vps() -> None:
     clock.advance(30)
     p.emit(TargetEvent("kvm_2", S.ACCEPTED, 1, clock.time()))
     clock.advance(45)
-    assert _texts(p) == [
-        "waiting for 2 VPS(es) of wave 1 to be ready; slowest kvm_1 vps-001, accepted 1m15s ago"
-    ]
+    assert _texts(p) == ["2 VPS(es) of wave 1 to be ready; slowest vps-001, accepted 1m15s ago"]
     p.emit(TargetEvent("kvm_1", S.READY, 1, clock.time()))
-    assert "slowest kvm_2 vps-002, accepted 45.0s ago" in _texts(p)[0]
+    assert "slowest vps-002, accepted 45.0s ago" in _texts(p)[0]
 
 
 def test_no_wait_is_claimed_while_the_wave_is_still_sending() -> None:
@@ -80,13 +78,11 @@ def test_cool_down_refreshes_and_a_budget_about_to_trip() -> None:
     assert _texts(p) == [
         "cooling down after 429s: 42.0s left",
         "refreshing sessions (one auth call for the fleet)",
-        "failure budget of the wave 2 spent: the next failure stops the run",
+        "wave 2's failure budget is spent: the next failure stops the run",
     ]
     p.phase.wave_budget, p.phase.wave_failures = 3, 0
     p.phase.run_failures = 4
-    assert (
-        _texts(p)[-1] == "failure budget of the run: one more failure allowed, then the run stops"
-    )
+    assert _texts(p)[-1] == "the run's failure budget: one more failure allowed, then the run stops"
     p.phase.run_failures = 2
     assert not any("budget" in t for t in _texts(p))
 
@@ -132,3 +128,23 @@ def test_apply_shows_pre_flight_progress(make_thread_sim: ThreadSims, tmp_path: 
     assert "pre-flight: 3 VPS(es) checked" in err
     # Pre-flight comes before the first reinstall is sent.
     assert err.index("pre-flight: 3 VPS(es) checked") < err.index(" sent (wave 1)")
+
+
+def test_at_80_columns_a_long_reason_is_cut_not_wrapped() -> None:
+    clock, buffer = FakeClock(), io.StringIO()
+    console = Console(file=buffer, force_terminal=True, width=80)
+    long_host = "web-frontend-0042.eu-central-1.production.example.internal"
+    p = Progress(
+        2, {1: 2}, stream=io.StringIO(), mode="live", clock=clock, console=console,
+        hostnames={"kvm_1": long_host},
+    )  # fmt: skip
+    p.start()
+    p.emit(TargetEvent("kvm_1", S.ACCEPTED, 1, clock.time()))
+    p.emit(TargetEvent("kvm_2", S.ACCEPTED, 1, clock.time()))
+    clock.advance(75)
+    p.stop()
+    final = ANSI.sub("", buffer.getvalue()).split("edis-fleet")[-1].splitlines()
+    (line,) = [x for x in final if x.startswith("waiting:")]
+    assert line.rstrip().endswith("…")
+    assert line.startswith("waiting: 2 VPS(es) of wave 1 to be ready; slowest web-frontend")
+    assert all(len(x) <= 80 for x in final)

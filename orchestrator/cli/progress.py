@@ -203,7 +203,10 @@ class Progress:
         return self._eta.remaining(self._clock.time())
 
     def waiting(self) -> list[Reason]:
-        """Why the run waits now (``cli/waiting.py``), most pressing first."""
+        """Why the run waits now (``cli/waiting.py``), most pressing first; nothing once
+        every VPS is final."""
+        if self.total and self._finals >= self.total:
+            return []
         wave = self.phase.wave if self.phase is not None and self.phase.wave else self._current
         wait = None
         if wave is not None:
@@ -469,5 +472,8 @@ class Progress:
         if snap.configured_rate > 0:
             style = "yellow" if snap.provider_bound else ""
             parts.append(Text("provider: " + snap.provider_text(), style=style))
-        parts.extend(Text("waiting: " + r.text, style="cyan") for r in self.waiting())
+        parts.extend(
+            Text("waiting: " + r.text, style="cyan", no_wrap=True, overflow="ellipsis")
+            for r in self.waiting()
+        )
         return Group(*parts)

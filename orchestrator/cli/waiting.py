@@ -59,10 +59,10 @@ def reasons(
             left = duration(phase.soak_until - now)
             out.append(Reason("soaking", f"soaking before wave {phase.soak_before}: {left} left"))
     if wait is not None and wait.waiting and not wait.sending:
-        text = f"waiting for {wait.waiting} VPS(es) of wave {wait.wave} to be ready"
+        text = f"{wait.waiting} VPS(es) of wave {wait.wave} to be ready"
         if wait.slowest is not None and wait.slowest_since is not None:
-            host = hostnames.get(wait.slowest)
-            who = f"{wait.slowest} {host}" if host else wait.slowest
+            # The host name alone when there is one: the line must fit 80 columns.
+            who = hostnames.get(wait.slowest) or wait.slowest
             text += f"; slowest {who}, accepted {duration(max(0.0, now - wait.slowest_since))} ago"
         out.append(Reason("installing", text))
     budget = _budget(phase)
@@ -82,9 +82,9 @@ def _budget(phase: RunPhase | None) -> Reason | None:
     if left > 1:
         return None
     if left <= 0:
-        text = f"failure budget of the {what} spent: the next failure stops the run"
+        text = f"{what}'s failure budget is spent: the next failure stops the run"
     else:
-        text = f"failure budget of the {what}: one more failure allowed, then the run stops"
+        text = f"{what}'s failure budget: one more failure allowed, then the run stops"
     return Reason("budget", text)
 
 

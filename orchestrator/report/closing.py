@@ -61,8 +61,8 @@ def closing_summary(
     ]
     rec = recovery(run, targets)
     if rec.recovery_s is not None or rec.rto_s is not None:
-        took = duration(rec.recovery_s)
-        lines.append(f"  recovery {took} (first send → last ready); RTO {rto_text(rec)}")
+        line = f"  recovery {duration(rec.recovery_s)} (first send → last ready)"
+        lines.append(line if rec.rto_s is None else f"{line}; RTO {rto_text(rec)}")
     if aborted:
         lines.append(f"  stopped early: {aborted}")
     lines += _listing("failed", s.in_state(TargetState.FAILED), cap, width, run.id)

@@ -48,7 +48,7 @@ class RunPhase:
         run_left = self.run_budget - self.run_failures
         if wave_left <= run_left:
             return f"wave {self.wave}", wave_left
-        return "run", run_left
+        return "the run", run_left
 
 
 @runtime_checkable
