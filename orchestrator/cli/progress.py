@@ -33,17 +33,14 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Literal, Self, TextIO, get_args
 
-from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Console, RenderableType
 from rich.live import Live
-from rich.progress_bar import ProgressBar
-from rich.table import Table
-from rich.text import Text
 
+from orchestrator.cli.live_view import COLUMNS, preflight_view, run_view
 from orchestrator.cli.waiting import Reason, WaveWait, preflight_line, reasons
 from orchestrator.clock import SystemClock
 from orchestrator.model import Clock, TargetEvent, TargetState
-from orchestrator.report import LABELS, duration, iso_time
+from orchestrator.report import LABELS, iso_time
 from orchestrator.run import RunStats
 from orchestrator.run.eta import EtaModel
 from orchestrator.run.phase import RunPhase
@@ -51,16 +48,6 @@ from orchestrator.run.phase import RunPhase
 Mode = Literal["live", "plain", "quiet", "json"]
 MODES: tuple[str, ...] = get_args(Mode)
 
-# Column order of the per-wave counts (live view) and of the summary line (plain mode).
-COLUMNS: tuple[TargetState, ...] = (
-    TargetState.PENDING,
-    TargetState.INTENT,
-    TargetState.ACCEPTED,
-    TargetState.READY,
-    TargetState.FAILED,
-    TargetState.IN_DOUBT,
-    TargetState.SKIPPED,
-)
 _LEVELS = {
     TargetState.FAILED: "error",
     TargetState.IN_DOUBT: "warning",
@@ -436,44 +423,15 @@ class Progress:
         self._live.update(self.render(), refresh=True)
 
     def render(self) -> RenderableType:
-        """Return the live view as a rich renderable (bar and ETA, per-wave table, stats, why
-        it waits); pre-flight's bar before the run starts."""
+        """Return the live view as a rich renderable (``cli/live_view.py``): pre-flight's bar
+        before the run starts, then bar and ETA, per-wave table, stats, why it waits."""
         if self._started is None and self._checked is not None:
-            done, total = self._checked
-            grid = Table.grid(padding=(0, 1))
-            grid.add_row(
-                Text("edis-fleet", style="bold"),
-                ProgressBar(total=max(total, 1), completed=done, width=20),
-                Text(preflight_line(done, total)),
-            )
-            return grid
-        eta = self.eta()
-        head = Table.grid(padding=(0, 1))
-        head.add_row(
-            Text("edis-fleet", style="bold"),
-            ProgressBar(total=max(self.total, 1), completed=self._finals, width=40),
-            Text(f"{self._finals}/{self.total} done"),
-            Text("ETA " + ("-" if eta is None else duration(eta))),
+            return preflight_view(*self._checked)
+        return run_view(
+            finals=self._finals,
+            total=self.total,
+            eta=self.eta(),
+            waves=[(w, self.counts(w), self._size(w)) for w in sorted(self._counts)],
+            snap=self.stats.snapshot(),
+            reasons=self.waiting(),
         )
-        table = Table(box=box.SIMPLE, pad_edge=False)
-        table.add_column("wave", justify="right")
-        for state in COLUMNS:
-            table.add_column(LABELS[state], justify="right")
-        table.add_column("of", justify="right")
-        for wave in sorted(self._counts):
-            counts = self.counts(wave)
-            table.add_row(str(wave), *(str(counts[s]) for s in COLUMNS), str(self._size(wave)))
-        snap = self.stats.snapshot()
-        stats = Text(
-            f"{snap.rate:.1f} req/s · 429s {snap.throttles} · retries {snap.retries} · "
-            f"session refreshes {snap.refreshes}"
-        )
-        parts: list[RenderableType] = [head, table, stats]
-        if snap.configured_rate > 0:
-            style = "yellow" if snap.provider_bound else ""
-            parts.append(Text("provider: " + snap.provider_text(), style=style))
-        parts.extend(
-            Text("waiting: " + r.text, style="cyan", no_wrap=True, overflow="ellipsis")
-            for r in self.waiting()
-        )
-        return Group(*parts)
