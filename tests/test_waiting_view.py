@@ -14,6 +14,7 @@ from rich.console import Console
 from orchestrator.cli.progress import Mode, Progress
 from orchestrator.clock import FakeClock
 from orchestrator.model import TargetEvent, TargetState
+from orchestrator.run.eta import EtaModel, plan_of
 from orchestrator.run.phase import RunPhase
 from orchestrator.run.stats import RunStats
 from tests.conftest import ThreadSims
@@ -42,6 +43,7 @@ def test_soaking_counts_down_and_the_plain_log_says_it_once() -> None:
     assert _texts(p) == ["soaking before wave 2: 4m00s left"]
     p.tick()  # same reason, new countdown: no new line
     assert out.getvalue().count("waiting: soaking before wave 2") == 1
+    assert "waiting: soaking before wave 2: 5m00s left\n" in out.getvalue()  # no model: no ETA
     p.phase.soak_until = None
     assert _texts(p) == []
 
@@ -148,3 +150,19 @@ def test_at_80_columns_a_long_reason_is_cut_not_wrapped() -> None:
     assert line.rstrip().endswith("…")
     assert line.startswith("waiting: 2 VPS(es) of wave 1 to be ready; slowest web-frontend")
     assert all(len(x) <= 80 for x in final)
+
+
+def test_a_plain_waiting_line_carries_the_eta() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    plan = plan_of([(1, [("kvm_1", "linux", True)])], rate=1.0, concurrency=1, soak_s=0.0)
+    model = EtaModel(plan, lambda _: 100.0)
+    p = Progress(1, {1: 1}, stream=out, mode="plain", clock=clock, hostnames=HOSTS, eta=model)
+    p.start()
+    p.emit(TargetEvent("kvm_1", S.INTENT, 1, clock.time()))
+    p.emit(TargetEvent("kvm_1", S.ACCEPTED, 1, clock.time()))
+    clock.advance(40)
+    p.tick()
+    assert out.getvalue().endswith(
+        "waiting: 1 VPS(es) of wave 1 to be ready; slowest vps-001, accepted 40.0s ago"
+        " (ETA 1m00s)\n"
+    )

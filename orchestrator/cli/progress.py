@@ -40,7 +40,7 @@ from orchestrator.cli.live_view import COLUMNS, preflight_view, run_view
 from orchestrator.cli.waiting import Reason, WaveWait, preflight_line, reasons
 from orchestrator.clock import SystemClock
 from orchestrator.model import Clock, TargetEvent, TargetState
-from orchestrator.report import LABELS, iso_time
+from orchestrator.report import LABELS, duration, iso_time
 from orchestrator.run import RunStats
 from orchestrator.run.eta import EtaModel
 from orchestrator.run.phase import RunPhase
@@ -366,8 +366,11 @@ class Progress:
         kinds = tuple(r.kind for r in found)
         if kinds != self._said:
             self._said = kinds
+            eta = self.eta()
+            # A CI log has no live ETA: each change of phase says it.
+            tail = "" if eta is None else f" (ETA {duration(eta)})"
             for reason in found:
-                self._write(f"{_hms(self._clock.time())} waiting: {reason.text}")
+                self._write(f"{_hms(self._clock.time())} waiting: {reason.text}{tail}")
 
     def _write(self, line: str) -> None:
         try:
