@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from orchestrator.report.closing import closing_summary
+from orchestrator.report.contract import judge_records
 from orchestrator.simulator import Simulator
 from tests.conftest import ThreadSims
 from tests.test_apply import apply, fleet
+from tests.test_report import NASTY, hide, record
 
 LONG_NAME = "web-frontend-0042.eu-central-1.production.example.internal"
 BUDGET = "  failure_budget: {wave: 100%, run: 100%}\n"
@@ -74,3 +77,43 @@ def test_quiet_prints_no_verdict(make_thread_sim: ThreadSims, tmp_path: Path) ->
         code, out, err = apply(sim, _failing(sim, tmp_path, 2, failing=0), "--quiet")
     assert code == 0, err
     assert out == ""
+
+
+# --------------------------------------------------------------------------- from records
+
+
+async def test_in_doubt_and_failed_vpses_with_reasons_and_what_to_do(tmp_path: Path) -> None:
+    run, targets, attempts = await record(tmp_path / "journal.sqlite")
+    tally = judge_records(run.status, targets)
+    text = closing_summary(run, targets, tally, attempts, redact=hide)
+    lines = text.splitlines()
+    assert lines[1] == f"edis-fleet run {run.id}: in_doubt (exit 4)"
+    assert "  6 VPS(es): 3 ready, 1 failed, 1 in doubt, 1 skipped" in lines
+    assert f"  d host-d: {hide(NASTY)}" in lines
+    assert "  e host-e: read timeout" in lines
+    assert "hunter2" not in text
+    # In doubt first: a check by hand, never a command that could wipe twice; then the
+    # failed ones' retry.
+    flat = " ".join(text.split())
+    assert "next: check the 1 in-doubt VPS(es) by hand before anything else" in flat
+    assert lines[-2:] == [
+        f"next: edis-fleet retry-failed {run.id}",
+        f"details: edis-fleet report {run.id}",
+    ]
+    assert all(len(line) <= 80 for line in lines)
+
+
+async def test_an_interrupted_run_says_resume(tmp_path: Path) -> None:
+    run, targets, attempts = await record(tmp_path / "journal.sqlite", interrupted=True)
+    tally = judge_records(run.status, targets)
+    text = closing_summary(run, targets, tally, attempts, aborted="wave 1 failure budget (0)")
+    assert f"next: edis-fleet resume {run.id}" in text
+    assert "  stopped early: wave 1 failure budget (0)\n" in text
+
+
+async def test_the_cap_and_a_narrow_terminal(tmp_path: Path) -> None:
+    run, targets, attempts = await record(tmp_path / "journal.sqlite")
+    tally = judge_records(run.status, targets)
+    text = closing_summary(run, targets, tally, attempts, width=40, cap=0)
+    assert "  and 1 more (edis-fleet report" in text
+    assert all(len(line) <= 40 for line in text.splitlines() if "edis-fleet" not in line)
