@@ -5,6 +5,7 @@ failure budget about to trip; and ``apply`` shows pre-flight's progress."""
 from __future__ import annotations
 
 import io
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -166,3 +167,16 @@ def test_a_plain_waiting_line_carries_the_eta() -> None:
         "waiting: 1 VPS(es) of wave 1 to be ready; slowest vps-001, accepted 40.0s ago"
         " (ETA 1m00s)\n"
     )
+
+
+def test_json_pre_flight_lines_for_log_shippers() -> None:
+    clock, out = FakeClock(), io.StringIO()
+    p = _view("json", clock, out)
+    p.preflight(0, 2)
+    p.preflight(2, 2)
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [(x["event"], x["done"], x["total"]) for x in lines] == [
+        ("preflight", 0, 2),
+        ("preflight", 2, 2),
+    ]
+    assert _view("quiet", clock, io.StringIO()).preflight(1, 2) is None  # nothing, no error
