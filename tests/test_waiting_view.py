@@ -179,4 +179,6 @@ def test_json_pre_flight_lines_for_log_shippers() -> None:
         ("preflight", 0, 2),
         ("preflight", 2, 2),
     ]
-    assert _view("quiet", clock, io.StringIO()).preflight(1, 2) is None  # nothing, no error
+    quiet = _view("quiet", clock, out := io.StringIO())
+    quiet.preflight(1, 2)
+    assert (out.getvalue(), quiet.error) == ("", None)
