@@ -106,6 +106,13 @@ class TargetEvent:
     # ``in_doubt`` only: the in-doubt policy decided to resend this VPS once its install
     # window has passed (the journal records the decision, so resume serves that window).
     resend: bool = False
+    # Readiness mode ssh (public keys only): the host key scanned just before the send, on the
+    # ``pending`` event that precedes its intent (``""``: nothing answered; None: no scan);
+    # on a final event, the proof the reinstall got (``pinned``, ``key-changed``, ``weaker``)
+    # and its proven host key as a known_hosts line. The journal records them as facts.
+    presend_key: str | None = None
+    proof: str = ""
+    known_hosts: str = ""
 
 
 class ReinstallAPI(Protocol):

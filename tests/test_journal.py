@@ -783,7 +783,7 @@ def test_a_version_1_file_is_migrated_with_its_runs_and_foreign_keys(tmp_path: P
     conn.close()
     j = Journal(path)
     try:
-        assert j.schema_version == SCHEMA_VERSION == 2
+        assert j.schema_version == SCHEMA_VERSION == 3
         run = anyio.run(j.run, "r1")
         assert (run.status, run.error, run.wave_ready) == (RunStatus.IN_DOUBT, "", {})
         (target,) = anyio.run(j.targets, "r1")
@@ -793,5 +793,66 @@ def test_a_version_1_file_is_migrated_with_its_runs_and_foreign_keys(tmp_path: P
     check = sqlite3.connect(path)
     try:
         assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+    finally:
+        check.close()
+
+
+# --------------------------------------------------------------------------- schema version 3
+
+
+async def test_version_3_a_presend_key_is_durable_with_its_intent(open_journal: Any) -> None:
+    """The pre-send host key buffered before an intent is committed in the intent's
+    transaction (no flush in between); proof and known_hosts are facts too; the status busy —
+    on both backends."""
+    j = open_journal()
+    run_id = await new_run(j, ["a", "b"])
+    j.enqueue_host_facts(run_id, "a", presend_key="ssh-ed25519 AAAAold")
+    j.enqueue_host_facts(run_id, "b", presend_key="")  # scanned: nothing answered
+    await j.write_intents(run_id, ["a"])  # durable: the facts went with it
+    (a, b) = await j.targets(run_id, flush=False)
+    assert (a.presend_key, a.state, b.presend_key) == (
+        "ssh-ed25519 AAAAold",
+        TargetState.INTENT,
+        "",
+    )
+    j.enqueue_host_facts(run_id, "a", proof="pinned", known_hosts="h ssh-ed25519 AAAAnew")
+    (a, b) = await j.targets(run_id)
+    assert (a.presend_key, a.proof, a.known_hosts) == (
+        "ssh-ed25519 AAAAold", "pinned", "h ssh-ed25519 AAAAnew",
+    )  # fmt: skip
+    assert (b.proof, b.known_hosts) == ("", "")
+    run = await j.finish_run(run_id, RunStatus.BUSY)
+    assert run.status is RunStatus.BUSY
+
+
+def test_a_version_2_file_is_migrated_to_3(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite"
+    conn = sqlite3.connect(path, isolation_level=None)
+    migrate(conn, {1: MIGRATIONS[1], 2: MIGRATIONS[2]})
+    conn.execute(
+        "INSERT INTO runs (id, manifest_path, manifest_sha256, plan_sha256, pid, hostname,"
+        " started_at, updated_at, status, error) VALUES ('r1', 'f', 'a', 'b', 1, 'h', 1, 2,"
+        " 'crashed', 'disk full')"
+    )
+    conn.execute(
+        "INSERT INTO targets (run_id, kvm_id, wave, position, image, hostname, queued_at,"
+        " resent_at) VALUES ('r1', 'k', 1, 0, 'img', 'host', 1, 5)"
+    )
+    conn.close()
+    j = Journal(path)
+    try:
+        assert j.schema_version == SCHEMA_VERSION == 3
+        run = anyio.run(j.run, "r1")
+        assert (run.status, run.error) == (RunStatus.CRASHED, "disk full")
+        (target,) = anyio.run(j.targets, "r1")
+        assert (target.resent_at, target.presend_key, target.proof) == (5, None, "")
+    finally:
+        anyio.run(j.close)
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA foreign_key_check").fetchall() == []
+        sql = check.execute("SELECT sql FROM sqlite_master WHERE name = 'runs'").fetchone()[0]
+        assert "'busy'" in sql
+        assert "runs_v3" not in sql
     finally:
         check.close()

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -379,6 +380,71 @@ def test_a_killed_campaign_with_lost_responses_resumes_to_proof_with_no_second_w
     known = (tmp_path / "known_hosts").read_text()
     for kvm_id in ids:
         assert " ".join(keys[kvm_id].split()[:2]) in known  # each VPS proven with its key
+
+
+def test_a_never_acted_on_send_interrupted_while_reconciled_is_resent_once_by_resume(
+    make_thread_sim: ThreadSims, tmp_path: Path
+) -> None:
+    """The canary's send is ignored by the server (500: nothing installed); the run is
+    interrupted while its send is being reconciled. The host key scanned before the send is a
+    journal fact (written with the intent), so resume reconciles as the live run would: still
+    the pre-send key, never down -> not acted on -> resent once -> ready with proof. Exactly
+    one acted-on reinstall per VPS."""
+    operator = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "ops_ed25519").write_bytes(operator.export_private_key("openssh"))
+    public = operator.export_public_key("openssh").decode().strip()
+    template = TEMPLATE + f"ssh_authorized_keys:\n  - {public}\n"
+    with make_thread_sim(
+        vps_count=3, time_scale=0.003, tcp_listeners=True, password=ACCOUNT_PW
+    ) as sim:
+        ids = sim.vps_ids
+        sim.set_faults(script=["500"], endpoint="set/reinstall", kvm_id=ids[0])
+        old_key = " ".join(sim.host_key(ids[0]).split()[:2])
+        readiness = (
+            f", readiness: {{mode: ssh, port: {sim.ssh_port}, deadline: 30s, "
+            "ssh: {user: root, identity: {file: ops_ed25519}}}"
+        )
+        path = write_fleet(
+            sim, tmp_path, vps_lines(ids, dict.fromkeys(ids, readiness)), template=template
+        )
+        with path.open("a", encoding="utf-8") as fleet:
+            fleet.write("  in_doubt: reconcile\n  in_doubt_window: 3s\n")
+        run_env = {"PATH": "/usr/bin:/bin", **env(sim)}
+
+        async def interrupt() -> None:
+            with anyio.fail_after(60):
+                while not sim.counters.faults_by_endpoint.get("set/reinstall"):  # noqa: ASYNC110
+                    await anyio.sleep(0.01)
+            await anyio.sleep(0.5)  # its host key is being looked at now
+            os.kill(os.getpid(), signal.SIGINT)
+
+        watcher = make_thread_sim.portal.start_task_soon(interrupt)
+        try:
+            first = run_cli(["apply", str(path), "--yes", "--quiet"], cwd=tmp_path, env=run_env)
+        finally:
+            watcher.cancel()
+        assert first.returncode in (4, 130), first.stderr
+        assert sim.counters.reinstall_accepted.get(ids[0], 0) == 0  # never acted on
+        run_id = last_run(tmp_path)
+        journal = sqlite3.connect(tmp_path / ".edis-fleet" / "journal.sqlite")
+        try:
+            (recorded,) = journal.execute(
+                "SELECT presend_key FROM targets WHERE run_id = ? AND kvm_id = ?", (run_id, ids[0])
+            ).fetchone()
+        finally:
+            journal.close()
+        assert recorded == old_key  # the pre-send key is a journal fact
+        args = ["resume", run_id, "--quiet", "--report-json", "run.json"]
+        done = run_cli(args, cwd=tmp_path, env=run_env)
+        assert done.returncode == 0, done.stderr + (tmp_path / "run.json").read_text()
+        accepted = dict(sim.counters.reinstall_accepted)
+    report = json.loads((tmp_path / "run.json").read_text())
+    canary = next(t for t in report["targets"] if t["kvm_id"] == ids[0])
+    assert canary["state"] == "ready"
+    assert canary["reason"].startswith("proof: this run's host key"), canary["reason"]
+    assert canary["sends"] == 2  # the ignored send and its one resend
+    assert report["run"]["counters"]["in_doubt_resent_once"] == 1
+    assert accepted == dict.fromkeys(ids, 1)  # one acted-on reinstall each: no second wipe
 
 
 def test_validate_refuses_ssh_keys_and_a_missing_operator_key(tmp_path: Path) -> None:

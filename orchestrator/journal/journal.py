@@ -454,6 +454,29 @@ class Journal:
         if self._oldest is None:
             self._oldest = self._clock.monotonic()
 
+    def enqueue_host_facts(
+        self,
+        run_id: str,
+        kvm_id: str,
+        *,
+        presend_key: str | None = None,
+        proof: str | None = None,
+        known_hosts: str | None = None,
+    ) -> None:
+        """Buffer what readiness mode ssh learnt of ``kvm_id`` (public keys only, no secret):
+        ``presend_key`` the host key scanned just before its send (``""``: nothing answered),
+        ``proof`` which proof its reinstall got, ``known_hosts`` its proven host key as a
+        known_hosts line. None leaves a fact as it is. The batch writes facts before intents:
+        a pre-send key buffered before ``write_intents`` is durable with that intent. Raises
+        ``JournalError`` when closed."""
+        self._check_open()
+        given = {"presend_key": presend_key, "proof": proof, "known_hosts": known_hosts}
+        for column, value in given.items():
+            if value is not None:
+                self._batch.facts.append((run_id, kvm_id, column, value))
+        if self._oldest is None:
+            self._oldest = self._clock.monotonic()
+
     async def record_attempt(self, run_id: str, attempt: Attempt, *, durable: bool = False) -> None:
         """Record one API call of the run, buffered unless ``durable``; its message is redacted.
 

@@ -36,7 +36,13 @@ import psycopg
 
 from orchestrator.journal.pg_schema import LOCKS_KEY
 from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM
-from orchestrator.journal.store import RESENT_ONCE, Batch, IntentRequest, state_problem
+from orchestrator.journal.store import (
+    FACT_COLUMNS,
+    RESENT_ONCE,
+    Batch,
+    IntentRequest,
+    state_problem,
+)
 from orchestrator.model import TargetState
 
 _log = logging.getLogger("orchestrator.journal.journal")
@@ -205,6 +211,12 @@ def queue(conn: psycopg.Connection[Any], batch: Batch, *, pid: int, hostname: st
     if batch.resends:
         resends = [(float(at), r, k) for at, r, k in batch.resends]
         conn.execute(_RESENDS_SQL, [list(c) for c in zip(*resends, strict=True)])
+    for run_id, kvm_id, column, value in batch.facts:  # a few per VPS: one statement each
+        if column in FACT_COLUMNS:
+            conn.execute(
+                f"UPDATE targets SET {column} = %s WHERE run_id = %s AND kvm_id = %s",  # noqa: S608
+                (value, run_id, kvm_id),
+            )
     if batch.intents:
         _queue_intents(conn, batch.intents, queued, pid=pid, hostname=hostname)
     return queued

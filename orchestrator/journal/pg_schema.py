@@ -122,11 +122,25 @@ def _migrate_to_2(cur: psycopg.Cursor[Any]) -> None:
     cur.execute("ALTER TABLE targets ADD COLUMN resent_at DOUBLE PRECISION")
 
 
+def _migrate_to_3(cur: psycopg.Cursor[Any]) -> None:
+    """Version 3 (as ``schema._migrate_to_3``): the status ``busy``, ``targets.presend_key``,
+    ``targets.proof`` and ``targets.known_hosts``."""
+    cur.execute("ALTER TABLE runs DROP CONSTRAINT IF EXISTS runs_status_check")
+    cur.execute(
+        f"ALTER TABLE runs ADD CONSTRAINT runs_status_check"  # our own enum, never input
+        f" CHECK (status IN ({sql_list(RunStatus)}))"
+    )
+    cur.execute("ALTER TABLE targets ADD COLUMN presend_key TEXT")
+    cur.execute("ALTER TABLE targets ADD COLUMN proof TEXT NOT NULL DEFAULT ''")
+    cur.execute("ALTER TABLE targets ADD COLUMN known_hosts TEXT NOT NULL DEFAULT ''")
+
+
 PgMigration = Callable[["psycopg.Cursor[Any]"], None]
 
 PG_MIGRATIONS: dict[int, PgMigration] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
+    3: _migrate_to_3,
 }
 
 

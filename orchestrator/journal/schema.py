@@ -5,10 +5,12 @@
 ``journal_locks.py`` the lock rows within it; this module holds what is on disk and the plain
 data that comes out of it, so the schema can be read in one place.
 
-Schema, version 2 (``PRAGMA user_version = 2``, ``PRAGMA application_id = 0x45444953``,
+Schema, version 3 (``PRAGMA user_version = 3``, ``PRAGMA application_id = 0x45444953``,
 "EDIS"). Times are wall-clock Unix seconds (REAL) from the injected ``Clock``. Version 2 added
 the statuses ``rto_missed`` and ``crashed``, ``runs.error`` and ``runs.waves_json``, and
-``targets.resend_decided_at`` and ``targets.resent_at`` (see ``V2_RUN_COLUMNS``).
+``targets.resend_decided_at`` and ``targets.resent_at`` (see ``V2_RUN_COLUMNS``). Version 3
+added the status ``busy`` and ``targets.presend_key``, ``targets.proof`` and
+``targets.known_hosts`` (see ``V3_TARGET_COLUMNS``).
 
 ``runs`` — one row per run.
     ``id`` TEXT PK (``20261127-2315-ab12cd``: UTC start minute + 6 random hex digits, so ids
@@ -29,7 +31,11 @@ the statuses ``rto_missed`` and ``crashed``, ``runs.error`` and ``runs.waves_jso
     ``reason`` (the final reason text, redacted), ``resend_decided_at`` (the in-doubt policy
     decided to resend it once the install window from ``sent_at`` passed) and ``resent_at``
     (that resend's intent was written: an intent marked as a resend is refused after it, so a
-    VPS gets at most one resend per run).
+    VPS gets at most one resend per run), ``presend_key`` (readiness mode ssh: the public
+    host key a key scan found just before the send, written with or before its intent; ``''``
+    when nothing answered, NULL when no scan was made), ``proof`` (which proof the reinstall
+    got: ``pinned``, ``key-changed`` or ``weaker``; ``''`` none) and ``known_hosts`` (the proven
+    host key as a known_hosts line). Host keys are public: none of this is a secret.
 
 ``attempts`` — one row per API call: ``id`` (rowid), ``run_id``, ``kvm_id`` (NULL for
     account-wide calls), ``at``, ``endpoint``, ``outcome`` (``model.Outcome`` value),
@@ -76,7 +82,7 @@ from typing import Any, TypeVar
 from orchestrator.errors import JournalError
 from orchestrator.model import Outcome, TargetState
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # "EDIS" in ASCII: marks the file as an edis-fleet journal for `file(1)` and for us.
 APPLICATION_ID = 0x45444953
 
@@ -94,6 +100,8 @@ class RunStatus(enum.StrEnum):
     # this machine (``runs.error`` says which). The words of ``report.contract``.
     RTO_MISSED = "rto_missed"
     CRASHED = "crashed"
+    # Version 3: refused because another run holds some of its VPSes; nothing was sent.
+    BUSY = "busy"
 
 
 # For each outcome state, the states a target may be in to take it. An outcome that does not
@@ -247,11 +255,39 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     conn.execute("ALTER TABLE targets ADD COLUMN resent_at REAL")
 
 
+# Version 3's new target columns, shared with the PostgreSQL schema (see the docstring).
+V3_TARGET_COLUMNS = ("presend_key", "proof", "known_hosts")
+
+
+def _migrate_to_3(conn: sqlite3.Connection) -> None:
+    """Version 3: the status ``busy`` (``runs`` is rebuilt for its CHECK, as in version 2),
+    ``targets.presend_key``, ``targets.proof`` and ``targets.known_hosts``."""
+    columns = [str(r[1]) for r in conn.execute("PRAGMA table_info(runs)")]
+    listed = ", ".join(columns)
+    sql = str(
+        conn.execute(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'runs'"
+        ).fetchone()[0]
+    )
+    checked = re.sub(
+        r"CHECK \(status IN \([^)]*\)\)", f"CHECK (status IN ({sql_list(RunStatus)}))", sql
+    )
+    # A renamed table's text reads ``CREATE TABLE "runs"``: match either spelling.
+    conn.execute(re.sub(r'CREATE TABLE\s+"?runs"?', "CREATE TABLE runs_v3", checked, count=1))
+    conn.execute(f"INSERT INTO runs_v3 ({listed}) SELECT {listed} FROM runs")  # noqa: S608
+    conn.execute("DROP TABLE runs")
+    conn.execute("ALTER TABLE runs_v3 RENAME TO runs")
+    conn.execute("ALTER TABLE targets ADD COLUMN presend_key TEXT")
+    conn.execute("ALTER TABLE targets ADD COLUMN proof TEXT NOT NULL DEFAULT ''")
+    conn.execute("ALTER TABLE targets ADD COLUMN known_hosts TEXT NOT NULL DEFAULT ''")
+
+
 Migration = Callable[[sqlite3.Connection], None]
 
 MIGRATIONS: dict[int, Migration] = {
     1: _migrate_to_1,
     2: _migrate_to_2,
+    3: _migrate_to_3,
 }
 
 
@@ -360,6 +396,11 @@ class TargetRecord:
     # Version 2: the in-doubt resend was decided (after the window from ``sent_at``) / sent.
     resend_decided_at: float | None = None
     resent_at: float | None = None
+    # Version 3: the pre-send host key (``''``: nothing answered; None: no scan), the proof
+    # the reinstall got and its proven host key as a known_hosts line (``''``: none).
+    presend_key: str | None = None
+    proof: str = ""
+    known_hosts: str = ""
 
 
 @dataclass(frozen=True)

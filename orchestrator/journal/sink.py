@@ -55,6 +55,16 @@ class JournalSink:
 
     def emit(self, event: TargetEvent) -> None:
         """Buffer the state change of ``event`` (never blocks)."""
+        if event.presend_key is not None or event.proof or event.known_hosts:
+            # Facts, not states: a pre-send key rides on the ``pending`` event before the
+            # intent and is committed in the intent's transaction (facts precede intents).
+            self.journal.enqueue_host_facts(
+                self.run_id,
+                event.kvm_id,
+                presend_key=event.presend_key,
+                proof=event.proof or None,
+                known_hosts=event.known_hosts or None,
+            )
         if event.state is TargetState.PENDING and self._last.get(event.kvm_id) is (
             TargetState.INTENT
         ):

@@ -79,6 +79,10 @@ _DECIDE_RESEND = (
 )
 
 
+# The target columns a fact may set (schema version 3): never built from input.
+FACT_COLUMNS = frozenset({"presend_key", "proof", "known_hosts"})
+
+
 @dataclass(eq=False)
 class IntentRequest:
     """One ``write_intents`` call waiting in a batch (compared and hashed by identity)."""
@@ -106,11 +110,14 @@ class Batch:
     progress: dict[str, dict[str, Any]] = field(default_factory=dict)
     # (at, run_id, kvm_id): resends decided by the in-doubt policy, written after the outcomes.
     resends: list[tuple[float, str, str]] = field(default_factory=list)
+    # (run_id, kvm_id, column, value): facts about a VPS (schema version 3, ``FACT_COLUMNS``),
+    # written before the intents, so a pre-send host key is as durable as its intent.
+    facts: list[tuple[str, str, str, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return (
             len(self.intents) + len(self.outcomes) + len(self.attempts) + len(self.progress)
-            + len(self.resends)
+            + len(self.resends) + len(self.facts)
         )  # fmt: skip
 
     def take_back(self, failed: Batch) -> None:
@@ -118,6 +125,7 @@ class Batch:
         self.outcomes[:0] = failed.outcomes
         self.attempts[:0] = failed.attempts
         self.resends[:0] = failed.resends
+        self.facts[:0] = failed.facts
         for run_id, fields in failed.progress.items():
             self.progress[run_id] = {**fields, **self.progress.get(run_id, {})}
 
@@ -289,6 +297,12 @@ class Store:
                 {**fields, "run": run_id},
             )
         conn.executemany(_DECIDE_RESEND, batch.resends)
+        for run_id, kvm_id, column, value in batch.facts:
+            if column in FACT_COLUMNS:
+                conn.execute(
+                    f"UPDATE targets SET {column} = ? WHERE run_id = ? AND kvm_id = ?",  # noqa: S608
+                    (value, run_id, kvm_id),
+                )
         refused: dict[IntentRequest, str] = {}
         for req in batch.intents:
             problem = self._intent_problem(conn, req)

@@ -50,6 +50,12 @@ ERROR_LINES = 3
 # The proven host key ends the VPS's reason as a known_hosts line, so the journal, every
 # report and ``--known-hosts`` (from the journal: a resumed run's too) all have it.
 KNOWN_HOSTS_MARK = "; known_hosts: "
+# The proof each phrase names, as the journal and the JSON report record it (``proof``).
+PROOF_KINDS = {
+    "proof: this run's host key": "pinned",
+    "proof: host key changed since the pre-send scan": "key-changed",
+    "proof (weaker): SSH down before the send, answering since": "weaker",
+}
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,8 @@ class Prover:
     observed: dict[str, Observation] = field(default_factory=dict)
     proven: dict[str, str] = field(default_factory=dict)
     proof_kind: dict[str, str] = field(default_factory=dict)
+    # Each proven VPS's host key as a known_hosts line (for the journal's facts).
+    known_hosts: dict[str, str] = field(default_factory=dict)
     _identities: dict[Path | None, Any] = field(default_factory=dict)
     # What the first login read (a CommandResult, or the SshLoginError of a refused key).
     _early: dict[str, Any] = field(default_factory=dict)
@@ -138,11 +146,26 @@ class Prover:
 
         return ssh
 
-    async def before_send(self, kvm_id: str, host: str, port: int) -> None:
-        """Record the host key ``kvm_id`` presents just before its send (None if down)."""
+    async def before_send(self, kvm_id: str, host: str, port: int) -> str:
+        """Record the host key ``kvm_id`` presents just before its send and return it as the
+        journal keeps it (the public key's type and base64; ``""`` when nothing answered)."""
         key = await self._ssh().scan_host_key(host, port, limit=SCAN_TIMEOUT)
         seen = self.observed.setdefault(kvm_id, Observation())
         seen.pre_key, seen.pre_scanned = key, True
+        return "" if key is None else " ".join(key.split()[:2])
+
+    def recall(self, kvm_id: str, presend_key: str) -> None:
+        """Resume: take the pre-send key the journal recorded for ``kvm_id`` (``""``: nothing
+        answered) as if this process had scanned it, unless it already looked itself."""
+        seen = self.observed.setdefault(kvm_id, Observation())
+        if not seen.pre_scanned:
+            seen.pre_key, seen.pre_scanned = presend_key or None, True
+
+    def facts(self, kvm_id: str) -> tuple[str, str]:
+        """The proof ``kvm_id`` got (``PROOF_KINDS``) and its known_hosts line; ``("", "")``
+        when its reinstall was not proven."""
+        kind = PROOF_KINDS.get(self.proof_kind.get(kvm_id, ""), "")
+        return kind, self.known_hosts.get(kvm_id, "") if kind else ""
 
     async def wait(
         self, kvm_id: str, spec: ProofSpec, host: str, port: int, deadline_s: float
@@ -179,7 +202,8 @@ class Prover:
         ``start`` (``clock.monotonic()``) is when the wait began, for the elapsed time."""
         proven, key = self.proof_kind[kvm_id], self.proven[kvm_id]
         scans = self.observed[kvm_id].scans
-        entry = f"{KNOWN_HOSTS_MARK}{_known_hosts_line(host, port, key)}"
+        self.known_hosts[kvm_id] = _known_hosts_line(host, port, key)
+        entry = f"{KNOWN_HOSTS_MARK}{self.known_hosts[kvm_id]}"
         if spec.user is None or not spec.cloud_init:
             why = "no readiness.ssh.user" if spec.user is None else "user data is not cloud-config"
             reason = f"{proven}; cloud-init not checked ({why}){entry}"

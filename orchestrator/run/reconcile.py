@@ -12,6 +12,9 @@ itself can say which: for the install window after the send, look at the host ke
   sends a second time).
 - Anything else (unreachable, a key that is neither, down and back with the old key, no key
   recorded before the send): it stays *in doubt*, with what was observed.
+
+The pre-send key is a journal fact (``targets.presend_key``, committed with the intent), so a
+resumed run reconciles the in-doubt sends it finds exactly as the live run would have.
 """
 
 from __future__ import annotations

@@ -171,6 +171,7 @@ def resume_point(view: RunView) -> ResumePoint:
         resend_spent={t.kvm_id for t in view.targets if t.resent_at is not None},
         wave_ready=dict(view.run.wave_ready),
         proof_nonce=_text_or_none(view.run.options.get("proof_nonce")),
+        presend_keys={t.kvm_id: t.presend_key for t in view.targets if t.presend_key is not None},
     )
 
 

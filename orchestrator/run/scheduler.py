@@ -88,6 +88,9 @@ class Job:
     # it), and whether this run already sent its one in-doubt resend (never a second).
     accepted_at: float | None = None
     resend_spent: bool = False
+    # Resume, readiness mode ssh: the host key the journal recorded just before the send
+    # (``""``: nothing answered; None: none recorded), so reconciliation decides as live.
+    presend_key: str | None = None
 
 
 @dataclass(frozen=True)
@@ -279,9 +282,14 @@ class Scheduler:
             if self.stopping:
                 self._set(job.kvm_id, job.wave, TargetState.SKIPPED, self._stop_reason())
                 continue
-            self._set(job.kvm_id, job.wave, TargetState.PENDING)
+            if job.presend_key is not None:
+                self.prover.recall(job.kvm_id, job.presend_key)
             if job.proof is not None and job.in_doubt_since is None:
-                await self._before_send(job)
+                # The scan comes first: its key rides on the ``pending`` event, so the journal
+                # commits it with (or before) the intent.
+                self._set(job.kvm_id, job.wave, TargetState.PENDING, presend=await self._scan(job))
+            else:
+                self._set(job.kvm_id, job.wave, TargetState.PENDING)
             step = await self._first_send(job, wave_budget)
             if step == "accepted":
                 followups.start_soon(self._await_ready, job, started, wave_budget)
@@ -510,11 +518,13 @@ class Scheduler:
                 return None  # not remembered: the next look asks again
         return self._addresses[job.kvm_id]
 
-    async def _before_send(self, job: Job) -> None:
-        """Readiness mode ssh: record the host key the VPS presents just before its send."""
+    async def _scan(self, job: Job) -> str | None:
+        """Readiness mode ssh: record the host key the VPS presents just before its send and
+        return it for the journal (``""``: nothing answered; None: no address to scan)."""
         host = await self._address(job)
-        if host is not None:
-            await self.prover.before_send(job.kvm_id, host, job.port)
+        if host is None:
+            return None
+        return await self.prover.before_send(job.kvm_id, host, job.port)
 
     async def _polled(self, fn: Callable[[], Awaitable[T]]) -> T:
         await self._limits.requests.acquire("poll")
@@ -549,12 +559,25 @@ class Scheduler:
             )
 
     def _set(
-        self, kvm_id: str, wave: int, state: TargetState, reason: str = "", *, resend: bool = False
+        self,
+        kvm_id: str,
+        wave: int,
+        state: TargetState,
+        reason: str = "",
+        *,
+        resend: bool = False,
+        presend: str | None = None,
     ) -> None:
         self._result.states[kvm_id] = state
         if reason:
             self._result.reasons[kvm_id] = reason
-        event = TargetEvent(kvm_id, state, wave, self._clock.time(), reason, resend=resend)
+        proof, known = ("", "")
+        if state in (TargetState.READY, TargetState.FAILED):
+            proof, known = self.prover.facts(kvm_id)  # the proven key: journal facts
+        event = TargetEvent(
+            kvm_id, state, wave, self._clock.time(), reason, resend=resend,
+            presend_key=presend, proof=proof, known_hosts=known,
+        )  # fmt: skip
         self._sink.emit(event)
 
     def _skip_all(self, jobs: Sequence[Job], reason: str) -> None:

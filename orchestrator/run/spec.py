@@ -46,8 +46,10 @@ class ResumePoint:
     accepted_at: dict[str, float] = field(default_factory=dict)
     resend_spent: set[str] = field(default_factory=set)
     wave_ready: dict[int, float] = field(default_factory=dict)
-    # Readiness mode ssh: the run's host-key nonce, so the keys made again are those sent.
+    # Readiness mode ssh: the run's host-key nonce, so the keys made again are those sent,
+    # and the host keys the journal recorded just before each send (reconciliation).
     proof_nonce: str | None = None
+    presend_keys: dict[str, str] = field(default_factory=dict)
 
     def wants(self, kvm_id: str) -> bool:
         """True when the VPS has anything left to do in this run."""
@@ -133,6 +135,7 @@ def build_spec(
                     proof=proof,
                     accepted_at=None if resume is None else resume.accepted_at.get(kvm_id),
                     resend_spent=resume is not None and kvm_id in resume.resend_spent,
+                    presend_key=None if resume is None else resume.presend_keys.get(kvm_id),
                 )
             )
             targets.append(
