@@ -15,12 +15,14 @@ from pathlib import Path
 
 import anyio
 import asyncssh
+import jsonschema
 import pytest
 
 from orchestrator.errors import ManifestError
 from orchestrator.fleet import HttpCheck, InDoubtPolicy, Readiness, ReadinessMode, SshLogin
 from orchestrator.manifest.loader import check_manifest, load_fleet
 from orchestrator.model import TargetState
+from orchestrator.report.schema import REPORT_SCHEMA
 from orchestrator.run.plan import PlanRollout
 from orchestrator.run.proof import prepare_proof
 from orchestrator.run.reconcile import RESOLVED_ACCEPTED, UNRESOLVED, Resolution
@@ -162,6 +164,9 @@ async def test_a_script_gets_the_key_changed_fallback(
             assert "cloud-init not checked" in reason
             assert sim.host_key(job.kvm_id) != before[job.kvm_id]
             assert prover.proven[job.kvm_id] == sim.host_key(job.kvm_id)  # type: ignore[attr-defined]
+            kind, line = prover.facts(job.kvm_id)  # type: ignore[attr-defined]
+            assert kind == "key-changed"
+            assert line.endswith(" ".join(sim.host_key(job.kvm_id).split()[:2]))
 
 
 def test_a_template_that_sets_ssh_keys_is_refused() -> None:
@@ -239,7 +244,10 @@ def test_known_hosts_from_apply_lets_ssh_connect_without_trust_on_first_use(
         lines = (tmp_path / "known_hosts").read_text().splitlines()
         assert len(lines) == len(ids)
         report = json.loads((tmp_path / "run.json").read_text())
-        assert all(line in json.dumps(report) for line in lines)
+        jsonschema.validate(report, REPORT_SCHEMA, cls=jsonschema.Draft202012Validator)
+        # Structured fields from the journal's facts, one per VPS, as in the known_hosts file.
+        assert {t["proof"] for t in report["targets"]} == {"pinned"}
+        assert sorted(t["known_hosts"] for t in report["targets"]) == sorted(lines)
 
         async def status(kvm_id: str) -> str:
             async with asyncssh.connect(
@@ -535,6 +543,7 @@ async def test_a_dead_vps_rebuilt_with_a_script_gets_the_weaker_proof(
         assert sim.vps(dead).state == "failed"
         sim.set_install_outcome(dead, "ok")
         jobs, _ = _ssh_jobs(sim, operator, script=True)
-        result, _ = await _run(sim, jobs[:1])
+        result, prover = await _run(sim, jobs[:1])
     assert result.states[dead] is TargetState.READY, result.reasons[dead]
     assert "proof (weaker): SSH down before the send" in result.reasons[dead]
+    assert prover.facts(dead)[0] == "weaker"  # type: ignore[attr-defined]

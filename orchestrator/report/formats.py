@@ -40,7 +40,12 @@ machine-readable form, checked by the tests)::
       "waves": [{"wave": int, "targets": int, and one int per TargetState value}],
       "targets": [{"kvm_id", "hostname", "image", "wave", "position", "state", "reason",
                    "sends", "timings": {"queued_at", "sent_at", "accepted_at", "ready_at",
-                   "ended_at", "time_to_ready_s"} (numbers or null)}],   # wave, position order
+                   "ended_at", "time_to_ready_s"} (numbers or null),
+                   readiness mode ssh, only for a VPS whose reinstall was proven: "proof"
+                   ("pinned": this run's host key; "key-changed": another key than the one
+                   scanned before the send; "weaker": SSH was down before the send) and
+                   "known_hosts" (its proven host key as a known_hosts line)}],
+                  # wave, position order
       "percentiles": {"time_to_ready_s": {"count": int, "p50", "p95", "max"} (null: no VPS
                       was ready), the same for "queue_to_ready_s" (= time to ready) and
                       "send_to_ready_s" (latest send → ready), and "install_s_by_image"
@@ -185,6 +190,10 @@ def _target_json(row: TargetRow) -> dict[str, Any]:
             "ended_at": t.ended_at,
             "time_to_ready_s": _r3(row.time_to_ready_s),
         },
+        # Journal facts (schema version 3), not parsed from the reason: present only when
+        # the reinstall was proven.
+        **({"proof": t.proof} if t.proof else {}),
+        **({"known_hosts": t.known_hosts} if t.known_hosts else {}),
     }
 
 

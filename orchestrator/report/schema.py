@@ -53,6 +53,9 @@ _TARGET: dict[str, Any] = {
         "state": {"enum": _STATES},
         "reason": {"type": "string"},
         "sends": _COUNT,
+        # Optional (added in v1 without a new id): readiness mode ssh, a proven reinstall.
+        "proof": {"enum": ["pinned", "key-changed", "weaker"]},
+        "known_hosts": {"type": "string", "minLength": 1},
         "timings": {
             "type": "object",
             "additionalProperties": False,

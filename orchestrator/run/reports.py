@@ -59,7 +59,11 @@ def write_reports(
     if output.junit:
         _write(output.junit, junit_report(run, targets, attempts, redact=redact), failed)
     if output.known_hosts:
-        _write(output.known_hosts, known_hosts_text(t.reason for t in targets), failed)
+        # The journal's facts; a VPS recorded before schema version 3 has it in its reason.
+        text = "".join(
+            f"{t.known_hosts}\n" if t.known_hosts else known_hosts_text([t.reason]) for t in targets
+        )
+        _write(output.known_hosts, text, failed)
     return failed
 
 
