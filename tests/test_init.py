@@ -287,33 +287,6 @@ def test_the_wheel_carries_the_examples(tmp_path: Path) -> None:
     assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
 
-@pytest.mark.subprocess
-def test_the_readme_rehearsal_runs_as_written(tmp_path: Path) -> None:
-    """The README's "Your own account" rehearsal block, run by bash in a folder holding the
-    checkout's venv, as a reader would paste it; only the simulator's port is a free one (the
-    suite runs in parallel)."""
-    import socket
-    import subprocess
-
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("Rehearse the same steps on the bundled simulator first")
-    body = readme.index("```sh\n", start) + len("```sh\n")
-    block = readme[body : readme.index("```", body)]
-    assert ".venv/bin/edis-fleet init rehearsal.yaml" in block
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (tmp_path / ".venv").symlink_to(REPO / ".venv")
-    done = subprocess.run(
-        ["bash", "-e", "-c", block.replace("8765", str(port))],
-        cwd=tmp_path, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "rehearsal.yaml: valid" in done.stdout
-    assert "blast radius: 5 VPS(es) will be WIPED" in done.stdout
-
-
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
