@@ -207,3 +207,26 @@ def test_no_secret_in_schema_output(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "cloud-init schema: users.0: value is not valid" in proc.stderr
     assert ROOT_MARKER not in proc.stderr + proc.stdout
+
+
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_a_ca_file_that_is_no_ca_bundle_is_a_manifest_problem(tmp_path: Path, command: str) -> None:
+    """A ``ca_file`` that exists but holds no certificate is caught by the same check the
+    client makes, before any connection: exit 2 with its line and field, no traceback."""
+    shutil.copytree(REPO / "fleets", tmp_path / "fleets")
+    path = tmp_path / "fleets" / "example.yaml"
+    (tmp_path / "fleets" / "ca.pem").write_text("not a certificate\n")
+    text = path.read_text()
+    text = text.replace(
+        "  password: {env: EDIS_PASSWORD}\n",
+        "  password: {env: EDIS_PASSWORD}\n  ca_file: ca.pem\n",
+        1,
+    )
+    path.write_text(text)
+    line = text.splitlines().index("  ca_file: ca.pem") + 1
+    proc = cli([command, str(path)], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"example.yaml:{line}:" in proc.stderr
+    assert "account.ca_file: CA file" in proc.stderr
+    assert "no usable certificate" in proc.stderr
+    assert "Traceback" not in proc.stderr

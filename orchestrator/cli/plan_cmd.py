@@ -93,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     except (ApiError, HostNotAllowedError) as exc:
         sys.stderr.write(redact(f"{args.fleet}: pre-flight could not reach the account: {exc}\n"))
         return exitcodes.USAGE
+    except ManifestError as exc:  # e.g. a ca_file that changed since it was checked
+        return fail(args.fleet, exc.problems, [], redact, sys.stderr)
     if not found.ok:
         return refuse(loaded.refusal(found.problems, warnings=True), sys.stderr)
 

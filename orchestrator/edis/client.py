@@ -41,12 +41,12 @@ from orchestrator.edis.outcome import (
     classify,
 )
 from orchestrator.edis.text import clean, clean_details, scrub
+from orchestrator.edis.tls import tls_context
 from orchestrator.edis.wire import (
     ExchangeLimits,
     Progress,
     failure_of,
     read_body,
-    tls_context,
     tracing,
 )
 from orchestrator.errors import InDoubtError, RejectedError, UnexpectedAnswerError

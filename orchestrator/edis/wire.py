@@ -23,7 +23,6 @@ import aiohttp
 
 from orchestrator.edis.outcome import TransportFailure, TransportKind
 from orchestrator.edis.text import clean
-from orchestrator.errors import ManifestError
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -202,17 +201,3 @@ def _describe(exc: BaseException) -> str:
     # some (a malformed answer) quote the server's bytes, hence the cleaning.
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
     return clean(text, 200)
-
-
-def tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """Return the verifying TLS context, trusting ``ca_file`` too when given.
-
-    Raises ``ManifestError`` when ``ca_file`` cannot be read or holds no certificate.
-    """
-    try:
-        return ssl.create_default_context(cafile=ca_file)
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        reason = clean(getattr(exc, "strerror", None) or str(exc), 120)
-        raise ManifestError(
-            [f"account.ca_file: {ca_file} cannot be used as a CA bundle: {reason}"]
-        ) from None

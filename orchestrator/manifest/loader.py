@@ -30,6 +30,7 @@ from pydantic import ValidationError
 
 from orchestrator import fleet as f
 from orchestrator.edis.hosts import session_url_problem
+from orchestrator.edis.tls import tls_context
 from orchestrator.errors import ManifestError
 from orchestrator.localfiles import (
     MAX_CA_FILE_BYTES,
@@ -259,11 +260,21 @@ class _Checker:
         ca_file = None
         if model.ca_file is not None:
             ca_file = self.sources.base / model.ca_file
+            shown = self.sources.shown_path(model.ca_file)
             try:
                 check_regular(ca_file, max_bytes=MAX_CA_FILE_BYTES)
             except LocalFileError as exc:
-                shown = self.sources.shown_path(model.ca_file)
                 self.report.problem((*base, "ca_file"), f"CA file {shown} {exc}")
+            else:
+                # The same check the client makes before its first connection, so a file that
+                # is no CA bundle is a manifest problem here and not a surprise in plan/apply.
+                try:
+                    tls_context(str(ca_file))
+                except ManifestError:
+                    self.report.problem(
+                        (*base, "ca_file"),
+                        f"CA file {shown} holds no usable certificate (expected PEM certificates)",
+                    )
         hosts = tuple(dict.fromkeys((*f.DEFAULT_ALLOWED_API_HOSTS, *model.allowed_api_hosts)))
         return f.Account(
             email=email,
