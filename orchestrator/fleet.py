@@ -32,8 +32,9 @@ KVM_ID_RE = re.compile(r"\Akvm_[0-9]{1,18}_[0-9]{1,18}\Z", re.ASCII)
 ENV_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,254}\Z", re.ASCII)
 # RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
 HOSTNAME_RE = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    r"\A(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\Z",
+    re.ASCII | re.DOTALL,
 )
 
 DEFAULT_SESSION_URL = "https://session.edisglobal.com"
