@@ -230,3 +230,12 @@ def test_a_ca_file_that_is_no_ca_bundle_is_a_manifest_problem(tmp_path: Path, co
     assert "account.ca_file: CA file" in proc.stderr
     assert "no usable certificate" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("value", ["\u0663", "\uff13", "1e3", "-1", "99999999", " 3"])
+def test_count_options_take_ascii_digits_only(value: str) -> None:
+    """``--schema-limit`` (as every count option) refuses other scripts' digits and sizes
+    past its range: a usage error, exit 2, before anything is read."""
+    proc = run_example("--schema-limit", value)
+    assert proc.returncode == 2
+    assert "is not a whole number from 0 to 1000000" in proc.stderr

@@ -23,6 +23,7 @@ from orchestrator.cli.args import (
     add_output_arguments,
     add_selection_arguments,
     confirmation,
+    count,
     endpoint,
     load_options,
     output_options,
@@ -45,7 +46,7 @@ def register(sub: Any) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask before wiping")
     p.add_argument(
         "--confirm-count",
-        type=int,
+        type=count,
         metavar="N",
         help="confirm the number of VPSes to wipe (must equal the blast radius)",
     )

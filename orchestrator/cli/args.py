@@ -8,6 +8,7 @@ from the parsed argv; handlers pass those to the library, never the ``Namespace`
 from __future__ import annotations
 
 import argparse
+import re
 
 from orchestrator.run.options import (
     DEFAULT_JOURNAL,
@@ -202,9 +203,21 @@ def account_options(args: argparse.Namespace) -> AccountOptions:
     )
 
 
+def count(text: str) -> int:
+    """An argparse type: a whole number written in ASCII digits, 0 to 1,000,000 (``int``
+    alone would take other scripts' digits and any size).
+
+    Raises ``argparse.ArgumentTypeError`` for anything else.
+    """
+    if not re.fullmatch(r"[0-9]{1,7}", text, re.ASCII) or int(text) > 1_000_000:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 0 to 1000000")
+    return int(text)
+
+
 def _rate(text: str) -> float:
+    # ASCII only: float() would also read other scripts' digits.
     try:
-        value = float(text)
+        value = float(text) if re.fullmatch(r"[0-9.eE+-]{1,32}", text, re.ASCII) else 0.0
     except ValueError:
         value = 0.0
     if not 0.01 <= value <= 1000:

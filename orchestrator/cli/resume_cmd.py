@@ -22,6 +22,7 @@ from orchestrator.cli.args import (
     add_account_overrides,
     add_output_arguments,
     confirmation,
+    count,
     endpoint,
     output_options,
 )
@@ -44,7 +45,7 @@ def register(sub: Any) -> None:
     )
     _common(retry)
     retry.add_argument("--yes", action="store_true", help="do not ask before wiping")
-    retry.add_argument("--confirm-count", type=int, metavar="N", help="confirm the count")
+    retry.add_argument("--confirm-count", type=count, metavar="N", help="confirm the count")
     retry.set_defaults(handler=retry_failed)
 
 

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from orchestrator.cli import exitcodes
-from orchestrator.cli.args import add_selection_arguments, load_options
+from orchestrator.cli.args import add_selection_arguments, count, load_options
 from orchestrator.templates.defaults import DEFAULT_SCHEMA_DOCUMENTS
 
 
@@ -41,7 +41,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--schema-limit",
-        type=int,
+        type=count,
         default=DEFAULT_SCHEMA_DOCUMENTS,
         metavar="N",
         help="run 'cloud-init schema' on at most N distinct documents, about 0.2 s each "
