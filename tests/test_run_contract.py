@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from orchestrator.cli import exitcodes
+from orchestrator.journal import Journal, TargetSpec
 from orchestrator.journal.store import Store
 from orchestrator.report import contract as table
 from orchestrator.simulator import Simulator
@@ -86,6 +87,7 @@ def test_the_cli_table_and_the_verdicts_agree() -> None:
         table.Verdict.INTERRUPTED: exitcodes.INTERRUPTED,
         table.Verdict.RTO_MISSED: exitcodes.RTO_MISSED,
         table.Verdict.CRASHED: exitcodes.CRASHED,
+        table.Verdict.BUSY: exitcodes.BUSY,
         table.Verdict.RUNNING: None,
     }
     assert (exitcodes.USAGE, exitcodes.CREDENTIALS, exitcodes.BUSY) == (2, 3, 6)
@@ -128,6 +130,53 @@ def test_failed_and_in_doubt_exit_4_and_so_does_resume_of_the_finished_run(
     assert received(sim) == sent
     data = report_json(sim, tmp_path, run_id)
     assert (data["verdict"], data["exit_code"]) == ("in-doubt", 4)
+
+
+def test_a_run_refused_as_busy_is_recorded_busy_and_resumes_once_the_locks_are_free(
+    sim: Simulator, tmp_path: Path
+) -> None:
+    """Another live run holds one of the VPSes: apply exits 6 and nothing is sent; the run is
+    recorded ``busy``, so runs, status and report all say busy / 6 (not aborted / 5); resume
+    is refused the same way (the run stays busy) while the other run holds it, and once the
+    lock is free resume runs it to the end."""
+    path = fleet(sim, tmp_path, 3)
+    journal_file(tmp_path).parent.mkdir(parents=True, exist_ok=True)
+    holder = Journal(journal_file(tmp_path))  # another run of this (live) process
+    try:
+        other = anyio.run(_hold, holder, sim.vps_ids[1])
+        code, out, err = apply(sim, path, "--quiet")
+        assert code == exitcodes.BUSY, out + err
+        assert "busy: run " in err
+        run_id = last_run(tmp_path)
+        assert run_id != other
+        _run, status, *_, exit_code, _ = runs_line(sim, tmp_path, run_id)
+        assert (status, exit_code) == ("busy", "6")
+        code, out, _ = cli(sim, tmp_path, "status", run_id)
+        assert "verdict: busy (exit code 6)" in out
+        data = report_json(sim, tmp_path, run_id)
+        assert (data["status"], data["verdict"], data["exit_code"]) == ("busy", "busy", 6)
+        code, out, err = cli(sim, tmp_path, "resume", run_id, "--quiet")
+        assert code == exitcodes.BUSY, out + err
+        assert runs_line(sim, tmp_path, run_id)[1] == "busy"  # refused again: as it was
+        assert received(sim) == 0  # nothing was sent
+        anyio.run(holder.release_locks, other)
+    finally:
+        anyio.run(holder.close)
+    code, out, err = cli(sim, tmp_path, "resume", run_id, "--quiet")
+    assert code == exitcodes.OK, out + err
+    assert [sim.counters.reinstall_accepted[k] for k in sim.vps_ids[:3]] == [1, 1, 1]
+    data = report_json(sim, tmp_path, run_id)
+    assert (data["status"], data["verdict"], data["exit_code"]) == ("done", "ok", 0)
+
+
+async def _hold(journal: Journal, kvm_id: str) -> str:
+    """Record a run that holds ``kvm_id``'s lock (this process: live) and return its id."""
+    run_id = await journal.create_run(
+        manifest_path="other.yaml", manifest_sha256="a" * 64, plan_sha256="b" * 64, options={}
+    )
+    await journal.add_targets(run_id, [TargetSpec(kvm_id, 1, 0, "debian-12", "other")])
+    await journal.acquire_locks(run_id, [kvm_id])
+    return run_id
 
 
 def test_refused_credentials_exit_3(sim: Simulator, tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ async def test_two_sqlite_journals_on_one_host(make_sim: SimFactory, tmp_path: P
     assert (ok, busy) == (exitcodes.OK, exitcodes.BUSY), ok_out + busy_out
     assert "on this host, journal .edis-fleet/journal.sqlite" in busy_out
     assert set(received.values()) == set(accepted.values()) == {1}
-    # Each run has its own journal: one holds the run, the other only a refused (aborted) one.
+    # Each run has its own journal: one holds the run, the other only a refused (busy) one.
     assert (a.cwd / ".edis-fleet" / "journal.sqlite").is_file()
     assert (b.cwd / ".edis-fleet" / "journal.sqlite").is_file()
 

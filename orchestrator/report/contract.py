@@ -17,7 +17,7 @@ code  verdict         status       meaning
 3     (credentials)   aborted      credentials refused
 4     in-doubt        in_doubt     VPSes remain in doubt (their reinstall may have run)
 5     aborted         aborted      aborted by a failure budget
-6     (busy)          —            another run holds some of these VPSes; nothing sent
+6     busy            busy         another run holds some of these VPSes; nothing sent
 7     rto-missed      rto_missed   completed, but over the RTO target
 70    crashed         crashed      internal error or a fault of this machine (disk full,
                                    journal unwritable, lock lost); resumable
@@ -26,9 +26,11 @@ code  verdict         status       meaning
 
 Precedence when several apply: 70 > 4 > 130 > 5 > 1 > 7 > 0. In doubt is never hidden by
 anything milder: a run with failed *and* in-doubt VPSes exits 4; an interrupted run with a VPS
-in doubt exits 4 too (resume it, then check the in-doubt ones). Codes 2, 3 and 6 come from
+in doubt exits 4 too (resume it, then check the in-doubt ones). Codes 2 and 3 come from
 refusals before a run is recorded, or from the credentials being refused mid-run, and are
-decided by the command line, not by this table of recorded runs.
+decided by the command line, not by this table of recorded runs. A run refused because another
+run holds some of its VPSes is recorded ``busy`` and judged 6 whenever it is read (nothing was
+sent, so nothing graver can apply; its VPSes stay pending: resume runs it once they are free).
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ class Verdict(enum.StrEnum):
     RUNNING = "running"
     RTO_MISSED = "rto-missed"
     CRASHED = "crashed"
+    BUSY = "busy"
 
 
 EXIT_CODES: dict[Verdict, int | None] = {
@@ -74,6 +77,7 @@ EXIT_CODES: dict[Verdict, int | None] = {
     Verdict.INTERRUPTED: INTERRUPTED,
     Verdict.RTO_MISSED: RTO_MISSED,
     Verdict.CRASHED: CRASHED,
+    Verdict.BUSY: BUSY,
     # A run still recorded running has no exit code yet (or was killed: resume it).
     Verdict.RUNNING: None,
 }
@@ -85,6 +89,7 @@ STATUS_OF: dict[Verdict, RunStatus] = {
     Verdict.INTERRUPTED: RunStatus.INTERRUPTED,
     Verdict.RTO_MISSED: RunStatus.RTO_MISSED,
     Verdict.CRASHED: RunStatus.CRASHED,
+    Verdict.BUSY: RunStatus.BUSY,
     Verdict.RUNNING: RunStatus.RUNNING,
 }
 # Gravest first: 70 > 4 > 130 > 5 > 1 > 7 > 0.
@@ -93,6 +98,7 @@ PRECEDENCE = (
     Verdict.IN_DOUBT,
     Verdict.INTERRUPTED,
     Verdict.ABORTED,
+    Verdict.BUSY,
     Verdict.FAILED,
     Verdict.RTO_MISSED,
     Verdict.OK,
@@ -141,7 +147,7 @@ def judge(
     found = {_FROM_STATUS[status]}
     if counts[TargetState.IN_DOUBT] + counts[TargetState.INTENT]:
         found.add(Verdict.IN_DOUBT)
-    if status is not RunStatus.ABORTED and any(counts[s] for s in _LEFT):
+    if status not in (RunStatus.ABORTED, RunStatus.BUSY) and any(counts[s] for s in _LEFT):
         # Work is left (an older version's record of a completed run): resumable.
         found.add(Verdict.INTERRUPTED)
     if counts[TargetState.FAILED]:

@@ -32,7 +32,7 @@ machine-readable form, checked by the tests)::
               (null while running), "duration_s", "failures", "retries",
               "counters" {name: int, e.g. throttles, session_refreshes},
               "verdict" (the whole run judged, ``report.contract``: ok, failed, in-doubt,
-              aborted, interrupted, running, rto-missed, crashed), "exit_code" (the
+              aborted, interrupted, running, rto-missed, crashed, busy), "exit_code" (the
               verdict's process exit code; null while running), "error" (why a crashed run
               stopped, redacted; "" otherwise), "rto_s" (null: no RTO)},
       "totals": {"targets": int, and one int per TargetState value: "pending", "intent",

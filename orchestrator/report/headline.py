@@ -24,6 +24,7 @@ VERDICT_WORDS: dict[Verdict, str] = {
     Verdict.RUNNING: "still running (or stopped without recording its end)",
     Verdict.RTO_MISSED: "every selected VPS is back, but later than the RTO",
     Verdict.CRASHED: "stopped by an internal error or a fault of this machine; resumable",
+    Verdict.BUSY: "refused: another run holds some of these VPSes; nothing was sent",
 }
 # Symbols for chat and CI summaries: the verdict at a glance.
 VERDICT_MARK: dict[Verdict, str] = {
@@ -35,6 +36,7 @@ VERDICT_MARK: dict[Verdict, str] = {
     Verdict.RUNNING: "⏳",
     Verdict.RTO_MISSED: "⏱️",
     Verdict.CRASHED: "💥",
+    Verdict.BUSY: "⛔",
 }
 
 

@@ -44,6 +44,7 @@ _BADGE = {
     Verdict.RUNNING: "#1d4ed8",
     Verdict.RTO_MISSED: "#a16207",
     Verdict.CRASHED: "#581c87",
+    Verdict.BUSY: "#92400e",
 }
 
 _CSS = """

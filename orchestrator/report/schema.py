@@ -83,7 +83,8 @@ _SPREAD: dict[str, Any] = {
 
 # Added in v1 without a new id (optional: reports written before them stay valid).
 VERDICTS = [
-    "ok", "failed", "in-doubt", "aborted", "interrupted", "running", "rto-missed", "crashed"
+    "ok", "failed", "in-doubt", "aborted", "interrupted", "running", "rto-missed", "crashed",
+    "busy",
 ]  # fmt: skip
 _RECOVERY: dict[str, Any] = {
     "type": "object",

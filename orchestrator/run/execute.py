@@ -332,15 +332,18 @@ async def _open_run(journal: Journal, spec: RunSpec) -> str:
             options=spec.options,
         )
         await journal.add_targets(run_id, spec.targets)
-    else:
-        await journal.reopen_run(run_id)
     try:
+        # Before a resumed run is reopened: refused as busy, it stays as it was recorded.
         await journal.acquire_locks(run_id, [job.kvm_id for w in spec.waves for job in w.jobs])
     except LockedError:
-        # Refused before anything was sent: the run must not stay listed as running.
-        with anyio.CancelScope(shield=True):
-            await journal.finish_run(run_id, RunStatus.ABORTED)
+        if spec.run_id is None:
+            # Refused before anything was sent: recorded busy (exit 6), not left running;
+            # resume runs it once the other run is gone.
+            with anyio.CancelScope(shield=True):
+                await journal.finish_run(run_id, RunStatus.BUSY)
         raise
+    if spec.run_id is not None:
+        await journal.reopen_run(run_id)
     return run_id
 
 
