@@ -90,6 +90,25 @@ def test_pg_migrations_run_in_order_from_an_older_version(pg_url: str) -> None:
         assert conn.execute("SELECT id, note FROM runs").fetchall() == [("r1", "migrated")]
 
 
+def test_a_version_2_pg_journal_is_migrated_to_3(pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        assert migrate(conn, {1: PG_MIGRATIONS[1], 2: PG_MIGRATIONS[2]}) == 2
+        conn.execute(
+            "INSERT INTO runs (id, manifest_path, manifest_sha256, plan_sha256, pid, hostname,"
+            " started_at, updated_at, status) VALUES ('r1', 'm', 'h', 'p', 1, 'h', 0, 0, 'done')"
+        )
+        conn.execute(
+            "INSERT INTO targets (run_id, kvm_id, wave, position, image, hostname, queued_at)"
+            " VALUES ('r1', 'k', 1, 0, 'img', 'host', 0)"
+        )
+        assert migrate(conn) == SCHEMA_VERSION == 3
+        assert conn.execute("SELECT presend_key, proof, known_hosts FROM targets").fetchall() == [
+            (None, "", "")
+        ]
+        conn.execute("UPDATE runs SET status = 'busy'")  # the new status passes the CHECK
+        assert conn.execute("SELECT status FROM runs").fetchall() == [("busy",)]
+
+
 def test_a_newer_pg_journal_is_refused_and_left_alone(pg_url: str) -> None:
     anyio.run(Journal(pg_url).close)  # a journal of this version ...
     with psycopg.connect(pg_url, autocommit=True) as conn:  # ... that a newer one migrated
