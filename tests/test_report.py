@@ -19,7 +19,7 @@ import pytest
 
 from orchestrator.clock import FakeClock
 from orchestrator.journal.journal import Journal, RunStatus, TargetSpec, TargetState
-from orchestrator.journal.schema import AttemptRecord, RunRecord, TargetRecord
+from orchestrator.journal.records import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import Attempt, Outcome, TargetEvent
 from orchestrator.report.formats import (
     IN_DOUBT_ADVICE,

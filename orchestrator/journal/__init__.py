@@ -12,7 +12,7 @@ from orchestrator.journal.journal import (
     TargetSpec,
 )
 from orchestrator.journal.location import DEFAULT_JOURNAL, JournalConfig
-from orchestrator.journal.schema import AttemptRecord
+from orchestrator.journal.records import AttemptRecord
 from orchestrator.journal.sink import JournalSink
 
 __all__ = [

@@ -80,19 +80,18 @@ from orchestrator.clock import SystemClock
 from orchestrator.errors import JournalError, LockedError
 from orchestrator.journal.hostlock import HostLocks
 from orchestrator.journal.location import JournalConfig
-from orchestrator.journal.schema import (
-    OUTCOME_FROM,
+from orchestrator.journal.records import (
     AttemptRecord,
     LockRecord,
     LockTakeover,
-    ResumeClassification,
     RunRecord,
     RunStatus,
     TargetRecord,
     TargetSpec,
-    classify_targets,
     mask_options,
 )
+from orchestrator.journal.resume import ResumeClassification, classify_targets
+from orchestrator.journal.schema import OUTCOME_FROM
 from orchestrator.journal.store import Batch, IntentRequest, Store
 from orchestrator.model import Attempt, Clock, TargetState
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from orchestrator.errors import LockedError
-from orchestrator.journal.schema import LockRecord, LockTakeover
+from orchestrator.journal.records import LockRecord, LockTakeover
 
 # Stay below SQLite's smallest default limit on bound parameters (999 before 3.32).
 _CHUNK = 500

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from orchestrator.errors import LockedError
 from orchestrator.journal.locks import stale_reason
 from orchestrator.journal.pg_schema import LOCKS_KEY
-from orchestrator.journal.schema import LockRecord, LockTakeover
+from orchestrator.journal.records import LockRecord, LockTakeover
 
 if TYPE_CHECKING:
     import psycopg

@@ -17,7 +17,8 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from orchestrator.errors import JournalError
-from orchestrator.journal.schema import APPLICATION_ID, RunStatus, sql_list
+from orchestrator.journal.records import RunStatus
+from orchestrator.journal.schema import APPLICATION_ID, sql_list
 from orchestrator.model import TargetState
 
 if TYPE_CHECKING:

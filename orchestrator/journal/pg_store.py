@@ -32,7 +32,7 @@ from psycopg.rows import dict_row
 from orchestrator.errors import JournalError
 from orchestrator.journal import pg_batch, pg_locks
 from orchestrator.journal.pg_schema import migrate
-from orchestrator.journal.schema import (
+from orchestrator.journal.records import (
     AttemptRecord,
     LockRecord,
     LockTakeover,

@@ -21,9 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from orchestrator.errors import JournalError
 from orchestrator.journal import locks as journal_locks
-from orchestrator.journal.schema import (
-    INTENT_FROM,
-    OUTCOME_FROM,
+from orchestrator.journal.records import (
     AttemptRecord,
     LockRecord,
     LockTakeover,
@@ -32,11 +30,10 @@ from orchestrator.journal.schema import (
     TargetRecord,
     attempt_from_row,
     known_value,
-    migrate,
     run_from_row,
-    sql_list,
     target_from_row,
 )
+from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM, migrate, sql_list
 from orchestrator.model import TargetState
 
 _log = logging.getLogger("orchestrator.journal.journal")
