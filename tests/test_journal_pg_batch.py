@@ -15,8 +15,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from orchestrator.journal.batch import Batch, IntentRequest
 from orchestrator.journal.pg_store import PgStore
-from orchestrator.journal.store import Batch, IntentRequest
 from orchestrator.model import TargetState
 
 PID, HOST = 4242, "runner-a"

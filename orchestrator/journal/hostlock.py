@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from orchestrator.errors import JournalError, LockedError
-from orchestrator.journal.store import prepare_file
+from orchestrator.journal.sqlite_conn import prepare_file
 
 _log = logging.getLogger("orchestrator.journal.journal")
 _CHUNK = 400

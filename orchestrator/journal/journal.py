@@ -78,6 +78,7 @@ import anyio.lowlevel
 
 from orchestrator.clock import SystemClock
 from orchestrator.errors import JournalError, LockedError
+from orchestrator.journal.batch import Batch, IntentRequest
 from orchestrator.journal.hostlock import HostLocks
 from orchestrator.journal.location import JournalConfig
 from orchestrator.journal.records import (
@@ -92,7 +93,7 @@ from orchestrator.journal.records import (
 )
 from orchestrator.journal.resume import ResumeClassification, classify_targets
 from orchestrator.journal.schema import OUTCOME_FROM
-from orchestrator.journal.store import Batch, IntentRequest, Store
+from orchestrator.journal.store import Store
 from orchestrator.model import Attempt, Clock, TargetState
 
 if TYPE_CHECKING:

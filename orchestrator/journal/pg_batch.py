@@ -34,15 +34,15 @@ from typing import Any
 
 import psycopg
 
-from orchestrator.journal.pg_schema import LOCKS_KEY
-from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM
-from orchestrator.journal.store import (
+from orchestrator.journal.batch import (
     FACT_COLUMNS,
     RESENT_ONCE,
     Batch,
     IntentRequest,
     state_problem,
 )
+from orchestrator.journal.pg_schema import LOCKS_KEY
+from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM
 from orchestrator.model import TargetState
 
 _log = logging.getLogger("orchestrator.journal.journal")

@@ -31,6 +31,7 @@ from psycopg.rows import dict_row
 
 from orchestrator.errors import JournalError
 from orchestrator.journal import pg_batch, pg_locks
+from orchestrator.journal.batch import Batch, IntentRequest, new_run_id
 from orchestrator.journal.pg_schema import migrate
 from orchestrator.journal.records import (
     AttemptRecord,
@@ -43,7 +44,6 @@ from orchestrator.journal.records import (
     run_from_row,
     target_from_row,
 )
-from orchestrator.journal.store import Batch, IntentRequest, new_run_id
 from orchestrator.model import TargetState
 
 T = TypeVar("T")

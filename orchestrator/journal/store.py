@@ -1,26 +1,24 @@
-"""The journal's blocking half: one SQLite connection, one transaction per call.
+"""The SQLite journal's blocking half: one connection, one transaction per call.
 
 ``journal.Journal`` is the async API (group commit, worker thread, validation); it calls this
 ``Store`` from a worker thread, one call at a time. Nothing here awaits, and nothing outside
-``Store`` touches ``sqlite3`` except the lock functions of ``journal_locks``, which ``Store``
-runs inside its own transactions. The schema is in ``journal_schema``.
+``Store`` touches ``sqlite3`` except the functions it runs inside its own transactions: the
+batch writer of ``sqlite_batch.py`` and the lock functions of ``locks.py``. ``sqlite_conn.py``
+opens the file; the schema is in ``schema.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
-import os
-import secrets
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from orchestrator.errors import JournalError
 from orchestrator.journal import locks as journal_locks
+from orchestrator.journal import sqlite_batch
+from orchestrator.journal.batch import Batch, IntentRequest, new_run_id
 from orchestrator.journal.records import (
     AttemptRecord,
     LockRecord,
@@ -29,177 +27,14 @@ from orchestrator.journal.records import (
     RunStatus,
     TargetRecord,
     attempt_from_row,
-    known_value,
     run_from_row,
     target_from_row,
 )
-from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM, migrate, sql_list
+from orchestrator.journal.schema import migrate
+from orchestrator.journal.sqlite_conn import connect
 from orchestrator.model import TargetState
 
-_log = logging.getLogger("orchestrator.journal.journal")
 T = TypeVar("T")
-RESENT_ONCE = "already resent once in this run; never resent twice"
-
-_PHASE_COLUMNS: dict[TargetState, tuple[str, ...]] = {
-    TargetState.PENDING: (),
-    TargetState.ACCEPTED: ("accepted_at",),
-    TargetState.READY: ("ready_at", "ended_at"),
-    TargetState.FAILED: ("ended_at",),
-    TargetState.IN_DOUBT: ("ended_at",),
-    TargetState.SKIPPED: ("ended_at",),
-}
-# One UPDATE per outcome state, guarded by the states it may follow (``OUTCOME_FROM``). Built
-# from our own enums only, never from input.
-_OUTCOME_SQL: dict[TargetState, str] = {
-    state: (
-        f"UPDATE targets SET state = '{state.value}', reason = :reason"  # noqa: S608
-        + "".join(f", {col} = :at" for col in _PHASE_COLUMNS[state])
-        + " WHERE run_id = :run AND kvm_id = :kvm AND state IN ("
-        + sql_list(OUTCOME_FROM[state])
-        + ")"
-    )
-    for state in OUTCOME_FROM
-}
-# Attempts for an unknown run are dropped rather than failing the whole batch: a foreign-key
-# error would fail every later batch too, since the rows of a failed batch are retried.
-_INSERT_ATTEMPT = """
-    INSERT INTO attempts (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
-    SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
-"""
-_PROGRESS_COLUMNS = frozenset(
-    {"wave_position", "failures", "retries", "counters_json", "waves_json"}
-)
-# The in-doubt policy decided to resend (schema version 2): once, and never after the resend.
-_DECIDE_RESEND = (
-    "UPDATE targets SET resend_decided_at = ? WHERE run_id = ? AND kvm_id = ?"
-    " AND resend_decided_at IS NULL AND resent_at IS NULL"
-)
-
-
-# The target columns a fact may set (schema version 3): never built from input.
-FACT_COLUMNS = frozenset({"presend_key", "proof", "known_hosts"})
-
-
-@dataclass(eq=False)
-class IntentRequest:
-    """One ``write_intents`` call waiting in a batch (compared and hashed by identity)."""
-
-    run_id: str
-    kvm_ids: tuple[str, ...]
-    at: float
-    # The in-doubt resend after the install window: refused when the VPS was already resent
-    # in this run, and recorded (``resent_at``) so no later process resends it again.
-    resend: bool = False
-
-
-@dataclass
-class Batch:
-    """Writes not yet committed, in the order they were asked for."""
-
-    intents: list[IntentRequest] = field(default_factory=list)
-    # (run_id, kvm_id, state, reason, at)
-    outcomes: list[tuple[str, str, TargetState, str, float]] = field(default_factory=list)
-    # (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
-    attempts: list[tuple[str, str | None, float, str, str, int | None, str, float]] = field(
-        default_factory=list
-    )
-    # run_id -> {column: value}; the latest value of a column wins.
-    progress: dict[str, dict[str, Any]] = field(default_factory=dict)
-    # (at, run_id, kvm_id): resends decided by the in-doubt policy, written after the outcomes.
-    resends: list[tuple[float, str, str]] = field(default_factory=list)
-    # (run_id, kvm_id, column, value): facts about a VPS (schema version 3, ``FACT_COLUMNS``),
-    # written before the intents, so a pre-send host key is as durable as its intent.
-    facts: list[tuple[str, str, str, str]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return (
-            len(self.intents) + len(self.outcomes) + len(self.attempts) + len(self.progress)
-            + len(self.resends) + len(self.facts)
-        )  # fmt: skip
-
-    def take_back(self, failed: Batch) -> None:
-        """Put the rows of a ``failed`` batch (all but its intents) before this one's."""
-        self.outcomes[:0] = failed.outcomes
-        self.attempts[:0] = failed.attempts
-        self.resends[:0] = failed.resends
-        self.facts[:0] = failed.facts
-        for run_id, fields in failed.progress.items():
-            self.progress[run_id] = {**fields, **self.progress.get(run_id, {})}
-
-
-def state_problem(run_id: str, kvm_id: str, state: Any) -> str:
-    """Why an intent may not follow ``state`` (a target's state as read from the journal), or
-    ``""`` when it may.
-
-    A state this version does not know (a journal written by a newer version, or edited by
-    hand) refuses the intent with the row reader's ``JournalError`` text: whether a send could
-    repeat one is not guessed. A refusal, not a raise: the rest of the batch commits (the
-    caller of ``write_intents`` gets the ``JournalError``).
-    """
-    try:
-        known = known_value(TargetState, state, f"state in run {run_id}")
-    except JournalError as exc:
-        return f"{kvm_id}: {exc}"
-    if known not in INTENT_FROM:
-        return f"{kvm_id}: state is {known.value}; another send could repeat it"
-    return ""
-
-
-def new_run_id(now: float) -> str:
-    """Return a run id like ``20261127-2315-ab12cd``: UTC minute, then 6 random hex digits."""
-    return time.strftime("%Y%m%d-%H%M", time.gmtime(now)) + "-" + secrets.token_hex(3)
-
-
-def prepare_file(path: Path) -> bool:
-    """Create the journal's directory (0700) and file (0600) if missing; return if created.
-
-    SQLite's unix VFS gives the ``-wal`` and ``-shm`` files the mode of the database file, so
-    creating the database file 0600 first covers them without changing the process-wide umask
-    (which every other thread would see meanwhile). Raises ``OSError``.
-    """
-    parent = path.parent
-    if not parent.exists():
-        parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(parent, 0o700)  # mkdir's mode is filtered by the umask
-    try:
-        # O_EXCL also refuses a symlink planted where the journal should be.
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return False
-    try:
-        os.fchmod(fd, 0o600)
-    finally:
-        os.close(fd)
-    return True
-
-
-def connect(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """Open ``path`` in autocommit mode with WAL, full sync, foreign keys and a busy timeout.
-
-    Raises ``JournalError`` (or ``sqlite3.Error``/``OSError``) when that is not possible.
-    """
-    created = prepare_file(path)
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-    )
-    try:
-        conn.row_factory = sqlite3.Row
-        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-        if str(mode).lower() != "wal":
-            raise JournalError(f"journal {path}: cannot use WAL mode (got {mode!r})")
-        # FULL: a commit is on disk when COMMIT returns. Durability is the point.
-        conn.execute("PRAGMA synchronous = FULL")
-        # Foreign keys are switched on by ``Store`` once the schema is migrated: a migration
-        # that rebuilds a table (version 2) must drop the old one, which they would refuse.
-        if created:
-            for side in (Path(f"{path}-wal"), Path(f"{path}-shm")):
-                with contextlib.suppress(FileNotFoundError):
-                    os.chmod(side, 0o600)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 class Store:
@@ -271,68 +106,12 @@ class Store:
 
         Returns the refused intent requests with the reason; a refused request writes nothing.
         """
-        return self._tx(lambda conn: self._write_batch(conn, batch), write=True)
-
-    def _write_batch(self, conn: sqlite3.Connection, batch: Batch) -> dict[IntentRequest, str]:
-        for run_id, kvm_id, state, reason, at in batch.outcomes:
-            args = {"run": run_id, "kvm": kvm_id, "reason": reason, "at": at}
-            if conn.execute(_OUTCOME_SQL[state], args).rowcount == 0:
-                row = conn.execute(
-                    "SELECT state FROM targets WHERE run_id = ? AND kvm_id = ?", (run_id, kvm_id)
-                ).fetchone()
-                found = None if row is None else str(row[0])
-                self.ignored_outcomes.append((run_id, kvm_id, state, found))
-                _log.warning(
-                    "journal: outcome %s for %s not applied (state %s)", state, kvm_id, found
-                )
-        conn.executemany(_INSERT_ATTEMPT, batch.attempts)
-        for run_id, fields in batch.progress.items():
-            cols = [c for c in fields if c in _PROGRESS_COLUMNS]
-            sets = "".join(f"{c} = :{c}, " for c in cols)
-            conn.execute(
-                f"UPDATE runs SET {sets}updated_at = :updated_at WHERE id = :run",  # noqa: S608
-                {**fields, "run": run_id},
-            )
-        conn.executemany(_DECIDE_RESEND, batch.resends)
-        for run_id, kvm_id, column, value in batch.facts:
-            if column in FACT_COLUMNS:
-                conn.execute(
-                    f"UPDATE targets SET {column} = ? WHERE run_id = ? AND kvm_id = ?",  # noqa: S608
-                    (value, run_id, kvm_id),
-                )
-        refused: dict[IntentRequest, str] = {}
-        for req in batch.intents:
-            problem = self._intent_problem(conn, req)
-            if problem:
-                refused[req] = problem
-                continue
-            conn.executemany(
-                "UPDATE targets SET state = 'intent', sent_at = ?, sends = sends + 1, reason = '',"
-                " resent_at = CASE WHEN ? THEN ? ELSE resent_at END"
-                " WHERE run_id = ? AND kvm_id = ?",
-                [(req.at, req.resend, req.at, req.run_id, k) for k in req.kvm_ids],
-            )
-        return refused
-
-    def _intent_problem(self, conn: sqlite3.Connection, req: IntentRequest) -> str:
-        """Return why ``req`` may not be written (all of it or none), or ``""``."""
-        problems: list[str] = []
-        for kvm_id in req.kvm_ids:
-            row = conn.execute(
-                "SELECT t.state, l.run_id, l.pid, l.hostname, t.resent_at FROM targets t"
-                " LEFT JOIN locks l ON l.kvm_id = t.kvm_id WHERE t.run_id = ? AND t.kvm_id = ?",
-                (req.run_id, kvm_id),
-            ).fetchone()
-            if row is None:
-                problems.append(f"{kvm_id}: not a target of run {req.run_id}")
-            elif req.resend and row[4] is not None:
-                problems.append(f"{kvm_id}: {RESENT_ONCE}")
-            elif bad_state := state_problem(req.run_id, kvm_id, row[0]):
-                problems.append(bad_state)
-            elif (row[1], row[2], row[3]) != (req.run_id, self.pid, self.hostname):
-                holder = "nobody" if row[1] is None else f"run {row[1]} (pid {row[2]} on {row[3]})"
-                problems.append(f"{kvm_id}: locked by {holder}, not by this process")
-        return "; ".join(problems)
+        return self._tx(
+            lambda conn: sqlite_batch.write(
+                conn, batch, pid=self.pid, hostname=self.hostname, ignored=self.ignored_outcomes
+            ),
+            write=True,
+        )
 
     # ----------------------------------------------------------------- runs and targets
 
