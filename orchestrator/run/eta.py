@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 from orchestrator.fleet import ReadinessMode
 from orchestrator.model import TargetEvent, TargetState
+from orchestrator.run.jobs import WaveSpec
 from orchestrator.run.plan import install_seconds
-from orchestrator.run.scheduler import WaveSpec
 
 # A VPS past its expected install time is expected within this share of that time.
 OVERDUE_SHARE = 0.1

@@ -35,12 +35,13 @@ from orchestrator.report.contract import Tally, judge_records
 from orchestrator.report.recovery import recovery
 from orchestrator.run.api import EdisFleetAPI, LimitedAuth, ReadRetries
 from orchestrator.run.boundary import close_down
+from orchestrator.run.jobs import RunResult, RunSettings, WaveSpec
 from orchestrator.run.limits import Limits
 from orchestrator.run.phase import WatchesPhase
 from orchestrator.run.preflight import Check, preflight
 from orchestrator.run.reconcile import counters as reconcile_counters
 from orchestrator.run.retry import RetryBudget
-from orchestrator.run.scheduler import RunResult, RunSettings, Scheduler, WaveSpec
+from orchestrator.run.scheduler import Scheduler
 from orchestrator.run.stats import RunStats
 from orchestrator.secrets import Secret
 

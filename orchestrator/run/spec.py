@@ -15,11 +15,11 @@ from orchestrator.fleet import Fleet, InDoubtPolicy, ReadinessMode, takes_cloud_
 from orchestrator.journal import JournalConfig, TargetSpec
 from orchestrator.manifest import SelectedFleet
 from orchestrator.run.execute import Account, RunSpec
+from orchestrator.run.jobs import Job, RunSettings, WaveSpec
 from orchestrator.run.options import Endpoint
 from orchestrator.run.plan import Plan
 from orchestrator.run.proof import ProofSpec, prepare_proof
 from orchestrator.run.retry import RetryPolicy
-from orchestrator.run.scheduler import Job, RunSettings, WaveSpec
 from orchestrator.secrets import (
     GeneratedPassword,
     PasswordBook,
