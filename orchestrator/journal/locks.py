@@ -4,8 +4,8 @@ A lock row names the run, process (pid) and host that may send to a VPS. Locks a
 or none; another process's lock is stale when its pid no longer runs on this host or its
 heartbeat is older than ``stale_after``, and a stale lock is taken over, with the takeover
 recorded in ``lock_takeovers``. Each function here is the body of one transaction on the
-connection ``journal_store.Store`` opened: nothing here begins, commits or rolls back, and
-nothing here awaits. The tables are described in ``journal_schema``.
+connection ``store.Store`` opened: nothing here begins, commits or rolls back, and
+nothing here awaits. The tables are described in ``schema.py``.
 """
 
 from __future__ import annotations
