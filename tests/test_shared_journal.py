@@ -10,6 +10,11 @@ locks live): two runners on two machines share nothing but the PostgreSQL journa
 - Two ``apply`` at once, separate working directories, one PostgreSQL journal, two "hosts":
   one runs, the other is refused with exit code 6 (busy), and no VPS is reinstalled twice.
 - The same with two SQLite journals on one host: the host-wide locks refuse the second.
+
+  The overlap is made, not hoped for: the second ``apply`` starts once the simulator has
+  accepted the first one's reinstall of every VPS (its locks and intents are recorded before
+  each send), and those installs do not end until the test moves the simulator's clock, after
+  the second has been refused — whatever the machine's load.
 - ``apply`` killed with SIGKILL on runner-a; ``resume`` on runner-b is refused (busy) while
   runner-a's lease runs, then — once the lease has lapsed — takes the run over: every VPS is
   reinstalled exactly once, or reported in doubt having received at most one reinstall.
@@ -37,9 +42,10 @@ from tests.test_apply import env_for, fleet
 pytestmark = pytest.mark.subprocess
 
 FLEET = 20
-# A reinstall takes 300 s x time scale = 3 s: the first run still holds its VPSes when the
-# second one (started at the same moment) asks for them.
-TIME_SCALE = 0.01
+# Unscaled installs (300 s of simulator time): the first run holds its VPSes until the test
+# moves the simulator's clock by INSTALL_S, which ends them all at once.
+TIME_SCALE = 1.0
+INSTALL_S = 300.0
 RUN_TIMEOUT_S = 120.0
 
 
@@ -76,6 +82,9 @@ def machines(sim: Simulator, tmp: Path, *, shared_state: bool) -> tuple[Machine,
     path = fleet(sim, a, FLEET, rollout=rollout)
     # One wave: the whole fleet is sent at once, so the winner holds it for one install.
     path.write_text(path.read_text().replace('waves: [1, "100%"]', 'waves: ["100%"]'))
+    # The holder's readiness deadline (its own clock, from acceptance) must outlast the
+    # other process's start on a loaded machine; RUN_TIMEOUT_S still bounds every run.
+    path.write_text(path.read_text().replace("deadline: 1m", "deadline: 10m"))
     b = tmp / "runner-b"
     shutil.copytree(a, b)
     state = tmp / "state"
@@ -97,19 +106,36 @@ async def run(machine: Machine, sim: Simulator, journal: str | None, *args: str)
     return done.returncode, done.stdout.decode() + done.stderr.decode()
 
 
-async def two_applies(
+async def holder_and_refused(
     sim: Simulator, a: Machine, b: Machine, journal: str | None
-) -> list[tuple[int, str]]:
-    """Start ``apply`` on both machines at the same moment; return both (code, output)."""
-    results: list[tuple[int, str]] = []
-
-    async def one(m: Machine) -> None:
-        results.append(await run(m, sim, journal, "apply", "fleet.yaml", "--yes", "--quiet"))
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(one, a)
-        tg.start_soon(one, b)
-    return sorted(results)
+) -> tuple[tuple[int, str], tuple[int, str]]:
+    """Run ``apply`` on ``a`` until the simulator has accepted its reinstall of every VPS, run
+    ``apply`` on ``b`` to its end while those installs last, then end the installs (the
+    simulator's clock moves by ``INSTALL_S``) and let ``a`` finish. Return both (code, output),
+    ``a``'s first."""
+    log = a.cwd.parent / f"{a.cwd.name}.log"
+    with log.open("wb") as out:
+        proc = await anyio.open_process(
+            a.argv("apply", "fleet.yaml", "--yes", "--quiet"),
+            env=a.env(sim, journal), cwd=a.cwd, stdout=out, stderr=out,
+        )  # fmt: skip
+        try:
+            with anyio.fail_after(RUN_TIMEOUT_S):
+                while sum(sim.counters.reinstall_accepted.values()) < FLEET:
+                    assert proc.returncode is None, log.read_text()
+                    await anyio.sleep(0.01)
+            refused = await run(b, sim, journal, "apply", "fleet.yaml", "--yes", "--quiet")
+            # Only now may the holder's installs end (and the holder finish).
+            assert proc.returncode is None, log.read_text()
+            sim.advance_clock(INSTALL_S)
+            with anyio.fail_after(RUN_TIMEOUT_S):
+                code = await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await proc.aclose()
+    return (code, log.read_text()), refused
 
 
 def counts(sim: Simulator) -> tuple[dict[str, int], dict[str, int]]:
@@ -123,18 +149,18 @@ async def test_two_runners_one_postgresql_journal(
 ) -> None:
     async with make_sim(vps_count=FLEET, time_scale=TIME_SCALE) as sim:
         a, b = machines(sim, tmp_path, shared_state=False)
-        (ok, ok_out), (busy, busy_out) = await two_applies(sim, a, b, pg_url)
+        (ok, ok_out), (busy, busy_out) = await holder_and_refused(sim, a, b, pg_url)
         received, accepted = counts(sim)
     assert (ok, busy) == (exitcodes.OK, exitcodes.BUSY), ok_out + busy_out
     assert "busy: run " in busy_out
-    assert "on runner-" in busy_out  # the holder's host is named
+    assert "on runner-a" in busy_out  # the holder's host is named
     assert set(received.values()) == set(accepted.values()) == {1}
 
 
 async def test_two_sqlite_journals_on_one_host(make_sim: SimFactory, tmp_path: Path) -> None:
     async with make_sim(vps_count=FLEET, time_scale=TIME_SCALE) as sim:
         a, b = machines(sim, tmp_path, shared_state=True)
-        (ok, ok_out), (busy, busy_out) = await two_applies(sim, a, b, None)
+        (ok, ok_out), (busy, busy_out) = await holder_and_refused(sim, a, b, None)
         received, accepted = counts(sim)
     assert (ok, busy) == (exitcodes.OK, exitcodes.BUSY), ok_out + busy_out
     assert "on this host, journal .edis-fleet/journal.sqlite" in busy_out
