@@ -21,38 +21,33 @@ Modes (``choose_mode`` picks one from the stream and the options):
 Every VPS starts ``pending``; those events are counted, not printed. Progress only reads
 events: it never changes what is recorded, and it never raises into the scheduler — a display
 error is kept in ``error`` and the display goes silent.
+
+This module picks the mode and drives the display (when to write, redraw, fold); what the
+view counts is ``cli/view_state.py``, the text modes' lines ``cli/log_lines.py``, the live
+view's look ``cli/live_view.py`` and why the run waits ``cli/waiting.py``.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections import Counter
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
 from types import TracebackType
 from typing import Literal, Self, TextIO, get_args
 
 from rich.console import Console, RenderableType
 from rich.live import Live
 
-from orchestrator.cli.live_view import COLUMNS, preflight_view, run_view
-from orchestrator.cli.waiting import Reason, WaveWait, preflight_line, reasons
-from orchestrator.clock import SystemClock
+from orchestrator.cli.live_view import preflight_view, run_view
+from orchestrator.cli.log_lines import hms, json_line, plain_line, preflight_json, summary_line
+from orchestrator.cli.view_state import ViewState
+from orchestrator.cli.waiting import preflight_line
 from orchestrator.model import Clock, TargetEvent, TargetState
-from orchestrator.report import LABELS, duration, iso_time
+from orchestrator.report import duration
 from orchestrator.run import RunStats
 from orchestrator.run.eta import EtaModel
-from orchestrator.run.phase import RunPhase
 
 Mode = Literal["live", "plain", "quiet", "json"]
 MODES: tuple[str, ...] = get_args(Mode)
-
-_LEVELS = {
-    TargetState.FAILED: "error",
-    TargetState.IN_DOUBT: "warning",
-    TargetState.SKIPPED: "warning",
-}
 
 
 def choose_mode(
@@ -74,11 +69,7 @@ def choose_mode(
     return "plain"
 
 
-def _hms(at: float) -> str:
-    return datetime.fromtimestamp(at, tz=UTC).strftime("%H:%M:%S")
-
-
-class Progress:
+class Progress(ViewState):
     """Shows a run's progress on ``stream`` in ``mode`` (see the module docstring).
 
     ``total`` is the number of VPSes of the run, ``waves`` maps each wave index to its size;
@@ -111,26 +102,16 @@ class Progress:
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown progress mode {mode!r}; one of {', '.join(MODES)}")
-        self.total = total
+        super().__init__(total, waves, stats=stats, clock=clock, hostnames=hostnames, eta=eta)
         self.mode: Mode = mode
-        self.stats = stats or RunStats()
         self.error: Exception | None = None
         #: The run's id once the journal has it (``execute`` sets it): every JSON line has it.
         self.run_id: str | None = None
-        self._sizes = dict(waves)
         self._stream = stream
-        self._clock: Clock = clock or SystemClock()
-        self._hostnames = dict(hostnames or {})
         self._console = console
         self._max_lines = max_lines_per_second
         self._redact = redact or str
         self._refresh_interval = refresh_interval
-        self._state: dict[str, TargetState] = {}
-        self._wave_of: dict[str, int] = {}
-        self._counts: dict[int, Counter[TargetState]] = {w: Counter() for w in self._sizes}
-        self._finals = 0
-        self._current: int | None = None
-        self._started: float | None = None
         # Plain mode: the clock second being counted, its changes, and how many were hidden.
         self._window: int | None = None
         self._in_window = 0
@@ -138,10 +119,6 @@ class Progress:
         self._summarizing = False
         self._live: Live | None = None
         self._last_refresh = -math.inf
-        self._eta = eta
-        #: The scheduler's phase, once the run has one (``execute`` sets it).
-        self.phase: RunPhase | None = None
-        self._accepted_at: dict[str, float] = {}
         self._checked: tuple[int, int] | None = None
         self._checked_line = -math.inf
         self._said: tuple[str, ...] = ()
@@ -163,56 +140,6 @@ class Progress:
         except Exception as exc:  # a broken display must not stop a reinstall
             self.error = exc
 
-    # ----------------------------------------------------------------- reading
-
-    @property
-    def done(self) -> int:
-        """How many VPSes are in a final state."""
-        return self._finals
-
-    def counts(self, wave: int | None = None) -> dict[TargetState, int]:
-        """VPSes per state, of ``wave`` or of the whole run; ``pending`` includes VPSes not
-        heard of yet."""
-        waves = list(self._counts) if wave is None else [wave]
-        out = {s: sum(self._counts.get(w, Counter())[s] for w in waves) for s in COLUMNS}
-        size = self.total if wave is None else self._size(wave)
-        heard = sum(n for s, n in out.items() if s is not TargetState.PENDING)
-        out[TargetState.PENDING] = max(0, size - heard)
-        return out
-
-    def eta(self) -> float | None:
-        """Seconds until every VPS is final, from the plan's model corrected by what the run
-        saw (None without a model or before the run started; never from completions alone)."""
-        if self._eta is None or self._started is None:
-            return None
-        if self._finals >= self.total:
-            return 0.0
-        return self._eta.remaining(self._clock.time())
-
-    def waiting(self) -> list[Reason]:
-        """Why the run waits now (``cli/waiting.py``), most pressing first; nothing once
-        every VPS is final."""
-        if self.total and self._finals >= self.total:
-            return []
-        wave = self.phase.wave if self.phase is not None and self.phase.wave else self._current
-        wait = None
-        if wave is not None:
-            counts = self.counts(wave)
-            slowest = min(
-                (k for k, w in self._wave_of.items() if w == wave and k in self._accepted_at),
-                key=self._accepted_at.__getitem__,
-                default=None,
-            )
-            wait = WaveWait(
-                wave,
-                waiting=counts[TargetState.ACCEPTED],
-                sending=counts[TargetState.PENDING] + counts[TargetState.INTENT],
-                slowest=slowest,
-                slowest_since=None if slowest is None else self._accepted_at[slowest],
-            )
-        snap = self.stats.snapshot()
-        return reasons(self.phase, snap, wait, self._clock.time(), self._hostnames)
-
     def preflight(self, done: int, total: int) -> None:
         """Show pre-flight's progress (``done`` of ``total`` VPSes checked): the live view's
         bar, or a plain/JSON line at most once a second and when it ends. Never raises."""
@@ -229,17 +156,11 @@ class Progress:
                 return
             self._checked_line = now
             if self.mode == "json":
-                obj = {"ts": iso_time(self._clock.time()), "level": "info",
-                       "event": "preflight", "run_id": self.run_id, "done": done,
-                       "total": total}  # fmt: skip
-                self._write(json.dumps(obj, separators=(",", ":")))
+                self._write(preflight_json(self._clock.time(), self.run_id, done, total))
             else:
-                self._write(f"{_hms(self._clock.time())} {preflight_line(done, total)}")
+                self._write(f"{hms(self._clock.time())} {preflight_line(done, total)}")
         except Exception as exc:  # a broken display must not stop a reinstall
             self.error = exc
-
-    def _size(self, wave: int) -> int:
-        return self._sizes.get(wave, sum(self._counts.get(wave, Counter()).values()))
 
     # ----------------------------------------------------------------- lifetime
 
@@ -309,39 +230,21 @@ class Progress:
 
     # ----------------------------------------------------------------- internals
 
-    def _record(self, event: TargetEvent) -> None:
-        if self._started is None:
-            self._started = self._clock.monotonic()
-        # The first event of a VPS has its real wave; a send cancelled mid-flight comes as 0.
-        wave = self._wave_of.setdefault(event.kvm_id, event.wave)
-        counts = self._counts.setdefault(wave, Counter())
-        previous = self._state.get(event.kvm_id)
-        if previous is not None:
-            counts[previous] -= 1
-            self._finals -= int(previous.final)
-        counts[event.state] += 1
-        self._finals += int(event.state.final)
-        self._state[event.kvm_id] = event.state
-        self._current = wave
-        if event.state is TargetState.ACCEPTED:
-            self._accepted_at.setdefault(event.kvm_id, event.at)
-        elif event.state.final:
-            self._accepted_at.pop(event.kvm_id, None)
-        if self._eta is not None:
-            self._eta.observe(event)
-
     def _show(self, event: TargetEvent) -> None:
         if self.mode == "live":
             self._refresh()
             return
         if self.mode == "quiet" or event.state is TargetState.PENDING:
             return
+        host = self._hostnames.get(event.kvm_id)
+        wave = self._wave_of.get(event.kvm_id, event.wave)
         if self.mode == "json":
-            self._write(self._json_line(event))
+            reason = self._redact(event.reason)
+            self._write(json_line(event, run_id=self.run_id, host=host, wave=wave, reason=reason))
             return
         self._in_window += 1
         if not self._summarizing and self._in_window <= self._max_lines:
-            self._write(self._plain_line(event))
+            self._write(plain_line(event, host, wave, self._redact(event.reason)))
         else:
             self._summarizing = True
             self._hidden += 1
@@ -354,7 +257,9 @@ class Progress:
             self._window = window
             return
         if self._hidden:
-            self._write(self._summary_line())
+            wave = self._current if self._current is not None else 0
+            counts, snap = self.counts(wave), self.stats.snapshot()
+            self._write(summary_line(self._clock.time(), wave, counts, self._size(wave), snap))
         busy = self._in_window > self._max_lines
         next_second = window is not None and self._window is not None and window == self._window + 1
         self._summarizing = busy and next_second
@@ -370,7 +275,7 @@ class Progress:
             # A CI log has no live ETA: each change of phase says it.
             tail = "" if eta is None else f" (ETA {duration(eta)})"
             for reason in found:
-                self._write(f"{_hms(self._clock.time())} waiting: {reason.text}{tail}")
+                self._write(f"{hms(self._clock.time())} waiting: {reason.text}{tail}")
 
     def _write(self, line: str) -> None:
         try:
@@ -378,41 +283,6 @@ class Progress:
             self._stream.flush()
         except (OSError, ValueError) as exc:  # a closed pipe: go quiet, keep running
             self.error = exc
-
-    def _plain_line(self, event: TargetEvent) -> str:
-        host = self._hostnames.get(event.kvm_id)
-        who = f"{event.kvm_id} {host}" if host else event.kvm_id
-        wave = self._wave_of.get(event.kvm_id, event.wave)
-        line = f"{_hms(event.at)} {who} {LABELS[event.state]} (wave {wave})"
-        reason = self._redact(event.reason)
-        return f"{line}: {reason}" if reason else line
-
-    def _summary_line(self) -> str:
-        wave = self._current if self._current is not None else 0
-        counts = self.counts(wave)
-        parts = [f"{counts[s]} {LABELS[s]}" for s in COLUMNS[1:] if counts[s]]
-        snap = self.stats.snapshot()
-        line = (
-            f"{_hms(self._clock.time())} wave {wave}: {', '.join(parts) or 'nothing yet'}"
-            f" of {self._size(wave)} — {snap.rate:.1f} req/s, {snap.throttles} throttled"
-        )
-        if snap.provider_bound:
-            line += f" ({snap.provider_text()})"
-        return line
-
-    def _json_line(self, event: TargetEvent) -> str:
-        obj = {
-            "ts": iso_time(event.at),
-            "level": _LEVELS.get(event.state, "info"),
-            "event": "target_state",
-            "run_id": self.run_id,
-            "kvm_id": event.kvm_id,
-            "hostname": self._hostnames.get(event.kvm_id),
-            "state": event.state.value,
-            "wave": self._wave_of.get(event.kvm_id, event.wave),
-            "reason": self._redact(event.reason),
-        }
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
 
     def _refresh(self, *, force: bool = False) -> None:
         if self._live is None:
