@@ -71,6 +71,50 @@ def stale_reason(
     return ""
 
 
+def judge_found(
+    found: Iterable[sqlite3.Row | Mapping[str, Any]],
+    run_id: str,
+    now: float,
+    *,
+    pid: int,
+    hostname: str,
+    stale_after: float,
+    lease: bool = False,
+) -> list[LockTakeover]:
+    """Judge the lock rows ``found`` for the VPSes ``run_id`` wants to take; return takeovers.
+
+    Rows this process already holds for the run are skipped; stale rows of others become
+    ``LockTakeover`` records. Raises ``LockedError`` naming the holding run(s) and VPSes, with
+    each holder's pid, host and heartbeat age (and, with ``lease``, when its lease lapses),
+    when another live process holds any of them. Reads and writes nothing.
+    """
+    conflicts: dict[str, list[str]] = {}
+    where: dict[str, str] = {}
+    takeovers: list[LockTakeover] = []
+    for row in found:
+        if (row["run_id"], row["pid"], row["hostname"]) == (run_id, pid, hostname):
+            continue
+        why = stale_reason(row, now, hostname=hostname, stale_after=stale_after)
+        if why:
+            takeovers.append(
+                LockTakeover(
+                    row["kvm_id"], row["run_id"], row["pid"], row["hostname"],
+                    row["heartbeat_at"], why,
+                )
+            )  # fmt: skip
+            continue
+        conflicts.setdefault(row["run_id"], []).append(row["kvm_id"])
+        age = max(0.0, now - row["heartbeat_at"])
+        where[row["run_id"]] = f"pid {row['pid']} on {row['hostname']}, heartbeat {age:.0f} s ago"
+        if lease:
+            where[row["run_id"]] += (
+                f"; its lease lapses {max(0.0, stale_after - age):.0f} s after its last heartbeat"
+            )
+    if conflicts:
+        raise LockedError(conflicts, detail=" (" + "; ".join(where.values()) + ")")
+    return takeovers
+
+
 def acquire(
     conn: sqlite3.Connection,
     run_id: str,
@@ -91,28 +135,7 @@ def acquire(
     for chunk in _chunks(kvm_ids):
         marks = ", ".join("?" * len(chunk))
         found += conn.execute(f"SELECT * FROM locks WHERE kvm_id IN ({marks})", chunk)  # noqa: S608
-    conflicts: dict[str, list[str]] = {}
-    where: dict[str, str] = {}
-    takeovers: list[LockTakeover] = []
-    for row in found:
-        if (row["run_id"], row["pid"], row["hostname"]) == (run_id, pid, hostname):
-            continue
-        why = stale_reason(row, now, hostname=hostname, stale_after=stale_after)
-        if why:
-            takeovers.append(
-                LockTakeover(
-                    row["kvm_id"], row["run_id"], row["pid"], row["hostname"],
-                    row["heartbeat_at"], why,
-                )
-            )  # fmt: skip
-            continue
-        conflicts.setdefault(row["run_id"], []).append(row["kvm_id"])
-        where[row["run_id"]] = (
-            f"pid {row['pid']} on {row['hostname']}, "
-            f"heartbeat {max(0.0, now - row['heartbeat_at']):.0f} s ago"
-        )
-    if conflicts:
-        raise LockedError(conflicts, detail=" (" + "; ".join(where.values()) + ")")
+    takeovers = judge_found(found, run_id, now, pid=pid, hostname=hostname, stale_after=stale_after)
     rows = [(k, run_id, pid, hostname, now, now) for k in kvm_ids]
     conn.executemany(_UPSERT_LOCK, rows)
     conn.executemany(

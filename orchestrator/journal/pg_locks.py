@@ -15,8 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.errors import LockedError
-from orchestrator.journal.locks import stale_reason
+from orchestrator.journal.locks import judge_found
 from orchestrator.journal.pg_schema import LOCKS_KEY
 from orchestrator.journal.records import LockRecord, LockTakeover
 
@@ -65,29 +64,9 @@ def acquire(
         (list(kvm_ids),),
     )
     found = [dict(zip(_COLS, r, strict=True)) for r in cur.fetchall()]
-    conflicts: dict[str, list[str]] = {}
-    where: dict[str, str] = {}
-    takeovers: list[LockTakeover] = []
-    for row in found:
-        if (row["run_id"], row["pid"], row["hostname"]) == (run_id, pid, hostname):
-            continue
-        why = stale_reason(row, now, hostname=hostname, stale_after=stale_after)
-        if why:
-            takeovers.append(
-                LockTakeover(
-                    row["kvm_id"], row["run_id"], row["pid"], row["hostname"],
-                    row["heartbeat_at"], why,
-                )
-            )  # fmt: skip
-            continue
-        conflicts.setdefault(row["run_id"], []).append(row["kvm_id"])
-        age = max(0.0, now - row["heartbeat_at"])
-        where[row["run_id"]] = (
-            f"pid {row['pid']} on {row['hostname']}, heartbeat {age:.0f} s ago; "
-            f"its lease lapses {max(0.0, stale_after - age):.0f} s after its last heartbeat"
-        )
-    if conflicts:
-        raise LockedError(conflicts, detail=" (" + "; ".join(where.values()) + ")")
+    takeovers = judge_found(
+        found, run_id, now, pid=pid, hostname=hostname, stale_after=stale_after, lease=True
+    )
     cur.executemany(_UPSERT_LOCK, [(k, run_id, pid, hostname, now, now) for k in kvm_ids])
     if takeovers:
         cur.executemany(
