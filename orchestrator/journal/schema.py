@@ -110,10 +110,11 @@ def sql_list(states: Iterable[enum.Enum]) -> str:
     return ", ".join(sorted(f"'{s.value}'" for s in states))
 
 
-def _migrate_to_1(conn: sqlite3.Connection) -> None:
-    """Create the first schema: runs, targets, attempts, locks, lock_takeovers."""
+def _create_runs(conn: sqlite3.Connection, name: str, extra: str = "") -> None:
+    """Create the table ``runs`` with version 1's columns under ``name``, then ``extra`` (the SQL
+    of further columns, each led by a comma): version 2 rebuilds ``runs`` from these."""
     conn.execute(f"""
-        CREATE TABLE runs (
+        CREATE TABLE {name} (
             id              TEXT PRIMARY KEY,
             manifest_path   TEXT NOT NULL,
             manifest_sha256 TEXT NOT NULL,
@@ -128,8 +129,13 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
             wave_position   INTEGER NOT NULL DEFAULT 0,
             failures        INTEGER NOT NULL DEFAULT 0,
             retries         INTEGER NOT NULL DEFAULT 0,
-            counters_json   TEXT NOT NULL DEFAULT '{{}}'
+            counters_json   TEXT NOT NULL DEFAULT '{{}}'{extra}
         )""")
+
+
+def _migrate_to_1(conn: sqlite3.Connection) -> None:
+    """Create the first schema: runs, targets, attempts, locks, lock_takeovers."""
+    _create_runs(conn, "runs")
     conn.execute(f"""
         CREATE TABLE targets (
             run_id           TEXT NOT NULL REFERENCES runs(id),
@@ -201,26 +207,12 @@ def _migrate_to_2(conn: sqlite3.Connection) -> None:
     """Version 2: the statuses ``rto_missed`` and ``crashed`` (SQLite cannot change a CHECK:
     ``runs`` is rebuilt; ``Store`` migrates before it switches foreign keys on), ``runs.error``,
     ``runs.waves_json``, ``targets.resend_decided_at`` and ``targets.resent_at``."""
-    conn.execute(f"""
-        CREATE TABLE runs_v2 (
-            id              TEXT PRIMARY KEY,
-            manifest_path   TEXT NOT NULL,
-            manifest_sha256 TEXT NOT NULL,
-            plan_sha256     TEXT NOT NULL,
-            options_json    TEXT NOT NULL DEFAULT '{{}}',
-            pid             INTEGER NOT NULL,
-            hostname        TEXT NOT NULL,
-            started_at      REAL NOT NULL,
-            updated_at      REAL NOT NULL,
-            ended_at        REAL,
-            status          TEXT NOT NULL CHECK (status IN ({sql_list(RunStatus)})),
-            wave_position   INTEGER NOT NULL DEFAULT 0,
-            failures        INTEGER NOT NULL DEFAULT 0,
-            retries         INTEGER NOT NULL DEFAULT 0,
-            counters_json   TEXT NOT NULL DEFAULT '{{}}',
-            error           TEXT NOT NULL DEFAULT '',
-            waves_json      TEXT NOT NULL DEFAULT '{{}}'
-        )""")
+    _create_runs(
+        conn,
+        "runs_v2",
+        ",\n            error           TEXT NOT NULL DEFAULT '',"
+        "\n            waves_json      TEXT NOT NULL DEFAULT '{}'",
+    )
     conn.execute(
         "INSERT INTO runs_v2 (id, manifest_path, manifest_sha256, plan_sha256, options_json, pid,"
         " hostname, started_at, updated_at, ended_at, status, wave_position, failures, retries,"
