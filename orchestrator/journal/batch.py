@@ -1,14 +1,18 @@
 """The writes of a journal batch, as both backends take them, and the checks they share.
 
 The ``Journal`` gathers these writes between commits; ``sqlite_batch.py`` and ``pg_batch.py``
-commit a ``Batch`` in one transaction. ``state_problem`` says why an intent may not follow a
-target's state, with the same words in both backends; ``new_run_id`` draws a run's id.
+commit a ``Batch`` in one transaction. ``intent_problem`` (with ``state_problem``) says why an
+intent may not be written, ``note_misfit`` records an outcome that did not fit, and
+``progress_columns`` picks the run columns progress may set, the same in both backends;
+``new_run_id`` draws a run's id.
 """
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,10 +21,16 @@ from orchestrator.journal.records import known_value
 from orchestrator.journal.schema import INTENT_FROM
 from orchestrator.model import TargetState
 
+_log = logging.getLogger("orchestrator.journal.journal")
+
 RESENT_ONCE = "already resent once in this run; never resent twice"
 
 # The target columns a fact may set (schema version 3): never built from input.
 FACT_COLUMNS = frozenset({"presend_key", "proof", "known_hosts"})
+# The run columns a batch's progress may set: never built from input.
+PROGRESS_COLUMNS = frozenset(
+    {"wave_position", "failures", "retries", "counters_json", "waves_json"}
+)
 
 
 @dataclass(eq=False)
@@ -86,6 +96,46 @@ def state_problem(run_id: str, kvm_id: str, state: Any) -> str:
     if known not in INTENT_FROM:
         return f"{kvm_id}: state is {known.value}; another send could repeat it"
     return ""
+
+
+def intent_problem(
+    run_id: str, kvm_id: str, state: Any, *, resent: bool, lock: Sequence[Any], held: bool
+) -> str:
+    """Why an intent of ``run_id`` for ``kvm_id`` may not be written, or ``""`` when it may.
+
+    ``state`` is the target's state as read (None: not a target of the run), ``resent`` whether
+    the request is a resend of a VPS already resent in this run, ``lock`` the VPS's lock row as
+    ``(run, pid, host)`` (Nones when unlocked) and ``held`` whether that is this process's lock
+    for the run. The same words in both backends.
+    """
+    if state is None:
+        return f"{kvm_id}: not a target of run {run_id}"
+    if resent:
+        return f"{kvm_id}: {RESENT_ONCE}"
+    if bad_state := state_problem(run_id, kvm_id, state):
+        return bad_state
+    if held:
+        return ""
+    run, pid, host = lock
+    holder = "nobody" if run is None else f"run {run} (pid {pid} on {host})"
+    return f"{kvm_id}: locked by {holder}, not by this process"
+
+
+def progress_columns(fields: Iterable[str]) -> list[str]:
+    """The columns of ``fields`` a batch's progress may set (``PROGRESS_COLUMNS``), in order."""
+    return [c for c in fields if c in PROGRESS_COLUMNS]
+
+
+def note_misfit(
+    ignored: list[tuple[str, str, TargetState, str | None]],
+    run_id: str,
+    kvm_id: str,
+    state: TargetState,
+    found: str | None,
+) -> None:
+    """Record and log an outcome ``state`` that did not fit the target's state ``found``."""
+    ignored.append((run_id, kvm_id, state, found))
+    _log.warning("journal: outcome %s for %s not applied (state %s)", state, kvm_id, found)
 
 
 def new_run_id(now: float) -> str:

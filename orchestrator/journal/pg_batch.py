@@ -27,7 +27,6 @@ doubled a batch's cost.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,16 +35,15 @@ import psycopg
 
 from orchestrator.journal.batch import (
     FACT_COLUMNS,
-    RESENT_ONCE,
     Batch,
     IntentRequest,
-    state_problem,
+    intent_problem,
+    note_misfit,
+    progress_columns,
 )
 from orchestrator.journal.pg_schema import LOCKS_KEY
 from orchestrator.journal.schema import INTENT_FROM, OUTCOME_FROM
 from orchestrator.model import TargetState
-
-_log = logging.getLogger("orchestrator.journal.journal")
 
 # Allowed (outcome, current state) pairs (``OUTCOME_FROM``), as SQL rows: our enums only.
 _FITS = ", ".join(
@@ -109,9 +107,6 @@ _INTENTS_SQL = f"""
     SELECT req, kvm_id, state, lock_run, lock_pid, lock_host, resent FROM bad
     ORDER BY req, kvm_id
 """  # noqa: S608 - built from our own enums, never from input
-_PROGRESS_COLUMNS = frozenset(
-    {"wave_position", "failures", "retries", "counters_json", "waves_json"}
-)
 # The in-doubt policy decided to resend (as ``store._DECIDE_RESEND``), for a whole batch.
 _RESENDS_SQL = """
     UPDATE targets t SET resend_decided_at = v.at
@@ -154,9 +149,7 @@ class Queued:
             row = conn.execute(
                 "SELECT state FROM targets WHERE run_id = %s AND kvm_id = %s", (run_id, kvm_id)
             ).fetchone()
-            found = None if row is None else str(row[0])
-            ignored.append((run_id, kvm_id, state, found))
-            _log.warning("journal: outcome %s for %s not applied (state %s)", state, kvm_id, found)
+            note_misfit(ignored, run_id, kvm_id, state, None if row is None else str(row[0]))
         return self.refused
 
 
@@ -164,14 +157,10 @@ def _problem(run_id: str, row: Sequence[Any]) -> str:
     """Why an intent of ``run_id`` may not be written, from a row ``(kvm_id, state, lock's
     run, pid, host, resent already)`` of ``_INTENTS_SQL`` (in the SQLite store's words)."""
     kvm_id, state, run, pid, host, resent = row
-    if state is None:
-        return f"{kvm_id}: not a target of run {run_id}"
-    if resent:
-        return f"{kvm_id}: {RESENT_ONCE}"
-    if bad_state := state_problem(run_id, kvm_id, state):
-        return bad_state
-    who = "nobody" if run is None else f"run {run} (pid {pid} on {host})"
-    return f"{kvm_id}: locked by {who}, not by this process"
+    # The statement returned the row as a problem: the lock is not this process's.
+    return intent_problem(
+        run_id, kvm_id, state, resent=bool(resent), lock=(run, pid, host), held=False
+    )
 
 
 def queue(conn: psycopg.Connection[Any], batch: Batch, *, pid: int, hostname: str) -> Queued:
@@ -202,8 +191,7 @@ def queue(conn: psycopg.Connection[Any], batch: Batch, *, pid: int, hostname: st
         ]
         conn.execute(_ATTEMPTS_SQL, [list(c) for c in zip(*attempts, strict=True)])
     for run_id, fields in batch.progress.items():
-        cols = [c for c in fields if c in _PROGRESS_COLUMNS]
-        sets = "".join(f"{c} = %({c})s, " for c in cols)
+        sets = "".join(f"{c} = %({c})s, " for c in progress_columns(fields))
         conn.execute(
             f"UPDATE runs SET {sets}updated_at = %(updated_at)s WHERE id = %(run)s",  # noqa: S608
             {**fields, "run": run_id},

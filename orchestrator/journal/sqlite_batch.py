@@ -8,20 +8,18 @@ lock held by this process) and written all or nothing. ``pg_batch.py`` is its Po
 
 from __future__ import annotations
 
-import logging
 import sqlite3
 
 from orchestrator.journal.batch import (
     FACT_COLUMNS,
-    RESENT_ONCE,
     Batch,
     IntentRequest,
-    state_problem,
+    intent_problem,
+    note_misfit,
+    progress_columns,
 )
 from orchestrator.journal.schema import OUTCOME_FROM, sql_list
 from orchestrator.model import TargetState
-
-_log = logging.getLogger("orchestrator.journal.journal")
 
 _PHASE_COLUMNS: dict[TargetState, tuple[str, ...]] = {
     TargetState.PENDING: (),
@@ -49,9 +47,6 @@ _INSERT_ATTEMPT = """
     INSERT INTO attempts (run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds)
     SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8 WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?1)
 """
-_PROGRESS_COLUMNS = frozenset(
-    {"wave_position", "failures", "retries", "counters_json", "waves_json"}
-)
 # The in-doubt policy decided to resend (schema version 2): once, and never after the resend.
 _DECIDE_RESEND = (
     "UPDATE targets SET resend_decided_at = ? WHERE run_id = ? AND kvm_id = ?"
@@ -80,13 +75,10 @@ def write(
             row = conn.execute(
                 "SELECT state FROM targets WHERE run_id = ? AND kvm_id = ?", (run_id, kvm_id)
             ).fetchone()
-            found = None if row is None else str(row[0])
-            ignored.append((run_id, kvm_id, state, found))
-            _log.warning("journal: outcome %s for %s not applied (state %s)", state, kvm_id, found)
+            note_misfit(ignored, run_id, kvm_id, state, None if row is None else str(row[0]))
     conn.executemany(_INSERT_ATTEMPT, batch.attempts)
     for run_id, fields in batch.progress.items():
-        cols = [c for c in fields if c in _PROGRESS_COLUMNS]
-        sets = "".join(f"{c} = :{c}, " for c in cols)
+        sets = "".join(f"{c} = :{c}, " for c in progress_columns(fields))
         conn.execute(
             f"UPDATE runs SET {sets}updated_at = :updated_at WHERE id = :run",  # noqa: S608
             {**fields, "run": run_id},
@@ -124,13 +116,15 @@ def _intent_problem(
             " LEFT JOIN locks l ON l.kvm_id = t.kvm_id WHERE t.run_id = ? AND t.kvm_id = ?",
             (req.run_id, kvm_id),
         ).fetchone()
-        if row is None:
-            problems.append(f"{kvm_id}: not a target of run {req.run_id}")
-        elif req.resend and row[4] is not None:
-            problems.append(f"{kvm_id}: {RESENT_ONCE}")
-        elif bad_state := state_problem(req.run_id, kvm_id, row[0]):
-            problems.append(bad_state)
-        elif (row[1], row[2], row[3]) != (req.run_id, pid, hostname):
-            holder = "nobody" if row[1] is None else f"run {row[1]} (pid {row[2]} on {row[3]})"
-            problems.append(f"{kvm_id}: locked by {holder}, not by this process")
+        lock = (None, None, None) if row is None else (row[1], row[2], row[3])
+        problem = intent_problem(
+            req.run_id,
+            kvm_id,
+            None if row is None else row[0],
+            resent=row is not None and req.resend and row[4] is not None,
+            lock=lock,
+            held=lock == (req.run_id, pid, hostname),
+        )
+        if problem:
+            problems.append(problem)
     return "; ".join(problems)
