@@ -89,6 +89,19 @@ _FINAL_STATES = frozenset(
     {TargetState.READY, TargetState.FAILED, TargetState.IN_DOUBT, TargetState.SKIPPED}
 )
 
+#: The states in the order a VPS goes through them, the final ones last: the column order of
+#: per-state counts (live view, summary lines) and the order of one VPS's events in reports
+#: when two phases share a timestamp.
+STATE_ORDER: tuple[TargetState, ...] = (
+    TargetState.PENDING,
+    TargetState.INTENT,
+    TargetState.ACCEPTED,
+    TargetState.READY,
+    TargetState.FAILED,
+    TargetState.IN_DOUBT,
+    TargetState.SKIPPED,
+)
+
 
 @dataclass(frozen=True)
 class TargetEvent:

@@ -16,20 +16,12 @@ from rich.table import Table
 from rich.text import Text
 
 from orchestrator.cli.waiting import Reason, preflight_line
-from orchestrator.model import TargetState
+from orchestrator.model import STATE_ORDER, TargetState
 from orchestrator.report import LABELS, duration
 from orchestrator.run.stats import StatsSnapshot
 
 # Column order of the per-wave counts (live view) and of the summary line (plain mode).
-COLUMNS: tuple[TargetState, ...] = (
-    TargetState.PENDING,
-    TargetState.INTENT,
-    TargetState.ACCEPTED,
-    TargetState.READY,
-    TargetState.FAILED,
-    TargetState.IN_DOUBT,
-    TargetState.SKIPPED,
-)
+COLUMNS: tuple[TargetState, ...] = STATE_ORDER
 
 
 def preflight_view(done: int, total: int) -> RenderableType:

@@ -74,7 +74,7 @@ from typing import Any, TextIO
 # Reports are written whole (re-exported: the report API has always offered it).
 from orchestrator.atomic import write_atomic
 from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
-from orchestrator.model import TargetEvent, TargetState
+from orchestrator.model import STATE_ORDER, TargetEvent, TargetState
 from orchestrator.report.recovery import recovery
 from orchestrator.report.schema import REPORT_SCHEMA, SCHEMA_ID
 from orchestrator.report.summary import (
@@ -106,17 +106,6 @@ __all__ = [
     "text_report",
     "write_atomic",
 ]
-
-# Phase order of one VPS, to keep its events in order when two phases share a timestamp.
-_PHASES: tuple[TargetState, ...] = (
-    TargetState.PENDING,
-    TargetState.INTENT,
-    TargetState.ACCEPTED,
-    TargetState.READY,
-    TargetState.FAILED,
-    TargetState.IN_DOUBT,
-    TargetState.SKIPPED,
-)
 
 
 def _r3(value: float | None) -> float | None:
@@ -253,7 +242,7 @@ def event_objects(
                 at, state, reason, run_id=run.id, kvm_id=t.kvm_id, hostname=t.hostname,
                 wave=t.wave,
             )  # fmt: skip
-            keyed.append((at, _PHASES.index(state), t.wave, t.position, t.kvm_id, obj))
+            keyed.append((at, STATE_ORDER.index(state), t.wave, t.position, t.kvm_id, obj))
     keyed.sort(key=lambda k: k[:5])
     return [k[5] for k in keyed]
 
