@@ -31,7 +31,7 @@ from psycopg.rows import dict_row
 
 from orchestrator.errors import JournalError
 from orchestrator.journal import pg_batch, pg_locks
-from orchestrator.journal.batch import Batch, IntentRequest, new_run_id
+from orchestrator.journal.batch import Batch, IntentRequest
 from orchestrator.journal.pg_schema import migrate
 from orchestrator.journal.records import (
     AttemptRecord,
@@ -44,6 +44,7 @@ from orchestrator.journal.records import (
     run_from_row,
     target_from_row,
 )
+from orchestrator.journal.store_rules import attempts_query, draw_run_id, status_update
 from orchestrator.model import TargetState
 
 T = TypeVar("T")
@@ -176,8 +177,7 @@ class PgStore:
         rest = (manifest_path, manifest_sha256, plan_sha256, options, self.pid, self.hostname, now)
 
         def tx(cur: psycopg.Cursor[Any]) -> str:
-            for _ in range(20):
-                run_id = new_run_id(now)
+            def insert(run_id: str) -> bool:
                 cur.execute(
                     "INSERT INTO runs (id, manifest_path, manifest_sha256, plan_sha256,"
                     " options_json, pid, hostname, started_at, updated_at, status)"
@@ -185,9 +185,9 @@ class PgStore:
                     " ON CONFLICT (id) DO NOTHING",
                     (run_id, *rest, now),
                 )
-                if cur.rowcount == 1:
-                    return run_id
-            raise JournalError("could not draw a free run id")
+                return cur.rowcount == 1
+
+            return draw_run_id(insert, now)
 
         return self._tx(tx, write=True)
 
@@ -213,19 +213,12 @@ class PgStore:
         """Set a run's status and ``error`` (``running`` also takes it over for this process
         and clears the error); return it."""
 
+        sql, args = status_update(
+            run_id, status, now, error, pid=self.pid, hostname=self.hostname, mark="%s"
+        )
+
         def tx(cur: psycopg.Cursor[Any]) -> RunRecord:
-            if status is RunStatus.RUNNING:
-                cur.execute(
-                    "UPDATE runs SET status = 'running', ended_at = NULL, pid = %s,"
-                    " hostname = %s, updated_at = %s, error = '' WHERE id = %s",
-                    (self.pid, self.hostname, now, run_id),
-                )
-            else:
-                cur.execute(
-                    "UPDATE runs SET status = %s, ended_at = %s, updated_at = %s, error = %s"
-                    " WHERE id = %s",
-                    (status.value, now, now, error, run_id),
-                )
+            cur.execute(sql, args)
             return self._run(run_id)
 
         return self._tx(tx, write=True)
@@ -263,10 +256,7 @@ class PgStore:
 
     def attempts(self, run_id: str, kvm_id: str | None) -> list[AttemptRecord]:
         """The run's attempts (only ``kvm_id``'s when given), oldest first."""
-        cols = "run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds"
-        args: tuple[str, ...] = (run_id,) if kvm_id is None else (run_id, kvm_id)
-        where = "" if kvm_id is None else " AND kvm_id = %s"
-        sql = f"SELECT {cols} FROM attempts WHERE run_id = %s{where} ORDER BY id"  # noqa: S608
+        sql, args = attempts_query(run_id, kvm_id, mark="%s")
         return self._tx(
             lambda _: [attempt_from_row(r) for r in self._rows(sql, args)],
             write=False,

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, TypeVar
 from orchestrator.errors import JournalError
 from orchestrator.journal import locks as journal_locks
 from orchestrator.journal import sqlite_batch
-from orchestrator.journal.batch import Batch, IntentRequest, new_run_id
+from orchestrator.journal.batch import Batch, IntentRequest
 from orchestrator.journal.records import (
     AttemptRecord,
     LockRecord,
@@ -32,6 +32,7 @@ from orchestrator.journal.records import (
 )
 from orchestrator.journal.schema import migrate
 from orchestrator.journal.sqlite_conn import connect
+from orchestrator.journal.store_rules import attempts_query, draw_run_id, status_update
 from orchestrator.model import TargetState
 
 T = TypeVar("T")
@@ -123,17 +124,19 @@ class Store:
         rest = (manifest_path, manifest_sha256, plan_sha256, options, self.pid, self.hostname, now)
 
         def tx(conn: sqlite3.Connection) -> str:
-            for _ in range(20):
-                run_id = new_run_id(now)
-                with contextlib.suppress(sqlite3.IntegrityError):  # id taken: draw another
+            def insert(run_id: str) -> bool:
+                try:
                     conn.execute(
                         "INSERT INTO runs (id, manifest_path, manifest_sha256, plan_sha256,"
                         " options_json, pid, hostname, started_at, updated_at, status)"
                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running')",
                         (run_id, *rest, now),
                     )
-                    return run_id
-            raise JournalError("could not draw a free run id")
+                except sqlite3.IntegrityError:  # id taken: draw another
+                    return False
+                return True
+
+            return draw_run_id(insert, now)
 
         return self._tx(tx, write=True)
 
@@ -159,19 +162,12 @@ class Store:
         """Set a run's status and ``error`` (``running`` also takes it over for this process
         and clears the error); return it."""
 
+        sql, args = status_update(
+            run_id, status, now, error, pid=self.pid, hostname=self.hostname, mark="?"
+        )
+
         def tx(conn: sqlite3.Connection) -> RunRecord:
-            if status is RunStatus.RUNNING:
-                conn.execute(
-                    "UPDATE runs SET status = 'running', ended_at = NULL, pid = ?, hostname = ?,"
-                    " updated_at = ?, error = '' WHERE id = ?",
-                    (self.pid, self.hostname, now, run_id),
-                )
-            else:
-                conn.execute(
-                    "UPDATE runs SET status = ?, ended_at = ?, updated_at = ?, error = ?"
-                    " WHERE id = ?",
-                    (status.value, now, now, error, run_id),
-                )
+            conn.execute(sql, args)
             return self._run(conn, run_id)
 
         return self._tx(tx, write=True)
@@ -203,10 +199,7 @@ class Store:
 
     def attempts(self, run_id: str, kvm_id: str | None) -> list[AttemptRecord]:
         """The run's attempts (only ``kvm_id``'s when given), oldest first."""
-        cols = "run_id, kvm_id, at, endpoint, outcome, http_status, message, seconds"
-        args: tuple[str, ...] = (run_id,) if kvm_id is None else (run_id, kvm_id)
-        where = "" if kvm_id is None else " AND kvm_id = ?"
-        sql = f"SELECT {cols} FROM attempts WHERE run_id = ?{where} ORDER BY id"  # noqa: S608
+        sql, args = attempts_query(run_id, kvm_id, mark="?")
         return self._tx(lambda c: [attempt_from_row(r) for r in c.execute(sql, args)], write=False)
 
     def locks(self) -> list[LockRecord]:
