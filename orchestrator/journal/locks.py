@@ -21,7 +21,9 @@ from orchestrator.journal.records import LockRecord, LockTakeover
 # Stay below SQLite's smallest default limit on bound parameters (999 before 3.32).
 _CHUNK = 500
 
-_UPSERT_LOCK = """
+# The statements of taking locks, shared with ``pg_locks.py`` (which swaps the ``?`` marks
+# for psycopg's): a lock this process already holds keeps its ``acquired_at``.
+UPSERT_LOCK = """
     INSERT INTO locks (kvm_id, run_id, pid, hostname, acquired_at, heartbeat_at)
     VALUES (?, ?, ?, ?, ?, ?)
     ON CONFLICT (kvm_id) DO UPDATE SET
@@ -31,7 +33,7 @@ _UPSERT_LOCK = """
         run_id = excluded.run_id, pid = excluded.pid, hostname = excluded.hostname,
         heartbeat_at = excluded.heartbeat_at
 """
-_INSERT_TAKEOVER = """
+INSERT_TAKEOVER = """
     INSERT INTO lock_takeovers (at, kvm_id, run_id, previous_run_id, previous_pid,
                                 previous_hostname, previous_heartbeat_at, why)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?)
@@ -115,6 +117,25 @@ def judge_found(
     return takeovers
 
 
+def lock_rows(
+    run_id: str, kvm_ids: Sequence[str], now: float, *, pid: int, hostname: str
+) -> list[tuple[Any, ...]]:
+    """The ``UPSERT_LOCK`` rows that give ``kvm_ids`` to ``run_id`` in process ``pid`` on
+    ``hostname`` at ``now``."""
+    return [(k, run_id, pid, hostname, now, now) for k in kvm_ids]
+
+
+def takeover_rows(
+    run_id: str, takeovers: Sequence[LockTakeover], now: float
+) -> list[tuple[Any, ...]]:
+    """The ``INSERT_TAKEOVER`` rows recording that ``run_id`` took over ``takeovers`` at ``now``."""
+    return [
+        (now, t.kvm_id, run_id, t.previous_run_id, t.previous_pid,
+         t.previous_hostname, t.previous_heartbeat_at, t.why)
+        for t in takeovers
+    ]  # fmt: skip
+
+
 def acquire(
     conn: sqlite3.Connection,
     run_id: str,
@@ -136,16 +157,8 @@ def acquire(
         marks = ", ".join("?" * len(chunk))
         found += conn.execute(f"SELECT * FROM locks WHERE kvm_id IN ({marks})", chunk)  # noqa: S608
     takeovers = judge_found(found, run_id, now, pid=pid, hostname=hostname, stale_after=stale_after)
-    rows = [(k, run_id, pid, hostname, now, now) for k in kvm_ids]
-    conn.executemany(_UPSERT_LOCK, rows)
-    conn.executemany(
-        _INSERT_TAKEOVER,
-        [
-            (now, t.kvm_id, run_id, t.previous_run_id, t.previous_pid,
-             t.previous_hostname, t.previous_heartbeat_at, t.why)
-            for t in takeovers
-        ],
-    )  # fmt: skip
+    conn.executemany(UPSERT_LOCK, lock_rows(run_id, kvm_ids, now, pid=pid, hostname=hostname))
+    conn.executemany(INSERT_TAKEOVER, takeover_rows(run_id, takeovers, now))
     return takeovers
 
 

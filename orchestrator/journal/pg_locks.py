@@ -15,7 +15,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.journal.locks import judge_found
+from orchestrator.journal.locks import (
+    INSERT_TAKEOVER,
+    UPSERT_LOCK,
+    judge_found,
+    lock_rows,
+    takeover_rows,
+)
 from orchestrator.journal.pg_schema import LOCKS_KEY
 from orchestrator.journal.records import LockRecord, LockTakeover
 
@@ -23,21 +29,9 @@ if TYPE_CHECKING:
     import psycopg
 
 _COLS = ("kvm_id", "run_id", "pid", "hostname", "acquired_at", "heartbeat_at")
-_UPSERT_LOCK = """
-    INSERT INTO locks (kvm_id, run_id, pid, hostname, acquired_at, heartbeat_at)
-    VALUES (%s, %s, %s, %s, %s, %s)
-    ON CONFLICT (kvm_id) DO UPDATE SET
-        acquired_at = CASE WHEN locks.run_id = excluded.run_id AND locks.pid = excluded.pid
-                            AND locks.hostname = excluded.hostname
-                           THEN locks.acquired_at ELSE excluded.acquired_at END,
-        run_id = excluded.run_id, pid = excluded.pid, hostname = excluded.hostname,
-        heartbeat_at = excluded.heartbeat_at
-"""
-_INSERT_TAKEOVER = """
-    INSERT INTO lock_takeovers (at, kvm_id, run_id, previous_run_id, previous_pid,
-                                previous_hostname, previous_heartbeat_at, why)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-"""
+# ``locks.py``'s statements with psycopg's parameter marks.
+_UPSERT_LOCK = UPSERT_LOCK.replace("?", "%s")
+_INSERT_TAKEOVER = INSERT_TAKEOVER.replace("?", "%s")
 
 
 def acquire(
@@ -67,16 +61,9 @@ def acquire(
     takeovers = judge_found(
         found, run_id, now, pid=pid, hostname=hostname, stale_after=stale_after, lease=True
     )
-    cur.executemany(_UPSERT_LOCK, [(k, run_id, pid, hostname, now, now) for k in kvm_ids])
+    cur.executemany(_UPSERT_LOCK, lock_rows(run_id, kvm_ids, now, pid=pid, hostname=hostname))
     if takeovers:
-        cur.executemany(
-            _INSERT_TAKEOVER,
-            [
-                (now, t.kvm_id, run_id, t.previous_run_id, t.previous_pid,
-                 t.previous_hostname, t.previous_heartbeat_at, t.why)
-                for t in takeovers
-            ],
-        )  # fmt: skip
+        cur.executemany(_INSERT_TAKEOVER, takeover_rows(run_id, takeovers, now))
     return takeovers
 
 
