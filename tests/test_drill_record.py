@@ -322,3 +322,18 @@ def test_in_doubt_vpses_get_a_step_not_a_command() -> None:
     p = parse(html_report(run_record(RunStatus.IN_DOUBT), targets))
     assert "next" not in p.ids
     assert "check the 1 in-doubt VPS(es) by hand" in p.text("doubt-step")
+
+
+def test_the_html_headline_says_the_run_counters_in_words() -> None:
+    """Counters with a unit are said with it; the lowest rate only when the provider made the
+    run slow down; zero counters are left out."""
+    from orchestrator.report.html import _counter_notes
+
+    notes = _counter_notes(
+        {"lowest_rate_pct": 60, "cooldown_s": 12.0, "throttles": 3, "fleet_pauses": 0}
+    )
+    assert "rate down to 60% of the configured" in notes
+    assert any(n.startswith("paused ") and n.endswith(" for the provider") for n in notes)
+    assert "throttles 3" in notes
+    assert not any("fleet pauses" in n or "pct" in n for n in notes)
+    assert _counter_notes({"lowest_rate_pct": 100}) == []

@@ -58,7 +58,7 @@ def selection_text(options: Mapping[str, Any]) -> str:
         parts.append(f"exclude {_ids(exclude)}")
     if chosen.get("include_protected"):
         parts.append("protected included")
-    return "; ".join(parts) if parts else "every VPS not protected"
+    return "; ".join(parts) if parts else "every VPS but the protected ones"
 
 
 def _ids(values: object) -> str:

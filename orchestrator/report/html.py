@@ -11,7 +11,8 @@ secret-free by construction, and ``redact`` is applied to every reason besides).
 from __future__ import annotations
 
 import html
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from orchestrator.journal import AttemptRecord, RunRecord, TargetRecord
 from orchestrator.model import TargetState
@@ -184,10 +185,26 @@ def _cards(s: Summary, rec: Recovery) -> list[str]:
         _card("queue-to-ready", "Queue → ready per VPS", _spread(rec.queue_to_ready),
               "includes waiting for earlier waves and soaks"),
         _card("duration", "Run duration", duration(s.duration_s),
-              ", ".join([f"{s.run.retries} retries", *(
-                  f"{k.replace('_', ' ')} {v}" for k, v in sorted(s.run.counters.items()) if v)])),
+              ", ".join([f"{s.run.retries} retries", *_counter_notes(s.run.counters)])),
         "</div>",
     ]  # fmt: skip
+
+
+def _counter_notes(counters: Mapping[str, Any]) -> list[str]:
+    """The run's non-zero counters in words (those with a unit said with it); the lowest rate
+    only when the provider made the run slow down."""
+    notes: list[str] = []
+    for key, value in sorted(counters.items()):
+        if not value:
+            continue
+        if key == "lowest_rate_pct":
+            if value < 100:
+                notes.append(f"rate down to {value}% of the configured")
+        elif key == "cooldown_s":
+            notes.append(f"paused {duration(float(value))} for the provider")
+        else:
+            notes.append(f"{key.replace('_', ' ')} {value}")
+    return notes
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[str]], numeric: int = 99) -> list[str]:
