@@ -126,7 +126,7 @@ def retry_failed(args: argparse.Namespace) -> int:
     from orchestrator.cli.running import build_and_run, guard
     from orchestrator.errors import JournalError
     from orchestrator.run.load import Refusal
-    from orchestrator.run.resume import read_run, reload_run
+    from orchestrator.run.resume import read_run, reload_failed
     from orchestrator.run.spec import journal_config
 
     env = dict(os.environ)
@@ -136,31 +136,20 @@ def retry_failed(args: argparse.Namespace) -> int:
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
-    failed = list(view.classification.failed)
-    if not failed:
+    if not view.classification.failed:
         sys.stdout.write(f"run {view.run.id} has no failed VPSes\n")
         return exitcodes.OK
-    reloaded = reload_run(
-        view,
-        failed,
-        env,
-        endpoint=endpoint(args),
-        force=args.force,
-        limit=failed,
-        fleet=args.fleet,
-    )
+    reloaded = reload_failed(view, env, endpoint=endpoint(args), force=args.force, fleet=args.fleet)
     if isinstance(reloaded, Refusal):
         return refuse(reloaded, sys.stderr)
     code = guard(reloaded.loaded, reloaded.plan, confirmation(args), sys.stdin, sys.stderr)
     if code is not None:
         return code
-    from orchestrator.run.plan import as_one_wave
-
     return build_and_run(
         reloaded.loaded,
-        as_one_wave(reloaded.plan),
+        reloaded.plan,
         env,
         endpoint=reloaded.endpoint,
         output=output,
-        extra_options={"retry_of": view.run.id},
+        extra_options=reloaded.options,
     )

@@ -39,11 +39,11 @@ from orchestrator.run.options import (
     ReportFormat,
     SelectionOptions,
 )
-from orchestrator.run.plan import Plan, as_one_wave
+from orchestrator.run.plan import Plan
 from orchestrator.run.preflight import PreflightReport
 from orchestrator.run.reports import render_report
 from orchestrator.run.resume import list_runs as _list_runs
-from orchestrator.run.resume import read_run, reload_run, resume_point, settle
+from orchestrator.run.resume import read_run, reload_failed, reload_run, resume_point, settle
 from orchestrator.run.spec import ResumePoint, build_spec
 from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema, TemplateReport
 
@@ -246,21 +246,20 @@ async def retry_failed(
     ``UsageError`` when a large or protected retry is not confirmed."""
     environ = _env(env)
     view = await read_run(os.fspath(journal), run_id)
-    failed = list(view.classification.failed)
-    if not failed:
+    if not view.classification.failed:
         return None
-    reloaded = reload_run(view, failed, environ, endpoint=endpoint, force=force, limit=failed)
+    reloaded = reload_failed(view, environ, endpoint=endpoint, force=force)
     if isinstance(reloaded, Refusal):
         raise reloaded.error()
     _confirmed(reloaded.plan, confirm)
     return await _run(
         reloaded.loaded,
-        as_one_wave(reloaded.plan),
+        reloaded.plan,
         environ,
         endpoint=reloaded.endpoint,
         journal=journal,
         sinks=sinks,
-        extra_options={"retry_of": view.run.id},
+        extra_options=reloaded.options,
     )
 
 

@@ -11,7 +11,7 @@ user-data document changed since the run, unless forced.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -31,7 +31,7 @@ from orchestrator.model import TargetState
 from orchestrator.report import Tally, judge, recovery
 from orchestrator.run.load import Loaded, Refusal, load_and_select, plan_for
 from orchestrator.run.options import Endpoint, LoadOptions, SelectionOptions
-from orchestrator.run.plan import Plan
+from orchestrator.run.plan import Plan, as_one_wave
 from orchestrator.run.spec import ResumePoint
 from orchestrator.templates import CloudInitSchema
 
@@ -89,6 +89,8 @@ class Reloaded:
     loaded: Loaded
     plan: Plan
     endpoint: Endpoint
+    # Recorded with the new run (``retry_of`` for a retry-failed run).
+    options: Mapping[str, str] = field(default_factory=dict)
 
 
 def open_existing(path: str | Path | JournalConfig) -> Journal:
@@ -177,6 +179,26 @@ def resume_point(view: RunView) -> ResumePoint:
 
 def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def reload_failed(
+    view: RunView,
+    env: Mapping[str, str],
+    *,
+    endpoint: Endpoint,
+    force: bool = False,
+    fleet: str | None = None,
+) -> Reloaded | Refusal:
+    """What ``retry-failed`` sends: the VPSes that failed in the run (never the in-doubt
+    ones), reloaded as ``reload_run`` does, as one wave under the run's failure budget (they
+    already had their canary), recorded as a retry of the run. Refuses like ``reload_run``."""
+    failed = list(view.classification.failed)
+    reloaded = reload_run(
+        view, failed, env, endpoint=endpoint, force=force, limit=failed, fleet=fleet
+    )
+    if isinstance(reloaded, Refusal):
+        return reloaded
+    return replace(reloaded, plan=as_one_wave(reloaded.plan), options={"retry_of": view.run.id})
 
 
 def reload_run(
