@@ -15,14 +15,13 @@ import anyio
 
 from orchestrator.cli import exitcodes
 from orchestrator.cli.debug import explain
-from orchestrator.cli.output import fail
+from orchestrator.cli.output import refuse
 from orchestrator.cli.progress import Progress, choose_mode
 from orchestrator.errors import (
     AuthenticationError,
     EdisFleetError,
     JournalError,
     LockedError,
-    ManifestError,
     PreflightError,
 )
 from orchestrator.report import NdjsonSink, duration, recovery, text_report
@@ -33,11 +32,11 @@ from orchestrator.run.eta import model_for
 from orchestrator.run.execute import RunOutcome, RunSpec, execute
 from orchestrator.run.guard import Verdict as GuardVerdict
 from orchestrator.run.guard import check_confirmation, why_confirm
-from orchestrator.run.load import Loaded
+from orchestrator.run.load import Loaded, Refusal, spec_for
 from orchestrator.run.options import Confirmation, Endpoint, OutputOptions
 from orchestrator.run.plan import Plan
 from orchestrator.run.reports import write_reports
-from orchestrator.run.spec import ResumePoint, build_spec
+from orchestrator.run.spec import ResumePoint
 
 
 def build_and_run(
@@ -52,23 +51,17 @@ def build_and_run(
 ) -> int:
     """Build the run (rendering user data, reading credentials), run it, report; return the
     exit code. Problems building it are printed like manifest problems (exit 2)."""
-    redact = loaded.redact
-    try:
-        spec = build_spec(
-            env,
-            fleet=loaded.fleet,
-            selected=loaded.selected,
-            plan=plan,
-            redact=redact,
-            endpoint=endpoint,
-            journal=output.journal,
-            resume=resume,
-            extra_options=extra_options,
-        )
-    except ManifestError as exc:
-        return fail(loaded.source, exc.problems, [], redact, sys.stderr)
-    except (KeyError, OSError, ValueError) as exc:
-        return fail(loaded.source, [f"credentials: {exc}"], [], redact, sys.stderr)
+    spec = spec_for(
+        loaded,
+        plan,
+        env,
+        endpoint=endpoint,
+        journal=output.journal,
+        resume=resume,
+        extra_options=extra_options,
+    )
+    if isinstance(spec, Refusal):
+        return refuse(spec, sys.stderr)
     return run_and_report(spec, output, env)
 
 

@@ -30,6 +30,7 @@ from orchestrator.run.load import (
     load_and_select,
     plan_for,
     read_credentials,
+    spec_for,
 )
 from orchestrator.run.options import (
     DEFAULT_JOURNAL,
@@ -44,7 +45,7 @@ from orchestrator.run.preflight import PreflightReport
 from orchestrator.run.reports import render_report
 from orchestrator.run.resume import list_runs as _list_runs
 from orchestrator.run.resume import read_run, reload_failed, reload_run, resume_point, settle
-from orchestrator.run.spec import ResumePoint, build_spec
+from orchestrator.run.spec import ResumePoint
 from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema, TemplateReport
 
 PathLike = str | os.PathLike[str]
@@ -316,20 +317,15 @@ async def _run(
     resume: ResumePoint | None = None,
     extra_options: Mapping[str, object] | None = None,
 ) -> RunOutcome:
-    try:
-        spec = build_spec(
-            env,
-            fleet=loaded.fleet,
-            selected=loaded.selected,
-            plan=the_plan,
-            redact=loaded.redact,
-            endpoint=endpoint,
-            journal=Path(journal),
-            resume=resume,
-            extra_options=extra_options,
-        )
-    except ManifestError as exc:
-        raise loaded.refusal(exc.problems).error() from None
-    except (KeyError, OSError, ValueError) as exc:
-        raise loaded.refusal([f"credentials: {exc}"]).error() from None
+    spec = spec_for(
+        loaded,
+        the_plan,
+        env,
+        endpoint=endpoint,
+        journal=Path(journal),
+        resume=resume,
+        extra_options=extra_options,
+    )
+    if isinstance(spec, Refusal):
+        raise spec.error()
     return await execute(replace(spec, sinks=[*spec.sinks, *sinks]))

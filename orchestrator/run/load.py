@@ -9,16 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from orchestrator.clock import SystemClock
 from orchestrator.edis.client import EdisClient
 from orchestrator.edis.session import SessionBook
 from orchestrator.errors import ManifestError, SelectionError
 from orchestrator.fleet import Fleet
+from orchestrator.journal import JournalConfig
 from orchestrator.manifest import ManifestReport, SelectedFleet, Selection, check_manifest, select
+from orchestrator.run.execute import RunSpec
 from orchestrator.run.options import Endpoint, LoadOptions, SelectionOptions
 from orchestrator.run.plan import Plan, PlanEndpoint, build_plan, manifest_sha256
 from orchestrator.run.preflight import Check, PreflightReport, preflight
+from orchestrator.run.spec import ResumePoint, build_spec
 from orchestrator.secrets import Redactor, Secret, read_source
 from orchestrator.templates import CloudInitSchema, Templates
 
@@ -159,3 +163,34 @@ async def check_account(
         book = SessionBook(client, clock=SystemClock())
         checks = [Check(e.id, e.image, e.where) for e in selected.vps]
         return await preflight(checks, client=client, book=book)
+
+
+def spec_for(
+    loaded: Loaded,
+    plan: Plan,
+    env: Mapping[str, str],
+    *,
+    endpoint: Endpoint,
+    journal: str | Path | JournalConfig | None,
+    resume: ResumePoint | None = None,
+    extra_options: Mapping[str, object] | None = None,
+) -> RunSpec | Refusal:
+    """Build the run of ``loaded`` and ``plan`` (``build_spec``: rendering user data, reading
+    credentials), or return why it cannot be built, as a refusal of the manifest (nothing was
+    sent)."""
+    try:
+        return build_spec(
+            env,
+            fleet=loaded.fleet,
+            selected=loaded.selected,
+            plan=plan,
+            redact=loaded.redact,
+            endpoint=endpoint,
+            journal=journal,
+            resume=resume,
+            extra_options=extra_options,
+        )
+    except ManifestError as exc:
+        return loaded.refusal(exc.problems)
+    except (KeyError, OSError, ValueError) as exc:
+        return loaded.refusal([f"credentials: {exc}"])
