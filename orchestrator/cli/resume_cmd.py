@@ -74,7 +74,7 @@ def resume_run(args: argparse.Namespace) -> int:
     from orchestrator.cli.running import build_and_run
     from orchestrator.errors import JournalError
     from orchestrator.run.load import Refusal
-    from orchestrator.run.resume import read_run, reload_run, resume_point, settle
+    from orchestrator.run.resume import read_run, reload_left, settle
     from orchestrator.run.spec import journal_config
 
     env = dict(os.environ)
@@ -84,8 +84,7 @@ def resume_run(args: argparse.Namespace) -> int:
     except JournalError as exc:
         sys.stderr.write(f"{exc}\n")
         return exitcodes.USAGE
-    todo = view.left
-    if not todo:
+    if not view.left:
         # Judged as a whole, like every run's exit code: a run that ended in doubt exits 4.
         try:
             tally = anyio.run(settle, journal_config(output.journal, env), view)
@@ -97,15 +96,7 @@ def resume_run(args: argparse.Namespace) -> int:
             f"{tally.in_doubt} in doubt)\n"
         )
         return exitcodes.CRASHED if tally.exit_code is None else tally.exit_code
-    reloaded = reload_run(
-        view,
-        todo,
-        env,
-        endpoint=endpoint(args),
-        force=args.force,
-        include_protected=True,
-        fleet=args.fleet,
-    )
+    reloaded = reload_left(view, env, endpoint=endpoint(args), force=args.force, fleet=args.fleet)
     if isinstance(reloaded, Refusal):
         return refuse(reloaded, sys.stderr)
     return build_and_run(
@@ -114,7 +105,7 @@ def resume_run(args: argparse.Namespace) -> int:
         env,
         endpoint=reloaded.endpoint,
         output=output,
-        resume=resume_point(view),
+        resume=reloaded.resume,
     )
 
 

@@ -44,7 +44,7 @@ from orchestrator.run.plan import Plan
 from orchestrator.run.preflight import PreflightReport
 from orchestrator.run.reports import render_report
 from orchestrator.run.resume import list_runs as _list_runs
-from orchestrator.run.resume import read_run, reload_failed, reload_run, resume_point, settle
+from orchestrator.run.resume import read_run, reload_failed, reload_left, settle
 from orchestrator.run.spec import ResumePoint
 from orchestrator.templates import DEFAULT_SCHEMA_DOCUMENTS, CloudInitSchema, TemplateReport
 
@@ -212,13 +212,10 @@ async def resume(
     """
     environ = _env(env)
     view = await read_run(os.fspath(journal), run_id)
-    todo = view.left
-    if not todo:
+    if not view.left:
         await settle(os.fspath(journal), view)
         return None
-    reloaded = reload_run(
-        view, todo, environ, endpoint=endpoint, force=force, include_protected=True
-    )
+    reloaded = reload_left(view, environ, endpoint=endpoint, force=force)
     if isinstance(reloaded, Refusal):
         raise reloaded.error()
     return await _run(
@@ -228,7 +225,7 @@ async def resume(
         endpoint=reloaded.endpoint,
         journal=journal,
         sinks=sinks,
-        resume=resume_point(view),
+        resume=reloaded.resume,
     )
 
 

@@ -91,6 +91,8 @@ class Reloaded:
     endpoint: Endpoint
     # Recorded with the new run (``retry_of`` for a retry-failed run).
     options: Mapping[str, str] = field(default_factory=dict)
+    # Where the run stands (``resume``): what is left to send, check or settle.
+    resume: ResumePoint | None = None
 
 
 def open_existing(path: str | Path | JournalConfig) -> Journal:
@@ -179,6 +181,25 @@ def resume_point(view: RunView) -> ResumePoint:
 
 def _text_or_none(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def reload_left(
+    view: RunView,
+    env: Mapping[str, str],
+    *,
+    endpoint: Endpoint,
+    force: bool = False,
+    fleet: str | None = None,
+) -> Reloaded | Refusal:
+    """What ``resume`` continues: the VPSes the run has left (``view.left``), reloaded as
+    ``reload_run`` does with the protected ones the run selected, and where the run stands.
+    Refuses like ``reload_run``."""
+    reloaded = reload_run(
+        view, view.left, env, endpoint=endpoint, force=force, include_protected=True, fleet=fleet
+    )
+    if isinstance(reloaded, Refusal):
+        return reloaded
+    return replace(reloaded, resume=resume_point(view))
 
 
 def reload_failed(
